@@ -1,0 +1,188 @@
+"""Table catalog and input data contract, read from conf/base/{catalog,contract}.yaml.
+
+Code refers to tables by logical name (``table("orders")``); only this module turns a
+name into a location. Dataset specs (``dataset("orders")``) carry the contract rules
+that ingestion enforces.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from jobs.core.config import CONF_DIR, config, read_yaml
+from jobs.core.errors import ConfigError
+
+SPARK_TYPES = {
+    "string": "string", "int": "int", "long": "bigint", "double": "double",
+    "boolean": "boolean", "date": "date", "timestamp": "timestamp",
+}
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str
+    required: bool = False
+    description: str = ""
+    unit: str | None = None
+    min: float | None = None
+    max: float | None = None
+    allowed: tuple | None = None
+
+    @property
+    def spark_type(self) -> str:
+        return SPARK_TYPES.get(self.type, self.type)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A foreign key: ``columns`` of this dataset must exist as ``ref_columns`` of ``dataset``."""
+    columns: tuple
+    dataset: str
+    ref_columns: tuple
+
+    @property
+    def reason(self) -> str:
+        return f"unknown:{'+'.join(self.columns)}"
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    description: str
+    keys: tuple
+    load: str  # "merge" (dimension upsert on keys) or "partition" (overwrite the dt partition)
+    columns: tuple
+    refs: tuple = field(default_factory=tuple)
+
+    @property
+    def column_names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    def ddl(self) -> str:
+        return ", ".join(f"`{c.name}` {c.spark_type}" for c in self.columns)
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    name: str
+    layer: str
+    location: str
+    keys: tuple
+    partition_by: tuple
+    columns: tuple
+    description: str = ""
+
+    def ddl(self) -> str:
+        return ", ".join(f"`{c.name}` {c.spark_type}" for c in self.columns)
+
+
+def _column(name: str, raw: dict) -> Column:
+    allowed = raw.get("allowed")
+    return Column(name=name, type=raw["type"], required=bool(raw.get("required", False)),
+                  description=raw.get("description", ""), unit=raw.get("unit"),
+                  min=raw.get("min"), max=raw.get("max"),
+                  allowed=tuple(allowed) if allowed else None)
+
+
+@lru_cache(maxsize=None)
+def _contract(conf_dir: str) -> dict[str, DatasetSpec]:
+    raw = read_yaml(Path(conf_dir) / "base" / "contract.yaml")["datasets"]
+    specs = {}
+    for name, d in raw.items():
+        refs = tuple(
+            Reference(tuple(r["columns"]), r["dataset"], tuple(r.get("ref_columns", r["columns"])))
+            for r in d.get("refs", []))
+        specs[name] = DatasetSpec(
+            name=name, description=d.get("description", ""), keys=tuple(d["keys"]),
+            load=d["load"], columns=tuple(_column(c, v) for c, v in d["columns"].items()), refs=refs)
+    return specs
+
+
+@lru_cache(maxsize=None)
+def _catalog(conf_dir: str) -> dict[str, TableSpec]:
+    raw = read_yaml(Path(conf_dir) / "base" / "catalog.yaml")
+    lineage = tuple(_column(c, v) for c, v in raw.get("lineage_columns", {}).items())
+    contract = _contract(conf_dir)
+    tables = {}
+    for name, t in raw["tables"].items():
+        schema = t["schema"]
+        if "contract" in schema:
+            ds = contract[schema["contract"]]
+            columns = ds.columns + lineage
+            description = t.get("description", ds.description)
+        else:
+            columns = tuple(_column(c, v) for c, v in schema.items())
+            description = t.get("description", "")
+        tables[name] = TableSpec(name=name, layer=t["layer"], location=t["location"],
+                                 keys=tuple(t["keys"]), partition_by=tuple(t.get("partition_by", [])),
+                                 columns=columns, description=description)
+    return tables
+
+
+def datasets() -> dict[str, DatasetSpec]:
+    """Every contract dataset, in load order (referenced datasets first)."""
+    return _contract(str(CONF_DIR))
+
+
+def dataset(name: str) -> DatasetSpec:
+    try:
+        return datasets()[name]
+    except KeyError:
+        raise ConfigError(f"unknown dataset {name!r}: expected one of {sorted(datasets())}") from None
+
+
+def tables() -> dict[str, TableSpec]:
+    return _catalog(str(CONF_DIR))
+
+
+def table(name: str) -> TableSpec:
+    try:
+        return tables()[name]
+    except KeyError:
+        raise ConfigError(f"unknown table {name!r}: not in conf/base/catalog.yaml") from None
+
+
+def table_path(name: str, cfg: dict | None = None) -> str:
+    """Where a logical table lives: a URI or an absolute local path."""
+    cfg = cfg or config()
+    location = table(name).location
+    if "://" in location or location.startswith("/"):
+        return location
+    return f"{cfg['storage']['warehouse'].rstrip('/')}/{location}"
+
+
+def qualified_name(name: str, cfg: dict | None = None) -> str:
+    cfg = cfg or config()
+    return f"{cfg['storage']['database']}.{name}"
+
+
+def contract_markdown() -> str:
+    """The contract rendered for people (conf/CONTRACT.md is generated from this)."""
+    lines = ["# Input data contract", "",
+             "Generated from `conf/base/contract.yaml` by `bundlecast contract`; do not edit by hand.", "",
+             "Upstream systems land files under `raw/<dataset>/dt=YYYY-MM-DD/` (dt = landing date) as",
+             "JSON lines (`.jsonl`/`.json`), CSV with a header (`.csv`) or Parquet (`.parquet`).",
+             "Timestamps are ISO-8601 with an explicit zone (`Z` or `+01:00`) and are stored in UTC;",
+             "a timestamp without a zone is quarantined as ambiguous. Dates are `YYYY-MM-DD`.",
+             "Booleans are `true`/`false`. Ids are opaque strings.", ""]
+    for spec in datasets().values():
+        lines += [f"## `{spec.name}`", "", spec.description, "",
+                  f"Natural key: `{', '.join(spec.keys)}` (duplicates within a drop are dropped and counted). "
+                  f"Load: {'upsert on the key' if spec.load == 'merge' else 'overwrite of the landing-date partition'}."]
+        for ref in spec.refs:
+            lines.append(f"References: `{', '.join(ref.columns)}` -> `{ref.dataset}.{', '.join(ref.ref_columns)}`.")
+        lines += ["", "| column | type | required | unit | rule | description |", "|---|---|---|---|---|---|"]
+        for c in spec.columns:
+            rule = []
+            if c.min is not None:
+                rule.append(f">= {c.min}")
+            if c.max is not None:
+                rule.append(f"<= {c.max}")
+            if c.allowed:
+                rule.append("one of " + ", ".join(c.allowed))
+            lines.append(f"| {c.name} | {c.type} | {'yes' if c.required else ''} | {c.unit or ''} | "
+                         f"{'; '.join(rule)} | {c.description} |")
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,96 @@
+"""Configuration: conf/base merged with the overlay of BUNDLECAST_ENV, state under BUNDLECAST_HOME.
+
+All runtime state lives under one directory, ``BUNDLECAST_HOME`` (default ``./var``):
+pointing it elsewhere gives a fully separate world. Secrets are never in the YAML: they are
+``${VAR}`` references resolved from the environment when the configuration is loaded.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from jobs.core.errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+CONF_DIR = Path(os.environ.get("BUNDLECAST_CONF_DIR", PROJECT_ROOT / "conf"))
+_ENV_REF = re.compile(r"\$\{([A-Z0-9_]+)(?::-((?:\{home\}|[^}])*))?\}")
+
+
+def home() -> Path:
+    """The state directory: BUNDLECAST_HOME, or ./var relative to the working directory."""
+    return Path(os.environ.get("BUNDLECAST_HOME", "var")).expanduser().resolve()
+
+
+def env_name() -> str:
+    return os.environ.get("BUNDLECAST_ENV", "local")
+
+
+def deep_merge(base: dict, overlay: dict) -> dict:
+    """Recursively merge ``overlay`` into a copy of ``base`` (overlay wins, dicts merge)."""
+    merged = copy.deepcopy(base)
+    for key, value in (overlay or {}).items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _resolve(value: Any, state_home: str, environ: dict) -> Any:
+    if isinstance(value, dict):
+        return {k: _resolve(v, state_home, environ) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolve(v, state_home, environ) for v in value]
+    if isinstance(value, str):
+        def env_sub(match: re.Match) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in environ and environ[name] != "":
+                return environ[name]
+            if default is None:
+                raise ConfigError(f"configuration needs environment variable {name}")
+            return default
+        value = _ENV_REF.sub(env_sub, value)
+        return value.replace("{home}", state_home)
+    return value
+
+
+def read_yaml(path: Path) -> dict:
+    try:
+        with open(path) as fh:
+            return yaml.safe_load(fh) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"missing configuration file {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"invalid YAML in {path}: {str(exc).splitlines()[0]}") from None
+
+
+def load_config(env: str | None = None, state_home: Path | None = None,
+                environ: dict | None = None, conf_dir: Path | None = None) -> dict:
+    """Load conf/base/config.yaml merged with conf/<env>/config.yaml, references resolved."""
+    conf_dir = Path(conf_dir or CONF_DIR)
+    env = env or env_name()
+    overlay_path = conf_dir / env / "config.yaml"
+    if not overlay_path.exists():
+        known = sorted(p.name for p in conf_dir.iterdir() if (p / "config.yaml").exists() and p.name != "base")
+        raise ConfigError(f"unknown BUNDLECAST_ENV {env!r}: expected one of {known}")
+    merged = deep_merge(read_yaml(conf_dir / "base" / "config.yaml"), read_yaml(overlay_path))
+    resolved = _resolve(merged, str(state_home or home()), dict(os.environ if environ is None else environ))
+    resolved["env"] = env
+    resolved["home"] = str(state_home or home())
+    return resolved
+
+
+@lru_cache(maxsize=None)
+def _cached(env: str, state_home: str) -> dict:
+    return load_config(env, Path(state_home))
+
+
+def config() -> dict:
+    """The configuration for the current BUNDLECAST_ENV and BUNDLECAST_HOME (cached)."""
+    return copy.deepcopy(_cached(env_name(), str(home())))

@@ -1,0 +1,112 @@
+"""The one place a SparkSession is built: Delta extensions, master, Hive metastore, jar cache.
+
+Jars: the Maven coordinates in ``spark.packages`` are resolved once by Ivy into
+``spark.jar_cache`` (under BUNDLECAST_HOME); the resolved jar list is recorded in
+``jars.txt`` and later sessions (and spark-submit) use those files directly, so nothing is
+downloaded again. Jobs receive the session as an argument; nothing creates one at import.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+
+from jobs.core.config import config
+
+log = logging.getLogger(__name__)
+DELTA_EXTENSIONS = {
+    "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+    "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+}
+
+
+def _jar_list_file(cfg: dict) -> Path:
+    return Path(cfg["spark"]["jar_cache"]) / "jars.txt"
+
+
+def cached_jars(cfg: dict | None = None) -> list[str] | None:
+    """The jar files fetched earlier for the configured packages, or None if not fetched yet."""
+    cfg = cfg or config()
+    listing = _jar_list_file(cfg)
+    if not listing.exists():
+        return None
+    lines = listing.read_text().splitlines()
+    if not lines or lines[0] != "# " + ",".join(cfg["spark"]["packages"]):
+        return None  # packages changed since the fetch
+    jars = [line for line in lines[1:] if line]
+    return jars if jars and all(Path(j).exists() for j in jars) else None
+
+
+def _artifact(jar_name: str, ivy: bool) -> str:
+    """'org.apache.hadoop_hadoop-client-api-3.4.2.jar' (Ivy: org_artifact-rev) or
+    'hadoop-client-api-3.5.0.jar' (Spark's own) -> 'hadoop-client-api'."""
+    base = jar_name.split("_", 1)[1] if ivy else jar_name
+    return re.sub(r"-\d[\w.\-]*\.jar$", "", base)
+
+
+def _record_jars(cfg: dict) -> list[str]:
+    """Record the fetched jars, leaving out artifacts Spark already ships (older transitive
+    versions of Hadoop, Jackson, Parquet... would otherwise shadow Spark's own)."""
+    import pyspark
+
+    bundled = {_artifact(p.name, ivy=False) for p in (Path(pyspark.__file__).parent / "jars").glob("*.jar")}
+    ivy_jars = Path(cfg["spark"]["jar_cache"]) / "ivy" / "jars"
+    jars = sorted(str(p) for p in ivy_jars.glob("*.jar") if _artifact(p.name, ivy=True) not in bundled)
+    if jars:
+        _jar_list_file(cfg).write_text("# " + ",".join(cfg["spark"]["packages"]) + "\n" + "\n".join(jars) + "\n")
+    return jars
+
+
+def spark_conf(cfg: dict | None = None) -> dict[str, str]:
+    """Every Spark setting a bundlecast job needs, for the builder and for spark-submit alike."""
+    cfg = cfg or config()
+    sp, storage = cfg["spark"], cfg["storage"]
+    metastore_home = Path(cfg["home"]) / "metastore"
+    conf = {
+        **DELTA_EXTENSIONS,
+        "spark.sql.catalogImplementation": "hive",
+        "spark.sql.warehouse.dir": f"{storage['warehouse']}/_spark_managed",
+        "spark.hadoop.javax.jdo.option.ConnectionURL": storage["metastore_url"],
+        "spark.hadoop.datanucleus.schema.autoCreateAll": "true",
+        "spark.hadoop.hive.metastore.schema.verification": "false",
+        "spark.driver.extraJavaOptions": f"-Dderby.system.home={metastore_home} -Dlog4j2.level=WARN",
+        "spark.driver.memory": str(sp["driver_memory"]),
+        "spark.sql.shuffle.partitions": str(sp["shuffle_partitions"]),
+        **{k: str(v) for k, v in (sp.get("conf") or {}).items()},
+    }
+    jars = cached_jars(cfg)
+    if jars:
+        conf["spark.jars"] = ",".join(jars)
+    else:
+        conf["spark.jars.packages"] = ",".join(sp["packages"])
+        conf["spark.jars.ivy"] = str(Path(sp["jar_cache"]) / "ivy")
+    return conf
+
+
+def get_spark(app_name: str | None = None, cfg: dict | None = None, extra_conf: dict | None = None):
+    """Build (or return the active) SparkSession for bundlecast.
+
+    Under spark-submit the master, jars and driver options were fixed at launch; otherwise
+    they come from configuration (``spark.master``, ``local[*]`` by default).
+    """
+    from pyspark.sql import SparkSession
+
+    cfg = cfg or config()
+    Path(cfg["home"], "metastore").mkdir(parents=True, exist_ok=True)
+    Path(cfg["spark"]["jar_cache"]).mkdir(parents=True, exist_ok=True)
+    fetching = cached_jars(cfg) is None
+    builder = SparkSession.builder.appName(app_name or cfg["spark"]["app_name"])
+    if not os.environ.get("PYSPARK_GATEWAY_PORT"):
+        builder = builder.master(cfg["spark"]["master"])
+    for key, value in {**spark_conf(cfg), **(extra_conf or {})}.items():
+        builder = builder.config(key, value)
+    if fetching:
+        log.warning("fetching Spark jars %s into %s (once)", cfg["spark"]["packages"], cfg["spark"]["jar_cache"])
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")
+    if fetching:
+        _record_jars(cfg)
+    if not spark.catalog.databaseExists(cfg["storage"]["database"]):
+        spark.sql(f"CREATE DATABASE IF NOT EXISTS {cfg['storage']['database']}")
+    return spark

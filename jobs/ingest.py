@@ -1,0 +1,415 @@
+"""Ingestion: raw landing zone -> validated silver Delta tables, quarantine and audit.
+
+    spark-submit jobs/ingest.py --date 2026-11-20 [--datasets events,orders] [--run-id ID]
+    python -m jobs.ingest --date 2026-11-20
+
+Reads ``raw/<dataset>/dt=<date>/`` (JSON lines, CSV or Parquet), enforces the contract
+(conf/base/contract.yaml) row by row, runs the dataset's Great Expectations suite, drops
+natural-key duplicates, and writes:
+  * the silver table of the dataset (upsert on keys, or overwrite of the dt partition);
+  * ``quarantine``: every rejected row with its raw content and every reason;
+  * ``quarantine_files``: files that could not be read at all;
+  * ``ingestion_audit``: rows read = accepted + quarantined + duplicates dropped.
+Every write is keyed on the landing date, so re-running a date leaves the same rows.
+A dataset whose quarantined share passes ``ingestion.quarantine_threshold`` is not
+published, and the run fails naming the dataset, the count and the top reasons.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import uuid
+from collections import Counter
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from jobs.core import catalog
+from jobs.core.catalog import DatasetSpec
+from jobs.core.config import config
+from jobs.core.errors import BundlecastError, DataQualityError
+
+log = logging.getLogger("bundlecast.ingest")
+FORMATS = {".jsonl": "json", ".json": "json", ".ndjson": "json", ".csv": "csv", ".parquet": "parquet"}
+CORRUPT = "_corrupt_record"
+ZONE_PATTERN = r"(Z|[+-][0-9]{2}:?[0-9]{2})$"
+
+
+@dataclass
+class RawFile:
+    path: str
+    size_bytes: int
+    format: str | None
+    unreadable: str | None = None  # reason, when the file cannot be read at all
+
+
+@dataclass
+class AuditRow:
+    dataset: str
+    dt: str
+    run_id: str
+    files_read: int
+    files_quarantined: int
+    rows_read: int
+    rows_accepted: int
+    rows_quarantined: int
+    duplicates_dropped: int
+    quarantine_share: float
+    top_reasons: str
+    expectations_passed: bool
+    status: str
+
+    def balanced(self) -> bool:
+        return self.rows_read == self.rows_accepted + self.rows_quarantined + self.duplicates_dropped
+
+
+# ---------------------------------------------------------------------------------- extract
+def list_raw_files(raw_root: str, dataset: str, dt: str) -> list[RawFile]:
+    """Every file landed for (dataset, dt), each probed so an unreadable one is caught here."""
+    folder = Path(raw_root) / dataset / f"dt={dt}"
+    if not folder.is_dir():
+        return []
+    files = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith((".", "_"))):
+        fmt = FORMATS.get(path.suffix.lower())
+        raw = RawFile(str(path), path.stat().st_size, fmt)
+        if fmt is None:
+            raw.unreadable = f"unsupported file format {path.suffix or '(no extension)'}: expected .jsonl, .csv or .parquet"
+        elif fmt == "parquet":
+            import pyarrow.parquet as pq
+            try:
+                pq.read_schema(path)
+            except Exception as exc:  # truncated or not Parquet at all
+                raw.unreadable = f"not a readable Parquet file: {str(exc).splitlines()[0][:200]}"
+        elif fmt == "csv":
+            try:
+                with open(path, newline="", encoding="utf-8") as fh:
+                    header = next(csv.reader(fh), None)
+                if not header:
+                    raw.unreadable = "CSV file has no header row"
+            except UnicodeDecodeError:
+                raw.unreadable = "CSV file is not UTF-8 text"
+        files.append(raw)
+    return files
+
+
+def _string_schema(columns: list[str]):
+    from pyspark.sql.types import StringType, StructField, StructType
+    return StructType([StructField(c, StringType(), True) for c in columns] + [StructField(CORRUPT, StringType(), True)])
+
+
+def read_raw(spark, files: list[RawFile], spec: DatasetSpec):
+    """Read the readable files as all-string columns named as in the contract, plus
+    ``_source_file`` and ``_corrupt_record`` (the raw text of a line that could not be parsed)."""
+    from pyspark.sql import functions as F
+
+    wanted = spec.column_names
+    frames = []
+    json_files = [f.path for f in files if f.format == "json" and not f.unreadable]
+    if json_files:
+        frames.append(spark.read.schema(_string_schema(wanted)).option("mode", "PERMISSIVE")
+                      .option("columnNameOfCorruptRecord", CORRUPT).json(json_files)
+                      .withColumn("_source_file", F.col("_metadata.file_path")))
+    csv_by_header: dict[tuple, list[str]] = {}
+    for f in files:
+        if f.format == "csv" and not f.unreadable:
+            with open(f.path, newline="", encoding="utf-8") as fh:
+                header = tuple(h.strip().lower() for h in next(csv.reader(fh)))
+            csv_by_header.setdefault(header, []).append(f.path)
+    for header, paths in csv_by_header.items():
+        frame = (spark.read.schema(_string_schema(list(header))).option("header", True)
+                 .option("mode", "PERMISSIVE").option("columnNameOfCorruptRecord", CORRUPT)
+                 .option("enforceSchema", True).csv(paths)
+                 .withColumn("_source_file", F.col("_metadata.file_path")))
+        frames.append(frame.select(*[F.col(f"`{c}`") if c in header else F.lit(None).cast("string").alias(c)
+                                     for c in wanted], CORRUPT, "_source_file"))
+    for f in files:
+        if f.format == "parquet" and not f.unreadable:
+            frame = spark.read.parquet(f.path)
+            types = dict(frame.dtypes)
+            cols = []
+            for c in wanted:
+                if c not in types:
+                    cols.append(F.lit(None).cast("string").alias(c))
+                elif types[c].startswith("timestamp"):
+                    cols.append(F.date_format(F.col(c), "yyyy-MM-dd'T'HH:mm:ss.SSSSSSXXX").alias(c))
+                else:
+                    cols.append(F.col(c).cast("string").alias(c))
+            frames.append(frame.select(*cols, F.lit(None).cast("string").alias(CORRUPT),
+                                       F.col("_metadata.file_path").alias("_source_file")))
+    if not frames:
+        return None
+    result = frames[0]
+    for frame in frames[1:]:
+        result = result.unionByName(frame)
+    return result.select(*wanted, CORRUPT, "_source_file")
+
+
+# -------------------------------------------------------------------------------- transform
+def _typed(column, raw):
+    """(typed value, cast-failure condition) for one contract column over its raw string."""
+    from pyspark.sql import functions as F
+
+    value = F.when(F.trim(raw) == "", F.lit(None)).otherwise(F.trim(raw))
+    if column.type == "boolean":
+        lowered = F.lower(value)
+        typed = F.when(lowered.isin("true", "1"), F.lit(True)).when(lowered.isin("false", "0"), F.lit(False))
+    elif column.type == "timestamp":
+        typed = F.when(value.rlike(ZONE_PATTERN), value.try_cast("timestamp"))
+    elif column.type in ("int", "long"):
+        # "3.0" is accepted as 3, "3.5" is not an integer.
+        as_double = value.try_cast("double")
+        typed = F.when(as_double == F.floor(as_double), as_double.try_cast(column.spark_type))
+    else:
+        typed = value.try_cast(column.spark_type)
+    return value, typed
+
+
+def validate(raw, spec: DatasetSpec, references: dict | None = None):
+    """Pure transform: raw all-string rows -> typed rows with ``_reasons`` (empty when valid).
+
+    ``references`` maps a contract reference reason (``unknown:site_id+item_id``) to a
+    DataFrame of the referenced keys (named as this dataset's columns). Keeps ``record``
+    (the raw row as JSON, or the unparsable text) for the quarantine.
+    """
+    from pyspark.sql import functions as F
+
+    checks, typed_cols = [], []
+    corrupt = F.col(CORRUPT).isNotNull()
+    for c in spec.columns:
+        value, typed = _typed(c, F.col(f"`{c.name}`"))
+        typed_cols.append(typed.alias(c.name))
+        if c.required:
+            checks.append((value.isNull(), f"missing:{c.name}"))
+        bad_reason = f"bad_type:{c.name}"
+        if c.type == "timestamp":
+            checks.append((value.isNotNull() & ~value.rlike(ZONE_PATTERN), f"timestamp_without_zone:{c.name}"))
+            checks.append((value.isNotNull() & value.rlike(ZONE_PATTERN) & typed.isNull(), bad_reason))
+        else:
+            checks.append((value.isNotNull() & typed.isNull(), bad_reason))
+        if c.min is not None:
+            checks.append((typed < F.lit(c.min), f"below_min:{c.name}"))
+        if c.max is not None:
+            checks.append((typed > F.lit(c.max), f"above_max:{c.name}"))
+        if c.allowed:
+            checks.append((value.isNotNull() & ~value.isin(*c.allowed), f"not_allowed:{c.name}"))
+    record = F.coalesce(F.col(CORRUPT), F.to_json(F.struct(*[F.col(f"`{c}`") for c in spec.column_names])))
+    reasons = F.when(corrupt, F.array(F.lit("malformed_record"))).otherwise(
+        F.array_compact(F.array(*[F.when(cond, F.lit(reason)) for cond, reason in checks])))
+    out = raw.select(*typed_cols, "_source_file", record.alias("record"), reasons.alias("_reasons"))
+    for ref in spec.refs:
+        keys = (references or {}).get(ref.reason)
+        if keys is None:
+            continue
+        flag = f"_ref_{'_'.join(ref.columns)}"
+        known = keys.select(*ref.columns).dropDuplicates().withColumn(flag, F.lit(True))
+        out = out.join(known, on=list(ref.columns), how="left")
+        present = F.lit(True)
+        for col in ref.columns:
+            present = present & F.col(col).isNotNull()
+        orphan = present & F.col(flag).isNull() & ~F.array_contains("_reasons", "malformed_record")
+        out = (out.withColumn("_reasons", F.when(orphan, F.array_append("_reasons", F.lit(ref.reason)))
+                              .otherwise(F.col("_reasons")))
+               .drop(flag))
+    return out.select(*spec.column_names, "_source_file", "record", "_reasons")
+
+
+def deduplicate(valid, keys: list[str]):
+    """Keep one row per natural key (the one from the last file in landing order)."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    order = Window.partitionBy(*keys).orderBy(F.col("_source_file").desc(), F.col("record").desc())
+    return valid.withColumn("_n", F.row_number().over(order)).filter("_n = 1").drop("_n")
+
+
+def top_reasons(counter: Counter, n: int = 5) -> list[tuple[str, int]]:
+    return counter.most_common(n)
+
+
+def threshold_message(dataset: str, quarantined: int, read: int, threshold: float, reasons: list) -> str:
+    listed = ", ".join(f"{r} ({n})" for r, n in reasons) or "none"
+    return (f"{dataset}: {quarantined} of {read} rows quarantined ({quarantined / max(read, 1):.1%} > "
+            f"{threshold:.1%} threshold); top reasons: {listed}")
+
+
+# ------------------------------------------------------------------------------------- load
+def ensure_table(spark, name: str, cfg: dict) -> str:
+    """Create the catalog table (schema from conf) at its location and register it as
+    ``bundlecast.<name>`` in the persistent Spark catalog. Returns the location."""
+    spec, path = catalog.table(name), catalog.table_path(name, cfg)
+    partition = f"PARTITIONED BY ({', '.join(spec.partition_by)})" if spec.partition_by else ""
+    spark.sql(f"CREATE TABLE IF NOT EXISTS {catalog.qualified_name(name, cfg)} ({spec.ddl()}) USING DELTA "
+              f"{partition} LOCATION '{path}'")
+    return path
+
+
+def write_silver(spark, df, spec: DatasetSpec, dt: str, cfg: dict) -> None:
+    from delta.tables import DeltaTable
+
+    path = ensure_table(spark, spec.name, cfg)
+    if spec.load == "merge":
+        condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in spec.keys)
+        (DeltaTable.forPath(spark, path).alias("t").merge(df.alias("s"), condition)
+         .whenMatchedUpdateAll().whenNotMatchedInsertAll().execute())
+    else:
+        (df.write.format("delta").mode("overwrite").option("replaceWhere", f"dt = DATE'{dt}'").save(path))
+
+
+def write_ops(spark, quarantined, bad_files: list[dict], audit: list[AuditRow], dt: str, cfg: dict) -> None:
+    """Quarantine rows and files and the audit rows, each replacing the run's (dataset, dt)."""
+    from delta.tables import DeltaTable
+    from pyspark.sql import functions as F
+
+    names = ", ".join(f"'{a.dataset}'" for a in audit)
+    scope = f"dataset IN ({names}) AND dt = DATE'{dt}'"
+    q_path = ensure_table(spark, "quarantine", cfg)
+    quarantined.write.format("delta").mode("overwrite").option("replaceWhere", scope).save(q_path)
+    f_path = ensure_table(spark, "quarantine_files", cfg)
+    f_schema = catalog.table("quarantine_files").ddl()
+    files_df = spark.createDataFrame(bad_files, f_schema.replace("`dt` date", "`dt` string")) \
+        .withColumn("dt", F.col("dt").cast("date")).select(*[c.name for c in catalog.table("quarantine_files").columns])
+    files_df.write.format("delta").mode("overwrite").option("replaceWhere", scope).save(f_path)
+    a_path = ensure_table(spark, "ingestion_audit", cfg)
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    audit_df = (spark.createDataFrame([{**asdict(a), "ingested_at": now} for a in audit])
+                .withColumn("dt", F.col("dt").cast("date"))
+                .withColumn("files_read", F.col("files_read").cast("int"))
+                .withColumn("files_quarantined", F.col("files_quarantined").cast("int"))
+                .select(*[c.name for c in catalog.table("ingestion_audit").columns]))
+    (DeltaTable.forPath(spark, a_path).alias("t")
+     .merge(audit_df.alias("s"), "t.dataset = s.dataset AND t.dt = s.dt")
+     .whenMatchedUpdateAll().whenNotMatchedInsertAll().execute())
+
+
+# ------------------------------------------------------------------------------------- main
+def ingest_dataset(spark, spec: DatasetSpec, dt: str, run_id: str, cfg: dict, gx_root: str | None):
+    """Ingest one dataset's drop. Returns (audit row, quarantine DataFrame, bad files, error message)."""
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    files = list_raw_files(cfg["storage"]["raw"], spec.name, dt)
+    bad_files = [dict(dataset=spec.name, dt=dt, run_id=run_id, source_file=f.path, size_bytes=f.size_bytes,
+                      reason=f.unreadable) for f in files if f.unreadable]
+    raw = read_raw(spark, files, spec)
+    q_cols = ["dataset", "dt", "run_id", "_source_file", "record", "reasons"]
+    if raw is None:
+        audit = AuditRow(spec.name, dt, run_id, len(files), len(bad_files), 0, 0, 0, 0, 0.0, "{}", True,
+                         "empty" if not files else "ok")
+        return audit, None, bad_files, None
+    references = {}
+    for ref in spec.refs:
+        ref_path = catalog.table_path(ref.dataset, cfg)
+        try:
+            keys = spark.read.format("delta").load(ref_path).select(
+                *[F.col(rc).alias(c) for rc, c in zip(ref.ref_columns, ref.columns)])
+        except Exception:
+            raise BundlecastError(f"{spec.name}: referenced table {ref.dataset} does not exist yet; "
+                                  f"ingest {ref.dataset} first") from None
+        references[ref.reason] = keys
+    checked = validate(raw.persist(StorageLevel.MEMORY_AND_DISK), spec, references) \
+        .withColumn(ROW_ID, F.monotonically_increasing_id()).persist(StorageLevel.MEMORY_AND_DISK)
+    rows_read = checked.count()
+    valid = checked.filter(F.size("_reasons") == 0)
+    deduped = deduplicate(valid, list(spec.keys)).persist(StorageLevel.MEMORY_AND_DISK)
+    n_valid, n_unique = valid.count(), deduped.count()
+    suite_ok, flagged = True, {}
+    if gx_root and n_unique:
+        result = run_suite(deduped.select(*spec.column_names, ROW_ID), spec.name, gx_root)
+        suite_ok, flagged = result.success, result.flagged
+    if flagged:
+        flags = spark.createDataFrame([(k, v) for k, v in flagged.items()], f"{ROW_ID} long, _gx array<string>")
+        deduped = deduped.join(F.broadcast(flags), ROW_ID, "left")
+        gx_rejected = deduped.filter(F.col("_gx").isNotNull()).withColumn("_reasons", F.col("_gx")).drop("_gx")
+        accepted = deduped.filter(F.col("_gx").isNull()).drop("_gx")
+    else:
+        gx_rejected, accepted = None, deduped
+    rejected = checked.filter(F.size("_reasons") > 0)
+    if gx_rejected is not None:
+        rejected = rejected.unionByName(gx_rejected)
+    quarantine = rejected.select(F.lit(spec.name).alias("dataset"), F.lit(dt).cast("date").alias("dt"),
+                                 F.lit(run_id).alias("run_id"), "_source_file", "record",
+                                 F.col("_reasons").alias("reasons")).persist(StorageLevel.MEMORY_AND_DISK)
+    reason_counts = Counter({r["reason"]: r["n"] for r in quarantine.select(F.explode("reasons").alias("reason"))
+                             .groupBy("reason").count().withColumnRenamed("count", "n").collect()})
+    n_quarantined = quarantine.count()
+    n_accepted = n_unique - len(flagged)
+    share = n_quarantined / rows_read if rows_read else 0.0
+    threshold = float(cfg["ingestion"]["quarantine_threshold"])
+    failed = share > threshold
+    # rows_accepted counts rows that passed; status says whether they were published.
+    audit = AuditRow(spec.name, dt, run_id, len(files), len(bad_files), rows_read, n_accepted,
+                     n_quarantined, n_valid - n_unique, round(share, 6),
+                     json.dumps(dict(top_reasons(reason_counts, 10))), suite_ok, "failed_threshold" if failed else "ok")
+    error = None
+    if failed:
+        # Not published: the passing rows stay out of silver until the drop is fixed
+        # (the raw files stay in place, so nothing is lost).
+        error = threshold_message(spec.name, n_quarantined, rows_read, threshold, top_reasons(reason_counts))
+    else:
+        silver = accepted.select(*spec.column_names, F.lit(dt).cast("date").alias("dt"), "_source_file")
+        write_silver(spark, silver, spec, dt, cfg)
+    if not audit.balanced():
+        raise BundlecastError(f"{spec.name}: accounting does not add up: {asdict(audit)}")
+    return audit, quarantine.select(*q_cols), bad_files, error
+
+
+def run(spark, dt: str, datasets: list[str] | None = None, run_id: str | None = None,
+        cfg: dict | None = None, with_expectations: bool = True, progress=print) -> list[AuditRow]:
+    """Ingest the given datasets (default: all, in contract order) for landing date ``dt``."""
+    cfg = cfg or config()
+    run_id = run_id or f"ingest-{dt}-{uuid.uuid4().hex[:8]}"
+    specs = list(catalog.datasets().values())
+    if datasets:
+        unknown = set(datasets) - {s.name for s in specs}
+        if unknown:
+            raise BundlecastError(f"unknown dataset(s) {sorted(unknown)}: expected some of {[s.name for s in specs]}")
+        specs = [s for s in specs if s.name in datasets]
+    gx_root = cfg["quality"]["gx_project"] if with_expectations else None
+    audits, quarantines, bad_files, errors = [], [], [], []
+    for spec in specs:
+        audit, quarantine, files, error = ingest_dataset(spark, spec, dt, run_id, cfg, gx_root)
+        progress(f"{spec.name:18s} read {audit.rows_read:>10,}  accepted {audit.rows_accepted:>10,}  "
+                 f"quarantined {audit.rows_quarantined:>8,}  duplicates {audit.duplicates_dropped:>6,}  "
+                 f"bad files {audit.files_quarantined}")
+        audits.append(audit)
+        bad_files.extend(files)
+        if quarantine is not None:
+            quarantines.append(quarantine)
+        if error:
+            errors.append(error)
+    from pyspark.sql import functions as F
+    q_spec = catalog.table("quarantine")
+    quarantined = spark.createDataFrame([], q_spec.ddl())
+    for q in quarantines:
+        quarantined = quarantined.unionByName(q.select(*[F.col(c.name).cast(c.spark_type) for c in q_spec.columns]))
+    write_ops(spark, quarantined, bad_files, audits, dt, cfg)
+    if errors:
+        raise DataQualityError("; ".join(errors))
+    return audits
+
+
+from jobs.quality import ROW_ID, run_suite  # noqa: E402  (after the definitions it does not need)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from jobs.core.cli_support import run_main
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--date", required=True, help="landing date YYYY-MM-DD")
+    parser.add_argument("--datasets", help="comma-separated datasets (default: all)")
+    parser.add_argument("--run-id")
+    parser.add_argument("--no-expectations", action="store_true", help="skip the Great Expectations suites")
+    args = parser.parse_args(argv)
+
+    def body():
+        from jobs.core.spark import get_spark
+        spark = get_spark("bundlecast-ingest")
+        run(spark, args.date, args.datasets.split(",") if args.datasets else None, args.run_id,
+            with_expectations=not args.no_expectations)
+    return run_main(body)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
