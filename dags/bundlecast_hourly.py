@@ -1,0 +1,47 @@
+"""
+### bundlecast_hourly
+
+Hourly run: re-ingests the fast-moving datasets (`ingestion.hourly_datasets`: events,
+orders, order lines, inventory, feedback) landed so far for the day, so the silver tables
+follow the day as it fills up, then refreshes the exports. Reference data (sites, items,
+users, warehouses...) is the nightly run's job.
+
+Idempotent for its date: each run overwrites the day's partitions with everything landed
+so far for that day.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow.sdk import Asset, dag, task
+
+from jobs.core.orchestration import spark_submit_operator
+
+HOURLY = ["events", "orders", "order_lines", "inventory", "feedback"]
+
+
+@dag(
+    dag_id="bundlecast_hourly",
+    schedule="15 * * * *",
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    tags=["bundlecast", "hourly", "ingestion"],
+    default_args={"retries": 2, "retry_delay": timedelta(minutes=2), "owner": "bundlecast"},
+    doc_md=__doc__,
+)
+def bundlecast_hourly():
+    ingest = spark_submit_operator(
+        "ingest_hourly", "ingest", ["--date", "{{ ds }}", "--datasets", ",".join(HOURLY), "--run-id", "{{ run_id }}"],
+        outlets=[Asset(name=f"bundlecast.{t}", uri=f"bundlecast://tables/{t}") for t in HOURLY + ["ingestion_audit"]])
+
+    @task(retries=2)
+    def export(ds=None):
+        from jobs.export import export_configured
+        for manifest in export_configured(ds):
+            print(f"[bundlecast] exported {manifest['table']}: {manifest['row_count']} rows -> {manifest['location']}")
+
+    ingest >> export()
+
+
+bundlecast_hourly()
