@@ -1,3 +1,191 @@
-"""placeholder"""
-def main():
-    pass
+"""The ``bundlecast`` command.
+
+    bundlecast setup                         fetch Spark jars once, prepare Airflow's database
+    bundlecast generate --scale tiny --seed 42 [--date D]
+    bundlecast import online-retail PATH [--date D] [--limit N]
+    bundlecast ingest --date D [--datasets a,b]          (Spark, in this process, no Airflow)
+    bundlecast run nightly|hourly --date D                (through Airflow 3)
+    bundlecast tables [--json]
+    bundlecast sql "SELECT * FROM bundlecast.orders LIMIT 5"
+    bundlecast export TABLE --date D [--target URI] [--format parquet|jsonl]
+    bundlecast contract                                   (print the contract as Markdown)
+    bundlecast summary                                    (what `make run` prints at the end)
+
+Errors are printed as one line (BUNDLECAST_DEBUG=1 shows the traceback).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import date
+from pathlib import Path
+
+from jobs.core.cli_support import run_main
+from jobs.core.config import config
+
+
+def _date(text: str) -> str:
+    try:
+        return date.fromisoformat(text).isoformat()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
+
+
+def _progress(msg: str) -> None:
+    print(f"  {msg}", flush=True)
+
+
+def cmd_setup(args) -> None:
+    from jobs.core.orchestration import ensure_airflow_db
+    from jobs.core.spark import cached_jars, get_spark
+
+    cfg = config()
+    for sub in ("raw", "warehouse", "metastore", "mlflow", "exports", "gx"):
+        Path(cfg["home"], sub).mkdir(parents=True, exist_ok=True)
+    if cached_jars(cfg) is None:
+        print(f"fetching Delta jars into {cfg['spark']['jar_cache']} (once)...", flush=True)
+        get_spark("bundlecast-setup").stop()
+    print(f"jars: {len(cached_jars(cfg) or [])} cached in {cfg['spark']['jar_cache']}")
+    ensure_airflow_db(cfg)
+    print(f"airflow: metadata database ready under {cfg['airflow']['home']}")
+
+
+def cmd_generate(args) -> None:
+    from jobs.demo_world import generate
+
+    cfg = config()
+    dt = args.date or cfg["demo"]["date"]
+    print(f"generating the {args.scale} demo world (seed {args.seed}) landed on {dt}...", flush=True)
+    rows = generate(Path(cfg["storage"]["raw"]), Path(cfg["home"], "demo", "ground_truth.json"),
+                    args.scale, args.seed, dt, progress=_progress)
+    for name, n in rows.items():
+        print(f"  {name:18s} {n:>12,} rows")
+    print(f"raw zone: {cfg['storage']['raw']}; ground truth: {Path(cfg['home'], 'demo', 'ground_truth.json')}")
+
+
+def cmd_import(args) -> None:
+    from jobs.import_online_retail import import_online_retail
+
+    cfg = config()
+    counts = import_online_retail(Path(args.path), Path(cfg["storage"]["raw"]), args.date, args.limit)
+    for name, n in counts.items():
+        print(f"  {name:18s} {n:>12,} rows -> raw/{name}/dt={args.date}/")
+    print(f"next: bundlecast run nightly --date {args.date}")
+
+
+def cmd_ingest(args) -> None:
+    from jobs.core.spark import get_spark
+    from jobs.ingest import run
+
+    spark = get_spark("bundlecast-ingest")
+    run(spark, args.date, args.datasets.split(",") if args.datasets else None,
+        with_expectations=not args.no_expectations, progress=_progress)
+
+
+def cmd_run(args) -> None:
+    from jobs.core.orchestration import run_dag
+
+    run_dag(args.kind, args.date, echo=lambda m: print(m, flush=True))
+    if args.kind == "nightly" or args.summary:
+        cmd_summary(args)
+
+
+def cmd_tables(args) -> None:
+    from jobs.tables import all_tables, render
+
+    rows = all_tables()
+    print(json.dumps(rows, indent=1) if args.json else render(rows))
+
+
+def cmd_sql(args) -> None:
+    from jobs.core.spark import get_spark
+
+    spark = get_spark("bundlecast-sql")
+    spark.sql(f"USE {config()['storage']['database']}")
+    result = spark.sql(args.query)
+    if args.json:
+        for row in result.limit(args.limit).toJSON().collect():
+            print(row)
+    else:
+        result.show(args.limit, truncate=80)
+
+
+def cmd_export(args) -> None:
+    from jobs.export import export_table
+
+    manifest = export_table(args.table, args.date, args.target, args.format)
+    print(f"{manifest['row_count']:,} rows of {args.table} (Delta version {manifest['delta_version']}) "
+          f"-> {manifest['location']} ({len(manifest['files'])} files, manifest last)")
+
+
+def cmd_contract(args) -> None:
+    from jobs.core.catalog import contract_markdown
+
+    print(contract_markdown())
+
+
+def cmd_summary(args) -> None:
+    from jobs.quality import data_docs_index
+    from jobs.tables import all_tables, render
+
+    cfg = config()
+    print("\n" + render(all_tables(cfg)))
+    print(f"\nstate directory : {cfg['home']}")
+    print(f"exports         : {cfg['exports']['target']}  (each <table>/dt=<date>/ has a _manifest.json)")
+    print(f"data docs       : {data_docs_index(cfg['quality']['gx_project'])}")
+    print(f"airflow logs    : {cfg['airflow']['home']}/runs/")
+    print("look at them    : bundlecast tables --json | bundlecast sql \"SELECT * FROM bundlecast.ingestion_audit\"")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bundlecast", description="Anticipatory-commerce batch pipeline.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("setup", help="fetch jars once, prepare Airflow").set_defaults(func=cmd_setup)
+    p = sub.add_parser("generate", help="write the demo world into the raw zone")
+    p.add_argument("--scale", choices=["tiny", "small", "medium", "large"], default="tiny")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--date", type=_date, help="landing date (default: demo.date)")
+    p.set_defaults(func=cmd_generate)
+    p = sub.add_parser("import", help="import real data into the raw zone")
+    p.add_argument("source", choices=["online-retail"])
+    p.add_argument("path")
+    p.add_argument("--date", type=_date, default="2011-12-10", help="landing date (default 2011-12-10)")
+    p.add_argument("--limit", type=int, help="read only the first N lines of each file")
+    p.set_defaults(func=cmd_import)
+    p = sub.add_parser("ingest", help="validate raw -> silver in this process (no Airflow)")
+    p.add_argument("--date", type=_date, required=True)
+    p.add_argument("--datasets")
+    p.add_argument("--no-expectations", action="store_true")
+    p.set_defaults(func=cmd_ingest)
+    p = sub.add_parser("run", help="run a DAG for a date through Airflow")
+    p.add_argument("kind", choices=["nightly", "hourly"])
+    p.add_argument("--date", type=_date, required=True)
+    p.add_argument("--summary", action="store_true", help="print the table summary after an hourly run too")
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("tables", help="every catalog table: location, Delta version, rows")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_tables)
+    p = sub.add_parser("sql", help="Spark SQL over the bundlecast catalog")
+    p.add_argument("query")
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_sql)
+    p = sub.add_parser("export", help="export a table snapshot")
+    p.add_argument("table")
+    p.add_argument("--date", type=_date, required=True)
+    p.add_argument("--target")
+    p.add_argument("--format", choices=["parquet", "jsonl"])
+    p.set_defaults(func=cmd_export)
+    sub.add_parser("contract", help="print the input data contract (Markdown)").set_defaults(func=cmd_contract)
+    sub.add_parser("summary", help="tables, exports and where to look").set_defaults(func=cmd_summary)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_main(lambda: args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

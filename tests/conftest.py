@@ -1,0 +1,51 @@
+"""Shared fixtures: one Spark session per test session, in its own BUNDLECAST_HOME.
+
+Every test world shares the jar cache of the project's state directory
+(BUNDLECAST_JAR_CACHE), so the Delta jars are fetched once per machine, not per test.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+PROJECT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("BUNDLECAST_JAR_CACHE", str(Path(os.environ.get("BUNDLECAST_HOME", PROJECT / "var")) / "jars"))
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+SHARED_DATA = PROJECT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def world_home(tmp_path_factory) -> Path:
+    """The state directory of the in-process Spark session (one per test session)."""
+    home = tmp_path_factory.mktemp("home")
+    os.environ["BUNDLECAST_HOME"] = str(home)
+    os.environ["BUNDLECAST_SPARK_MASTER"] = "local[2]"
+    return home
+
+
+@pytest.fixture(scope="session")
+def cfg(world_home):
+    from jobs.core.config import config
+    return config()
+
+
+@pytest.fixture(scope="session")
+def spark(cfg):
+    from jobs.core.spark import get_spark
+    session = get_spark("bundlecast-tests", cfg, extra_conf={"spark.sql.shuffle.partitions": "2"})
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_world(cfg, spark):
+    """The tiny demo world, generated and ingested once (dimensions and facts)."""
+    from jobs import ingest
+    from jobs.demo_world import generate
+
+    rows = generate(Path(cfg["storage"]["raw"]), Path(cfg["home"]) / "demo" / "ground_truth.json", "tiny", 7,
+                    cfg["demo"]["date"])
+    audits = ingest.run(spark, cfg["demo"]["date"], cfg=cfg, progress=lambda m: None)
+    return {"date": cfg["demo"]["date"], "rows": rows, "audits": {a.dataset: a for a in audits}}
