@@ -239,10 +239,16 @@ def threshold_message(dataset: str, quarantined: int, read: int, threshold: floa
 def ensure_table(spark, name: str, cfg: dict) -> str:
     """Create the catalog table (schema from conf) at its location and register it as
     ``bundlecast.<name>`` in the persistent Spark catalog. Returns the location."""
+    from delta.tables import DeltaTable
+
     spec, path = catalog.table(name), catalog.table_path(name, cfg)
-    partition = f"PARTITIONED BY ({', '.join(spec.partition_by)})" if spec.partition_by else ""
-    spark.sql(f"CREATE TABLE IF NOT EXISTS {catalog.qualified_name(name, cfg)} ({spec.ddl()}) USING DELTA "
-              f"{partition} LOCATION '{path}'")
+    from pyspark.sql.types import StructType
+
+    builder = DeltaTable.createIfNotExists(spark).location(path).addColumns(StructType.fromDDL(spec.ddl()))
+    if spec.partition_by:
+        builder = builder.partitionedBy(*spec.partition_by)
+    builder.execute()
+    spark.sql(f"CREATE TABLE IF NOT EXISTS {catalog.qualified_name(name, cfg)} USING DELTA LOCATION '{path}'")
     return path
 
 
