@@ -27,7 +27,7 @@ def airflow_env(cfg: dict | None = None, base: dict | None = None) -> dict:
     cfg = cfg or config()
     env = dict(os.environ if base is None else base)
     airflow_home = Path(cfg["airflow"]["home"])
-    env.setdefault("AIRFLOW_HOME", str(airflow_home))
+    env["AIRFLOW_HOME"] = str(airflow_home)
     env.setdefault("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{airflow_home / 'airflow.db'}")
     env["AIRFLOW__CORE__DAGS_FOLDER"] = str(DAGS_DIR)
     env["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"

@@ -12,7 +12,7 @@ import os
 import re
 from pathlib import Path
 
-from jobs.core.config import config
+from jobs.core.config import CONF_DIR, config
 
 log = logging.getLogger(__name__)
 DELTA_EXTENSIONS = {
@@ -70,7 +70,8 @@ def spark_conf(cfg: dict | None = None) -> dict[str, str]:
         "spark.hadoop.javax.jdo.option.ConnectionURL": storage["metastore_url"],
         "spark.hadoop.datanucleus.schema.autoCreateAll": "true",
         "spark.hadoop.hive.metastore.schema.verification": "false",
-        "spark.driver.extraJavaOptions": f"-Dderby.system.home={metastore_home} -Dlog4j2.level=WARN",
+        "spark.driver.extraJavaOptions": (f"-Dderby.system.home={metastore_home} "
+                                          f"-Dlog4j2.configurationFile={CONF_DIR / 'log4j2.properties'}"),
         "spark.driver.memory": str(sp["driver_memory"]),
         "spark.sql.shuffle.partitions": str(sp["shuffle_partitions"]),
         **{k: str(v) for k, v in (sp.get("conf") or {}).items()},
@@ -105,6 +106,10 @@ def get_spark(app_name: str | None = None, cfg: dict | None = None, extra_conf: 
         log.warning("fetching Spark jars %s into %s (once)", cfg["spark"]["packages"], cfg["spark"]["jar_cache"])
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
+    # PySpark logs every failed query with the JVM stack trace; bundlecast reports errors
+    # itself as one line (BUNDLECAST_DEBUG=1 keeps the full log).
+    if not os.environ.get("BUNDLECAST_DEBUG"):
+        logging.getLogger("SQLQueryContextLogger").disabled = True
     if fetching:
         _record_jars(cfg)
     if not spark.catalog.databaseExists(cfg["storage"]["database"]):
