@@ -1,0 +1,96 @@
+"""Ingestion benchmark (`make bench`): rows per second and peak memory of the validated
+ingestion on a generated world, against the floor of a plain Spark read of the same raw
+files written straight to Parquet. A benchmark, not a test: it prints numbers.
+
+    python tests/benchmarks/bench_ingestion.py --scale medium [--datasets events,orders,order_lines]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+
+class PeakMemory:
+    """Samples the resident memory of this process and its children (the Spark JVM)."""
+
+    def __init__(self):
+        self.peak, self._stop = 0, threading.Event()
+
+    def _run(self):
+        me = psutil.Process()
+        while not self._stop.is_set():
+            total = me.memory_info().rss
+            for child in me.children(recursive=True):
+                try:
+                    total += child.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.peak = max(self.peak, total)
+            time.sleep(0.2)
+
+    def __enter__(self):
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--scale", default="medium")
+    parser.add_argument("--datasets", default="sites,warehouses,items,users,events,orders,order_lines")
+    args = parser.parse_args()
+    root = Path(os.environ.get("BUNDLECAST_HOME", "var")).resolve()
+    home = root / f"bench-{args.scale}"
+    os.environ["BUNDLECAST_HOME"] = str(home)
+    os.environ.setdefault("BUNDLECAST_JAR_CACHE", str(root / "jars"))
+    from jobs import ingest
+    from jobs.core import catalog
+    from jobs.core.config import config
+    from jobs.core.spark import get_spark
+    from jobs.demo_world import generate
+
+    cfg = config()
+    dt = cfg["demo"]["date"]
+    marker = home / "demo" / "ground_truth.json"
+    if not marker.exists():
+        t0 = time.time()
+        generate(Path(cfg["storage"]["raw"]), marker, args.scale, 42, dt, progress=print)
+        print(f"generated {args.scale} world in {time.time() - t0:.0f} s")
+    shutil.rmtree(cfg["storage"]["warehouse"], ignore_errors=True)
+    datasets = args.datasets.split(",")
+    spark = get_spark("bundlecast-bench")
+
+    with PeakMemory() as floor_mem:
+        t0 = time.time()
+        floor_rows = 0
+        for name in datasets:
+            files = ingest.list_raw_files(cfg["storage"]["raw"], name, dt)
+            raw = ingest.read_raw(spark, files, catalog.dataset(name))
+            raw.write.mode("overwrite").parquet(f"{cfg['storage']['warehouse']}/_floor/{name}")
+            floor_rows += spark.read.parquet(f"{cfg['storage']['warehouse']}/_floor/{name}").count()
+        floor_s = time.time() - t0
+    with PeakMemory() as ingest_mem:
+        t0 = time.time()
+        audits = ingest.run(spark, dt, datasets, cfg=cfg, progress=print)
+        ingest_s = time.time() - t0
+    rows = sum(a.rows_read for a in audits)
+    assert rows == floor_rows, (rows, floor_rows)
+    print(f"\nscale={args.scale} datasets={len(datasets)} rows={rows:,} cores={os.cpu_count()}")
+    print(f"{'':28s}{'seconds':>10s}{'rows/s':>12s}{'peak RSS MiB':>15s}")
+    print(f"{'plain read -> Parquet':28s}{floor_s:10.1f}{rows / floor_s:12,.0f}{floor_mem.peak / 2**20:15,.0f}")
+    print(f"{'validated ingestion':28s}{ingest_s:10.1f}{rows / ingest_s:12,.0f}{ingest_mem.peak / 2**20:15,.0f}")
+    print(f"ingestion costs {ingest_s / floor_s:.1f}x the plain read")
+
+
+if __name__ == "__main__":
+    main()
