@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.sdk import Asset, dag, task
+from airflow.sdk import Asset, dag
 
-from jobs.core.orchestration import spark_submit_operator
+from jobs.core.orchestration import export_task, spark_submit_operator
 
 HOURLY = ["events", "orders", "order_lines", "inventory", "feedback"]
 
@@ -35,13 +35,7 @@ def bundlecast_hourly():
         "ingest_hourly", "ingest", ["--date", "{{ ds }}", "--datasets", ",".join(HOURLY), "--run-id", "{{ run_id }}"],
         outlets=[Asset(name=f"bundlecast.{t}", uri=f"bundlecast://tables/{t}") for t in HOURLY + ["ingestion_audit"]])
 
-    @task(retries=2)
-    def export(ds=None):
-        from jobs.export import export_configured
-        for manifest in export_configured(ds):
-            print(f"[bundlecast] exported {manifest['table']}: {manifest['row_count']} rows -> {manifest['location']}")
-
-    ingest >> export()
+    ingest >> export_task()
 
 
 bundlecast_hourly()

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import Asset, dag, task
 
-from jobs.core.orchestration import spark_submit_operator
+from jobs.core.orchestration import export_task, spark_submit_operator
 
 SILVER = ["sites", "warehouses", "items", "users", "events", "orders", "order_lines", "reviews", "inventory",
           "weather", "calendar_events", "routes", "competitor_prices", "feedback"]
@@ -40,19 +40,13 @@ def bundlecast_nightly():
         "ingest", "ingest", ["--date", "{{ ds }}", "--run-id", "{{ run_id }}"],
         outlets=[Asset(name=f"bundlecast.{t}", uri=f"bundlecast://tables/{t}") for t in SILVER + OPS])
 
-    @task(retries=2)
-    def export(ds=None):
-        from jobs.export import export_configured
-        for manifest in export_configured(ds):
-            print(f"[bundlecast] exported {manifest['table']}: {manifest['row_count']} rows -> {manifest['location']}")
-
     @task(retries=0)
     def summary():
         from jobs.tables import all_tables, render
         for line in render(all_tables()).splitlines():
             print(f"[bundlecast] {line}")
 
-    ingest >> export() >> summary()
+    ingest >> export_task() >> summary()
 
 
 bundlecast_nightly()

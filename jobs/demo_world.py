@@ -33,13 +33,18 @@ class Scale:
     days: int
     views_per_active_user: float
     chunk_days: int
+    active_share: float  # share of users active on an average day
 
 
 SCALES = {
-    "tiny": Scale(users=150, items_per_site=25, days=42, views_per_active_user=3.0, chunk_days=42),
-    "small": Scale(users=3_000, items_per_site=300, days=90, views_per_active_user=4.0, chunk_days=30),
-    "medium": Scale(users=100_000, items_per_site=3_334, days=180, views_per_active_user=4.5, chunk_days=10),
-    "large": Scale(users=1_000_000, items_per_site=16_667, days=180, views_per_active_user=4.5, chunk_days=2),
+    "tiny": Scale(users=150, items_per_site=25, days=42, views_per_active_user=3.0, chunk_days=42, active_share=0.2),
+    "small": Scale(users=3_000, items_per_site=300, days=90, views_per_active_user=4.0, chunk_days=30, active_share=0.2),
+    # ~10M events: 100k users x 180 days x ~0.55 events per user-day
+    "medium": Scale(users=100_000, items_per_site=3_334, days=180, views_per_active_user=4.5, chunk_days=10,
+                    active_share=0.06),
+    # ~100M events, written two days at a time
+    "large": Scale(users=1_000_000, items_per_site=16_667, days=180, views_per_active_user=4.5, chunk_days=2,
+                   active_share=0.06),
 }
 SITES = [
     ("grocery", "Network Grocery", "GB", "GBP", "Europe/London"),
@@ -207,11 +212,10 @@ def generate(raw_root: Path, truth_path: Path, scale: str = "tiny", seed: int = 
         stock_mask[a:b, i] = True
 
     # --- behaviour, day by day ------------------------------------------------------------
-    user_region_idx = np.searchsorted(np.array(REGIONS), region)  # REGIONS is sorted alphabetically? keep map
     region_of_user = region
     counters = dict(event=0, order=0)
     chunk: dict[str, list] = {"events": [], "orders": [], "order_lines": []}
-    base_active = min(0.25, (sc.views_per_active_user and 1.0) * 0.2)
+    base_active = sc.active_share
 
     def flush():
         for name in chunk:

@@ -133,3 +133,17 @@ def spark_submit_operator(task_id: str, job: str, args: list[str], outlets: list
         task_id=task_id, application=str(JOBS_DIR / f"{job}.py"), application_args=args,
         conn_id=os.environ.get("BUNDLECAST_SPARK_CONN_ID", "bundlecast_spark"), name=f"bundlecast-{task_id}",
         outlets=outlets or [], verbose=False, **kwargs)
+
+
+def export_task():
+    """The export step both DAGs end with: snapshots of ``exports.tables`` plus manifests."""
+    from airflow.sdk import task
+
+    @task(task_id="export", retries=2)
+    def export(ds=None):
+        from jobs.export import export_configured
+
+        for manifest in export_configured(ds):
+            print(f"[bundlecast] exported {manifest['table']}: {manifest['row_count']} rows -> {manifest['location']}")
+
+    return export()
