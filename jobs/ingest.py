@@ -213,15 +213,20 @@ def validate(raw, spec: DatasetSpec, references: dict | None = None):
         out = (out.withColumn("_reasons", F.when(orphan, F.array_append("_reasons", F.lit(ref.reason)))
                               .otherwise(F.col("_reasons")))
                .drop(flag))
+    # The raw text is only kept where it is needed (quarantined rows): for a valid row it
+    # would double the size of what ingestion holds.
+    out = out.withColumn("record", F.when(F.size("_reasons") > 0, F.col("record")))
     return out.select(*spec.column_names, "_source_file", "record", "_reasons")
 
 
 def deduplicate(valid, keys: list[str]):
-    """Keep one row per natural key (the one from the last file in landing order)."""
+    """Keep one row per natural key: the one from the last file in landing order, and
+    within a file the last line (``_row_id`` order, when present)."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    order = Window.partitionBy(*keys).orderBy(F.col("_source_file").desc(), F.col("record").desc())
+    tiebreak = F.col(ROW_ID).desc() if ROW_ID in valid.columns else F.col("record").desc()
+    order = Window.partitionBy(*keys).orderBy(F.col("_source_file").desc(), tiebreak)
     return valid.withColumn("_n", F.row_number().over(order)).filter("_n = 1").drop("_n")
 
 
@@ -236,19 +241,25 @@ def threshold_message(dataset: str, quarantined: int, read: int, threshold: floa
 
 
 # ------------------------------------------------------------------------------------- load
+_ENSURED: set[tuple[str, str]] = set()
+
+
 def ensure_table(spark, name: str, cfg: dict) -> str:
     """Create the catalog table (schema from conf) at its location and register it as
-    ``bundlecast.<name>`` in the persistent Spark catalog. Returns the location."""
+    ``bundlecast.<name>`` in the persistent Spark catalog, once per session. Returns the location."""
     from delta.tables import DeltaTable
-
-    spec, path = catalog.table(name), catalog.table_path(name, cfg)
     from pyspark.sql.types import StructType
 
+    spec, path = catalog.table(name), catalog.table_path(name, cfg)
+    key = (spark.sparkContext.applicationId, path)
+    if key in _ENSURED and ("://" in path or Path(path, "_delta_log").is_dir()):
+        return path
     builder = DeltaTable.createIfNotExists(spark).location(path).addColumns(StructType.fromDDL(spec.ddl()))
     if spec.partition_by:
         builder = builder.partitionedBy(*spec.partition_by)
     builder.execute()
     spark.sql(f"CREATE TABLE IF NOT EXISTS {catalog.qualified_name(name, cfg)} USING DELTA LOCATION '{path}'")
+    _ENSURED.add(key)
     return path
 
 
@@ -264,15 +275,25 @@ def write_silver(spark, df, spec: DatasetSpec, dt: str, cfg: dict) -> None:
         (df.write.format("delta").mode("overwrite").option("replaceWhere", f"dt = DATE'{dt}'").save(path))
 
 
-def write_ops(spark, quarantined, bad_files: list[dict], audit: list[AuditRow], dt: str, cfg: dict) -> None:
-    """Quarantine rows and files and the audit rows, each replacing the run's (dataset, dt)."""
+def write_quarantine(spark, rows, dataset: str, dt: str, cfg: dict) -> None:
+    """Replace the (dataset, dt) partition of ``quarantine`` with this run's rejected rows."""
+    from pyspark.sql import functions as F
+
+    spec = catalog.table("quarantine")
+    path = ensure_table(spark, "quarantine", cfg)
+    if rows is None:
+        rows = spark.createDataFrame([], spec.ddl())
+    (rows.select(*[F.col(c.name).cast(c.spark_type) for c in spec.columns]).write.format("delta")
+     .mode("overwrite").option("replaceWhere", f"dataset = '{dataset}' AND dt = DATE'{dt}'").save(path))
+
+
+def write_ops(spark, bad_files: list[dict], audit: list[AuditRow], dt: str, cfg: dict) -> None:
+    """Unreadable files and the audit rows, each replacing the run's (dataset, dt)."""
     from delta.tables import DeltaTable
     from pyspark.sql import functions as F
 
     names = ", ".join(f"'{a.dataset}'" for a in audit)
     scope = f"dataset IN ({names}) AND dt = DATE'{dt}'"
-    q_path = ensure_table(spark, "quarantine", cfg)
-    quarantined.write.format("delta").mode("overwrite").option("replaceWhere", scope).save(q_path)
     f_path = ensure_table(spark, "quarantine_files", cfg)
     f_schema = catalog.table("quarantine_files").ddl()
     files_df = spark.createDataFrame(bad_files, f_schema.replace("`dt` date", "`dt` string")) \
@@ -291,8 +312,43 @@ def write_ops(spark, quarantined, bad_files: list[dict], audit: list[AuditRow], 
 
 
 # ------------------------------------------------------------------------------------- main
+_VALID, _REJECTED = "\x00valid", "\x00rejected"
+
+
+def tally(checked) -> tuple[int, int, Counter]:
+    """(valid rows, rejected rows, rows per reason) of validated rows, in one pass."""
+    from pyspark.sql import functions as F
+
+    tags = F.when(F.size("_reasons") == 0, F.array(F.lit(_VALID))) \
+        .otherwise(F.array_append("_reasons", F.lit(_REJECTED)))
+    counts = Counter({r["tag"]: r["count"] for r in
+                      checked.select(F.explode(tags).alias("tag")).groupBy("tag").count().collect()})
+    return counts.pop(_VALID, 0), counts.pop(_REJECTED, 0), counts
+
+
+def _references(spark, spec: DatasetSpec, cfg: dict) -> dict:
+    from pyspark.sql import functions as F
+
+    references = {}
+    for ref in spec.refs:
+        try:
+            keys = spark.read.format("delta").load(catalog.table_path(ref.dataset, cfg)).select(
+                *[F.col(rc).alias(c) for rc, c in zip(ref.ref_columns, ref.columns)])
+        except Exception:
+            raise BundlecastError(f"{spec.name}: referenced table {ref.dataset} does not exist yet; "
+                                  f"ingest {ref.dataset} first") from None
+        references[ref.reason] = keys
+    return references
+
+
 def ingest_dataset(spark, spec: DatasetSpec, dt: str, run_id: str, cfg: dict, gx_root: str | None):
-    """Ingest one dataset's drop. Returns (audit row, quarantine DataFrame, bad files, error message)."""
+    """Ingest one dataset's drop: writes its silver rows (unless over the quarantine
+    threshold) and its quarantine rows. Returns (audit row, unreadable files, error message).
+
+    Cost: the raw files are parsed and validated once into one cached copy; the counts
+    come from one aggregate over it; the de-duplicated rows are cached for the suite and
+    the write. Both caches are released before the next dataset.
+    """
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
@@ -300,66 +356,63 @@ def ingest_dataset(spark, spec: DatasetSpec, dt: str, run_id: str, cfg: dict, gx
     bad_files = [dict(dataset=spec.name, dt=dt, run_id=run_id, source_file=f.path, size_bytes=f.size_bytes,
                       reason=f.unreadable) for f in files if f.unreadable]
     raw = read_raw(spark, files, spec)
-    q_cols = ["dataset", "dt", "run_id", "_source_file", "record", "reasons"]
     if raw is None:
+        write_quarantine(spark, None, spec.name, dt, cfg)
         audit = AuditRow(spec.name, dt, run_id, len(files), len(bad_files), 0, 0, 0, 0, 0.0, "{}", True,
                          "empty" if not files else "ok")
-        return audit, None, bad_files, None
-    references = {}
-    for ref in spec.refs:
-        ref_path = catalog.table_path(ref.dataset, cfg)
-        try:
-            keys = spark.read.format("delta").load(ref_path).select(
-                *[F.col(rc).alias(c) for rc, c in zip(ref.ref_columns, ref.columns)])
-        except Exception:
-            raise BundlecastError(f"{spec.name}: referenced table {ref.dataset} does not exist yet; "
-                                  f"ingest {ref.dataset} first") from None
-        references[ref.reason] = keys
-    checked = validate(raw.persist(StorageLevel.MEMORY_AND_DISK), spec, references) \
+        return audit, bad_files, None
+    checked = validate(raw, spec, _references(spark, spec, cfg)) \
         .withColumn(ROW_ID, F.monotonically_increasing_id()).persist(StorageLevel.MEMORY_AND_DISK)
-    rows_read = checked.count()
-    valid = checked.filter(F.size("_reasons") == 0)
-    deduped = deduplicate(valid, list(spec.keys)).persist(StorageLevel.MEMORY_AND_DISK)
-    n_valid, n_unique = valid.count(), deduped.count()
-    suite_ok, flagged = True, {}
-    if gx_root and n_unique:
-        result = run_suite(deduped.select(*spec.column_names, ROW_ID), spec.name, gx_root)
-        suite_ok, flagged = result.success, result.flagged
-    if flagged:
-        flags = spark.createDataFrame([(k, v) for k, v in flagged.items()], f"{ROW_ID} long, _gx array<string>")
-        deduped = deduped.join(F.broadcast(flags), ROW_ID, "left")
-        gx_rejected = deduped.filter(F.col("_gx").isNotNull()).withColumn("_reasons", F.col("_gx")).drop("_gx")
-        accepted = deduped.filter(F.col("_gx").isNull()).drop("_gx")
-    else:
-        gx_rejected, accepted = None, deduped
-    rejected = checked.filter(F.size("_reasons") > 0)
-    if gx_rejected is not None:
-        rejected = rejected.unionByName(gx_rejected)
-    quarantine = rejected.select(F.lit(spec.name).alias("dataset"), F.lit(dt).cast("date").alias("dt"),
-                                 F.lit(run_id).alias("run_id"), "_source_file", "record",
-                                 F.col("_reasons").alias("reasons")).persist(StorageLevel.MEMORY_AND_DISK)
-    reason_counts = Counter({r["reason"]: r["n"] for r in quarantine.select(F.explode("reasons").alias("reason"))
-                             .groupBy("reason").count().withColumnRenamed("count", "n").collect()})
-    n_quarantined = quarantine.count()
-    n_accepted = n_unique - len(flagged)
-    share = n_quarantined / rows_read if rows_read else 0.0
-    threshold = float(cfg["ingestion"]["quarantine_threshold"])
-    failed = share > threshold
-    # rows_accepted counts rows that passed; status says whether they were published.
-    audit = AuditRow(spec.name, dt, run_id, len(files), len(bad_files), rows_read, n_accepted,
-                     n_quarantined, n_valid - n_unique, round(share, 6),
-                     json.dumps(dict(top_reasons(reason_counts, 10))), suite_ok, "failed_threshold" if failed else "ok")
-    error = None
-    if failed:
-        # Not published: the passing rows stay out of silver until the drop is fixed
-        # (the raw files stay in place, so nothing is lost).
-        error = threshold_message(spec.name, n_quarantined, rows_read, threshold, top_reasons(reason_counts))
-    else:
-        silver = accepted.select(*spec.column_names, F.lit(dt).cast("date").alias("dt"), "_source_file")
-        write_silver(spark, silver, spec, dt, cfg)
-    if not audit.balanced():
-        raise BundlecastError(f"{spec.name}: accounting does not add up: {asdict(audit)}")
-    return audit, quarantine.select(*q_cols), bad_files, error
+    deduped = None
+    try:
+        n_valid, n_rejected, reasons = tally(checked)
+        rows_read = n_valid + n_rejected
+        deduped = deduplicate(checked.filter(F.size("_reasons") == 0), list(spec.keys)) \
+            .persist(StorageLevel.MEMORY_AND_DISK)
+        n_unique = deduped.count() if n_valid else 0
+        suite_ok, flagged = True, {}
+        if gx_root and n_unique:
+            result = run_suite(deduped.select(*spec.column_names, ROW_ID), spec.name, gx_root)
+            suite_ok, flagged = result.success, result.flagged
+        rejected = checked.filter(F.size("_reasons") > 0)
+        accepted = deduped
+        if flagged:
+            for row_reasons in flagged.values():
+                reasons.update(row_reasons)
+            flags = spark.createDataFrame(list(flagged.items()), f"{ROW_ID} long, _gx array<string>")
+            marked = deduped.join(F.broadcast(flags), ROW_ID, "left")
+            record = F.to_json(F.struct(*[F.col(f"`{c}`") for c in spec.column_names]))
+            rejected = rejected.unionByName(marked.filter(F.col("_gx").isNotNull())
+                                            .withColumn("_reasons", F.col("_gx")).withColumn("record", record)
+                                            .drop("_gx"))
+            accepted = marked.filter(F.col("_gx").isNull()).drop("_gx")
+        n_quarantined = n_rejected + len(flagged)
+        share = n_quarantined / rows_read if rows_read else 0.0
+        threshold = float(cfg["ingestion"]["quarantine_threshold"])
+        failed = share > threshold
+        # rows_accepted counts rows that passed; status says whether they were published.
+        audit = AuditRow(spec.name, dt, run_id, len(files), len(bad_files), rows_read, n_unique - len(flagged),
+                         n_quarantined, n_valid - n_unique, round(share, 6),
+                         json.dumps(dict(top_reasons(reasons, 10))), suite_ok,
+                         "failed_threshold" if failed else "ok")
+        if not audit.balanced():
+            raise BundlecastError(f"{spec.name}: accounting does not add up: {asdict(audit)}")
+        error = None
+        if failed:
+            # Not published: the passing rows stay out of silver until the drop is fixed
+            # (the raw files stay in place, so nothing is lost).
+            error = threshold_message(spec.name, n_quarantined, rows_read, threshold, top_reasons(reasons))
+        else:
+            write_silver(spark, accepted.select(*spec.column_names, F.lit(dt).cast("date").alias("dt"),
+                                                "_source_file"), spec, dt, cfg)
+        write_quarantine(spark, rejected.select(F.lit(spec.name).alias("dataset"), F.lit(dt).alias("dt"),
+                                                F.lit(run_id).alias("run_id"), "_source_file", "record",
+                                                F.col("_reasons").alias("reasons")), spec.name, dt, cfg)
+        return audit, bad_files, error
+    finally:
+        checked.unpersist()
+        if deduped is not None:
+            deduped.unpersist()
 
 
 def run(spark, dt: str, datasets: list[str] | None = None, run_id: str | None = None,
@@ -374,24 +427,17 @@ def run(spark, dt: str, datasets: list[str] | None = None, run_id: str | None = 
             raise BundlecastError(f"unknown dataset(s) {sorted(unknown)}: expected some of {[s.name for s in specs]}")
         specs = [s for s in specs if s.name in datasets]
     gx_root = cfg["quality"]["gx_project"] if with_expectations else None
-    audits, quarantines, bad_files, errors = [], [], [], []
+    audits, bad_files, errors = [], [], []
     for spec in specs:
-        audit, quarantine, files, error = ingest_dataset(spark, spec, dt, run_id, cfg, gx_root)
+        audit, files, error = ingest_dataset(spark, spec, dt, run_id, cfg, gx_root)
         progress(f"{spec.name:18s} read {audit.rows_read:>10,}  accepted {audit.rows_accepted:>10,}  "
                  f"quarantined {audit.rows_quarantined:>8,}  duplicates {audit.duplicates_dropped:>6,}  "
                  f"bad files {audit.files_quarantined}")
         audits.append(audit)
         bad_files.extend(files)
-        if quarantine is not None:
-            quarantines.append(quarantine)
         if error:
             errors.append(error)
-    from pyspark.sql import functions as F
-    q_spec = catalog.table("quarantine")
-    quarantined = spark.createDataFrame([], q_spec.ddl())
-    for q in quarantines:
-        quarantined = quarantined.unionByName(q.select(*[F.col(c.name).cast(c.spark_type) for c in q_spec.columns]))
-    write_ops(spark, quarantined, bad_files, audits, dt, cfg)
+    write_ops(spark, bad_files, audits, dt, cfg)
     if errors:
         raise DataQualityError("; ".join(errors))
     return audits
