@@ -23,6 +23,7 @@ from pathlib import Path
 
 from jobs.core.cli_support import run_main
 from jobs.core.config import config
+from jobs.demo_world import SCALES
 
 
 def _date(text: str) -> str:
@@ -143,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("setup", help="fetch jars once, prepare Airflow").set_defaults(func=cmd_setup)
     p = sub.add_parser("generate", help="write the demo world into the raw zone")
-    p.add_argument("--scale", choices=["tiny", "small", "medium", "large"], default="tiny")
+    p.add_argument("--scale", choices=list(SCALES), default="tiny")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--date", type=_date, help="landing date (default: demo.date)")
     p.set_defaults(func=cmd_generate)

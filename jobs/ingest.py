@@ -29,6 +29,7 @@ from pathlib import Path
 from jobs.core import catalog
 from jobs.core.catalog import DatasetSpec
 from jobs.core.config import config
+from jobs.core.delta import ensure_table, replace_rows
 from jobs.core.errors import BundlecastError, DataQualityError
 
 log = logging.getLogger("bundlecast.ingest")
@@ -241,28 +242,6 @@ def threshold_message(dataset: str, quarantined: int, read: int, threshold: floa
 
 
 # ------------------------------------------------------------------------------------- load
-_ENSURED: set[tuple[str, str]] = set()
-
-
-def ensure_table(spark, name: str, cfg: dict) -> str:
-    """Create the catalog table (schema from conf) at its location and register it as
-    ``bundlecast.<name>`` in the persistent Spark catalog, once per session. Returns the location."""
-    from delta.tables import DeltaTable
-    from pyspark.sql.types import StructType
-
-    spec, path = catalog.table(name), catalog.table_path(name, cfg)
-    key = (spark.sparkContext.applicationId, path)
-    if key in _ENSURED and ("://" in path or Path(path, "_delta_log").is_dir()):
-        return path
-    builder = DeltaTable.createIfNotExists(spark).location(path).addColumns(StructType.fromDDL(spec.ddl()))
-    if spec.partition_by:
-        builder = builder.partitionedBy(*spec.partition_by)
-    builder.execute()
-    spark.sql(f"CREATE TABLE IF NOT EXISTS {catalog.qualified_name(name, cfg)} USING DELTA LOCATION '{path}'")
-    _ENSURED.add(key)
-    return path
-
-
 def write_silver(spark, df, spec: DatasetSpec, dt: str, cfg: dict) -> None:
     from delta.tables import DeltaTable
 
@@ -277,14 +256,9 @@ def write_silver(spark, df, spec: DatasetSpec, dt: str, cfg: dict) -> None:
 
 def write_quarantine(spark, rows, dataset: str, dt: str, cfg: dict) -> None:
     """Replace the (dataset, dt) partition of ``quarantine`` with this run's rejected rows."""
-    from pyspark.sql import functions as F
-
-    spec = catalog.table("quarantine")
-    path = ensure_table(spark, "quarantine", cfg)
     if rows is None:
-        rows = spark.createDataFrame([], spec.ddl())
-    (rows.select(*[F.col(c.name).cast(c.spark_type) for c in spec.columns]).write.format("delta")
-     .mode("overwrite").option("replaceWhere", f"dataset = '{dataset}' AND dt = DATE'{dt}'").save(path))
+        rows = spark.createDataFrame([], catalog.table("quarantine").ddl())
+    replace_rows(spark, rows, "quarantine", f"dataset = '{dataset}' AND dt = DATE'{dt}'", cfg)
 
 
 def write_ops(spark, bad_files: list[dict], audit: list[AuditRow], dt: str, cfg: dict) -> None:

@@ -109,7 +109,8 @@ def get_spark(app_name: str | None = None, cfg: dict | None = None, extra_conf: 
     # PySpark logs every failed query with the JVM stack trace; bundlecast reports errors
     # itself as one line (BUNDLECAST_DEBUG=1 keeps the full log).
     if not os.environ.get("BUNDLECAST_DEBUG"):
-        logging.getLogger("SQLQueryContextLogger").disabled = True
+        for name in ("SQLQueryContextLogger", "DataFrameQueryContextLogger"):
+            logging.getLogger(name).disabled = True
     if fetching:
         _record_jars(cfg)
     if not spark.catalog.databaseExists(cfg["storage"]["database"]):

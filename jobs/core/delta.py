@@ -1,0 +1,45 @@
+"""Delta helpers shared by every job: tables are created from the catalog, at their
+catalog location, and registered as ``bundlecast.<name>`` in the Spark catalog."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from jobs.core import catalog
+
+_ENSURED: set[tuple[str, str]] = set()
+
+
+def ensure_table(spark, name: str, cfg: dict) -> str:
+    """Create the catalog table (schema from conf) at its location and register it as
+    ``bundlecast.<name>`` in the persistent Spark catalog, once per session. Returns the location."""
+    from delta.tables import DeltaTable
+    from pyspark.sql.types import StructType
+
+    spec, path = catalog.table(name), catalog.table_path(name, cfg)
+    key = (spark.sparkContext.applicationId, path)
+    if key in _ENSURED and ("://" in path or Path(path, "_delta_log").is_dir()):
+        return path
+    builder = DeltaTable.createIfNotExists(spark).location(path).addColumns(StructType.fromDDL(spec.ddl()))
+    if spec.partition_by:
+        builder = builder.partitionedBy(*spec.partition_by)
+    builder.execute()
+    spark.sql(f"CREATE TABLE IF NOT EXISTS {catalog.qualified_name(name, cfg)} USING DELTA LOCATION '{path}'")
+    _ENSURED.add(key)
+    return path
+
+
+
+
+def replace_rows(spark, df, name: str, where: str, cfg: dict) -> None:
+    """Overwrite the rows of table ``name`` matching ``where`` with ``df`` (idempotent re-runs)."""
+    from pyspark.sql import functions as F
+
+    spec = catalog.table(name)
+    path = ensure_table(spark, name, cfg)
+    (df.select(*[F.col(c.name).cast(c.spark_type) for c in spec.columns]).write.format("delta")
+     .mode("overwrite").option("replaceWhere", where).save(path))
+
+
+def read_table(spark, name: str, cfg: dict):
+    """The table as a DataFrame (created empty from the catalog if it does not exist yet)."""
+    return spark.read.format("delta").load(ensure_table(spark, name, cfg))
