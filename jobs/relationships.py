@@ -35,8 +35,9 @@ import logging
 import math
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, timedelta, timezone
 
 import numpy as np
 
@@ -69,6 +70,15 @@ class RunSummary:
     pairs_scored: int = 0
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def step(self, name: str):
+        t0 = time.time()
+        try:
+            yield
+        finally:
+            self.timings[name] = round(self.timings.get(name, 0.0) + time.time() - t0, 1)
 
 
 def settings(cfg: dict) -> dict:
@@ -188,15 +198,20 @@ def item_counts(units, kind: str):
     return per_item.unionByName(total).withColumn("kind", F.lit(kind))
 
 
-def all_counts(views, purchases, cfg: dict):
-    """(pair counts, item counts, view units, purchase units) for the given behaviour rows."""
+def all_units(views, purchases, cfg: dict):
+    """(view units, purchase units) as built by :func:`unit_items` with the configured windows."""
     s = settings(cfg)
     vu = unit_items(views, s["co_view_window"], s["max_items_per_unit"], s["epoch"], s["half_life_days"])
     pu = unit_items(purchases.drop("session_id") if s["co_purchase_window"] != "session" else purchases,
                     s["co_purchase_window"], s["max_items_per_unit"], s["epoch"], s["half_life_days"])
+    return vu, pu
+
+
+def counts_from_units(vu, pu):
+    """(pair counts, item counts) of view and purchase units."""
     pairs = pair_counts(vu, "view", with_one_bought=True).unionByName(pair_counts(pu, "purchase"))
     items = item_counts(vu, "view").unionByName(item_counts(pu, "purchase"))
-    return pairs, items, vu, pu
+    return pairs, items
 
 
 # ----------------------------------------------------------------------------------- text
@@ -517,7 +532,7 @@ def inventory_correlation(spark, cfg: dict, purchase_units, min_units: int = 3):
 
 
 # -------------------------------------------------------------------------------- weights
-def fit_weights(spark, cfg: dict, dt: str, run_id: str, views, purchases, items_pd, inventory):
+def fit_weights(spark, cfg: dict, dt: str, run_id: str, vu, pu, purchases, items_pd, inventory):
     """Fit the combined-score weights per segment x category on a strict time split.
 
     Features are the relationship signals computed from behaviour *before* the cut-off
@@ -535,7 +550,9 @@ def fit_weights(spark, cfg: dict, dt: str, run_id: str, views, purchases, items_
     end = datetime.combine(date.fromisoformat(dt), datetime.min.time()) + timedelta(days=1)
     cutoff = end - timedelta(days=ws["label_days"])
     before = F.col("ts") < F.lit(cutoff)
-    pairs_c, items_c, _, _ = all_counts(views.filter(before), purchases.filter(before), cfg)
+    # Only units that ended before the cut-off: nothing after it reaches the features.
+    ended = F.col("unit_day") < F.lit(cutoff.date())
+    pairs_c, items_c = counts_from_units(vu.filter(ended), pu.filter(ended))
     pairs_c, items_c = pairs_c.persist(), items_c.persist()
     rel_c, _ = score_pairs(spark, cfg, pairs_c, items_c, items_pd, run_id, dt, None, None, inventory)
     anchors = (purchases.filter(before & (F.col("ts") >= F.lit(cutoff - timedelta(days=ws["anchor_days"]))))
@@ -629,102 +646,112 @@ def run_full(spark, dt: str, run_id: str, cfg: dict, fit: bool = True) -> RunSum
     s = settings(cfg)
     summary = RunSummary(run_id, dt, "full")
     until = _day_end(dt)
-    views, purchases, rows = behaviour(spark, cfg, until, until - timedelta(days=s["lookback_days"]), summary)
-    pairs, counts, vu, pu = all_counts(views, purchases, cfg)
-    pu = pu.persist()
-    _overwrite(spark, pairs, "item_pair_counts", cfg)
-    _overwrite(spark, counts, "item_unit_counts", cfg)
-    summary.skipped_oversized_units = _oversized(vu) + _oversized(pu)
-    items_pd = item_text_vectors(spark, cfg)
-    summary.items_without_text = int((~items_pd.has_text).sum()) if len(items_pd) else 0
-    inventory = inventory_correlation(spark, cfg, pu).persist()
+    with summary.step("read behaviour"):
+        views, purchases, rows = behaviour(spark, cfg, until, until - timedelta(days=s["lookback_days"]), summary)
+    with summary.step("count pairs"):
+        vu, pu = (u.persist() for u in all_units(views, purchases, cfg))
+        pairs, counts = counts_from_units(vu, pu)
+        _overwrite(spark, pairs, "item_pair_counts", cfg)
+        _overwrite(spark, counts, "item_unit_counts", cfg)
+        summary.skipped_oversized_units = _oversized(vu) + _oversized(pu)
+    with summary.step("text"):
+        items_pd = item_text_vectors(spark, cfg)
+        summary.items_without_text = int((~items_pd.has_text).sum()) if len(items_pd) else 0
+    with summary.step("inventory"):
+        inventory = inventory_correlation(spark, cfg, pu).localCheckpoint()
     if fit:
-        weights = fit_weights(spark, cfg, dt, run_id, views, purchases, items_pd, inventory)
-        replace_rows(spark, weights_frame(spark, weights), "relationship_weights", f"dt = DATE'{dt}'", cfg)
-    pair_state = read_table(spark, "item_pair_counts", cfg)
-    unit_state = read_table(spark, "item_unit_counts", cfg)
-    rel, summary.notes = score_pairs(spark, cfg, pair_state, unit_state, items_pd, run_id, dt,
-                                     latest_weights(spark, cfg, dt), None, inventory)
-    _overwrite(spark, rel, "item_relationships", cfg)
+        with summary.step("fit weights"):
+            weights = fit_weights(spark, cfg, dt, run_id, vu, pu, purchases, items_pd, inventory)
+            replace_rows(spark, weights_frame(spark, weights), "relationship_weights", f"dt = DATE'{dt}'", cfg)
+    vu.unpersist(), pu.unpersist()
+    with summary.step("score"):
+        pair_state = read_table(spark, "item_pair_counts", cfg)
+        unit_state = read_table(spark, "item_unit_counts", cfg)
+        rel, summary.notes = score_pairs(spark, cfg, pair_state, unit_state, items_pd, run_id, dt,
+                                         latest_weights(spark, cfg, dt), None, inventory)
+        _overwrite(spark, rel, "item_relationships", cfg)
     _finish(spark, cfg, summary, rows, t0)
-    pu.unpersist(), inventory.unpersist()
     return summary
 
 
 def run_incremental(spark, dt: str, run_id: str, cfg: dict) -> RunSummary:
     """Hourly: fold the events after the last watermark into the counts and rescore the
     items they touched. Falls back to a full run when there is no earlier run."""
-    from delta.tables import DeltaTable
     from pyspark.sql import functions as F
 
     t0 = time.time()
-    runs = read_table(spark, "relationship_runs", cfg).filter(F.col("watermark").isNotNull())
-    last = runs.agg(F.max("watermark")).first()[0]
+    latest = (read_table(spark, "relationship_runs", cfg).filter(F.col("watermark").isNotNull())
+              .orderBy(F.col("finished_at").desc()).select("watermark").first())
+    last = latest["watermark"] if latest else None
     if last is None:
         return run_full(spark, dt, run_id, cfg)
-    s = settings(cfg)
     summary = RunSummary(run_id, dt, "incremental")
     until = max(_day_end(dt), last)
-    new_views, new_purchases, rows = behaviour(spark, cfg, until, last, summary)
+    with summary.step("read new behaviour"):
+        new_views, new_purchases, rows = behaviour(spark, cfg, until, last, summary)
     if summary.events_read == 0:
         summary.watermark = last
         _finish(spark, cfg, summary, rows, t0)
         return summary
-    # Units touched by new rows, re-derived whole (old and new rows) from a margin that
-    # covers any unit (sessions and weeks end within 8 days).
+    with summary.step("fold counts"):
+        anchors = _fold(spark, cfg, summary, rows, new_views, new_purchases, last, until)
+    with summary.step("rescore"):
+        items_pd = item_text_vectors(spark, cfg)
+        summary.items_without_text = int((~items_pd.has_text).sum()) if len(items_pd) else 0
+        current = read_table(spark, "item_relationships", cfg)
+        inventory = current.select("site_a", "item_a", "site_b", "item_b", "inventory_correlation")
+        rel, summary.notes = score_pairs(spark, cfg, read_table(spark, "item_pair_counts", cfg),
+                                         read_table(spark, "item_unit_counts", cfg), items_pd, run_id, dt,
+                                         latest_weights(spark, cfg, dt), anchors, inventory)
+        rel = rel.localCheckpoint()  # materialise before the table it was derived from is rewritten
+        kept = current.join(anchors, ["site_a", "item_a"], "left_anti")
+        _overwrite(spark, kept.unionByName(rel), "item_relationships", cfg)
+    _finish(spark, cfg, summary, rows, t0)
+    return summary
+
+
+def _fold(spark, cfg: dict, summary: RunSummary, rows, new_views, new_purchases, last: datetime, until: datetime):
+    """MERGE into the count tables the difference that the new rows make to the units they
+    touch (each touched unit re-derived whole, minus its previous contribution).
+    Returns the touched items as anchors (site_a, item_a) to rescore."""
+    from delta.tables import DeltaTable
+    from pyspark.sql import functions as F
+
+    # Units end within 8 days (sessions, days, weeks), so a margin of 8 days re-derives them whole.
     margin = datetime.combine((last - timedelta(days=8)).date(), datetime.min.time())
-    users = rows.select("user_id").distinct().persist()
-    view_window, buy_window = s["co_view_window"], s["co_purchase_window"]
-    touched_v = unit_items(new_views, view_window, 10**9, s["epoch"], s["half_life_days"]).select("unit").distinct()
-    touched_p = unit_items(new_purchases.drop("session_id") if buy_window != "session" else new_purchases,
-                           buy_window, 10**9, s["epoch"], s["half_life_days"]).select("unit").distinct()
-    deltas_p, deltas_i, oversized = [], [], 0
+    users = rows.select("user_id").distinct().localCheckpoint()
+    new_vu, new_pu = all_units(new_views, new_purchases, cfg)
+    touched_v = new_vu.select("unit").distinct().localCheckpoint()
+    touched_p = new_pu.select("unit").distinct().localCheckpoint()
+    deltas_p, deltas_i = [], []
     for sign, upto in ((1, until), (-1, last)):
         views, purchases, _ = behaviour(spark, cfg, upto, margin, None, users)
-        vu = unit_items(views, view_window, s["max_items_per_unit"], s["epoch"], s["half_life_days"]) \
-            .join(touched_v, "unit", "left_semi")
-        pu = unit_items(purchases.drop("session_id") if buy_window != "session" else purchases, buy_window,
-                        s["max_items_per_unit"], s["epoch"], s["half_life_days"]).join(touched_p, "unit", "left_semi")
+        vu, pu = all_units(views, purchases, cfg)
+        vu, pu = vu.join(touched_v, "unit", "left_semi"), pu.join(touched_p, "unit", "left_semi")
         if sign == 1:
-            oversized = _oversized(vu) + _oversized(pu)
-        signed = lambda df: df.withColumn("units", F.col("units") * sign).withColumn("weight", F.col("weight") * sign)  # noqa: E731
-        deltas_p.append(signed(pair_counts(vu, "view", with_one_bought=True).unionByName(pair_counts(pu, "purchase"))))
-        deltas_i.append(signed(item_counts(vu, "view").unionByName(item_counts(pu, "purchase"))))
-    summary.skipped_oversized_units = oversized
+            summary.skipped_oversized_units = _oversized(vu) + _oversized(pu)
+        pairs, counts = counts_from_units(vu, pu)
+        deltas_p.append(pairs.withColumn("units", F.col("units") * sign).withColumn("weight", F.col("weight") * sign))
+        deltas_i.append(counts.withColumn("units", F.col("units") * sign).withColumn("weight", F.col("weight") * sign))
     pk, ik = ["kind", "site_a", "item_a", "site_b", "item_b"], ["kind", "site_id", "item_id"]
     dp = (deltas_p[0].unionByName(deltas_p[1]).groupBy(*pk)
           .agg(F.sum("units").alias("units"), F.sum("weight").alias("weight"), F.max("last_day").alias("last_day"))
-          .filter((F.col("units") != 0) | (F.abs(F.col("weight")) > 0))).persist()
+          .filter((F.col("units") != 0) | (F.abs(F.col("weight")) > 0))).localCheckpoint()
     di = (deltas_i[0].unionByName(deltas_i[1]).groupBy(*ik)
-          .agg(F.sum("units").alias("units"), F.sum("weight").alias("weight"))).persist()
+          .agg(F.sum("units").alias("units"), F.sum("weight").alias("weight"))).localCheckpoint()
     for name, delta, keys in (("item_pair_counts", dp, pk), ("item_unit_counts", di, ik)):
-        path = ensure_table(spark, name, cfg)
-        table = DeltaTable.forPath(spark, path)
+        table = DeltaTable.forPath(spark, ensure_table(spark, name, cfg))
         update = {"units": "t.units + s.units", "weight": "t.weight + s.weight"}
         if name == "item_pair_counts":
             update["last_day"] = "greatest(t.last_day, s.last_day)"
         (table.alias("t").merge(delta.alias("s"), " AND ".join(f"t.{k} = s.{k}" for k in keys))
          .whenMatchedUpdate(set=update).whenNotMatchedInsertAll().execute())
         table.delete("units <= 0")
-    anchors = (dp.select(F.col("site_a"), F.col("item_a"))
-               .unionByName(dp.select(F.col("site_b").alias("site_a"), F.col("item_b").alias("item_a")))
-               .unionByName(di.filter(F.col("site_id") != ALL).select(F.col("site_id").alias("site_a"),
-                                                                        F.col("item_id").alias("item_a")))
-               .distinct().persist())
-    items_pd = item_text_vectors(spark, cfg)
-    summary.items_without_text = int((~items_pd.has_text).sum()) if len(items_pd) else 0
-    current = read_table(spark, "item_relationships", cfg)
-    inventory = current.select("site_a", "item_a", "site_b", "item_b", "inventory_correlation")
-    rel, summary.notes = score_pairs(spark, cfg, read_table(spark, "item_pair_counts", cfg),
-                                     read_table(spark, "item_unit_counts", cfg), items_pd, run_id, dt,
-                                     latest_weights(spark, cfg, dt), anchors, inventory)
-    rel = rel.localCheckpoint()  # materialise before the table it was derived from is rewritten
-    kept = current.join(anchors, ["site_a", "item_a"], "left_anti")
-    _overwrite(spark, kept.unionByName(rel), "item_relationships", cfg)
-    _finish(spark, cfg, summary, rows, t0)
-    for df in (dp, di, anchors, users):
-        df.unpersist()
-    return summary
+    return (dp.select("site_a", "item_a")
+            .unionByName(dp.select(F.col("site_b").alias("site_a"), F.col("item_b").alias("item_a")))
+            .unionByName(di.filter(F.col("site_id") != ALL).select(F.col("site_id").alias("site_a"),
+                                                                     F.col("item_id").alias("item_a")))
+            .distinct().localCheckpoint())
 
 
 def _finish(spark, cfg: dict, summary: RunSummary, rows, t0: float) -> None:
@@ -737,7 +764,8 @@ def _finish(spark, cfg: dict, summary: RunSummary, rows, t0: float) -> None:
     summary.pairs_scored = read_table(spark, "item_relationships", cfg).count()
     rows.unpersist()
     summary.seconds = round(time.time() - t0, 1)
-    row = {k: v for k, v in asdict(summary).items() if k != "notes"}
+    row = {k: v for k, v in asdict(summary).items() if k not in ("notes", "timings")}
+    row["finished_at"] = datetime.now(timezone.utc).replace(tzinfo=None)
     ddl = catalog.table("relationship_runs").ddl().replace("`dt` date", "`dt` string")
     frame = spark.createDataFrame([row], ddl).withColumn("dt", F.col("dt").cast("date"))
     replace_rows(spark, frame, "relationship_runs", f"run_id = '{summary.run_id}'", cfg)
@@ -760,7 +788,8 @@ def render_summary(s: RunSummary) -> str:
              f"unknown user {s.skipped_unknown_user:,}, bot user-days {s.skipped_bot_user_days:,}, "
              f"oversized units {s.skipped_oversized_units:,}",
              f"  items without text {s.items_without_text:,}; sites without events {s.sites_without_events:,}",
-             f"  pair counts {s.pairs_counted:,}; relationships {s.pairs_scored:,}"]
+             f"  pair counts {s.pairs_counted:,}; relationships {s.pairs_scored:,}",
+             "  seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in s.timings.items())]
     return "\n".join(lines + [f"  note: {n}" for n in s.notes])
 
 
