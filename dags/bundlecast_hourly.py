@@ -3,7 +3,9 @@
 
 Hourly run: re-ingests the fast-moving datasets (`ingestion.hourly_datasets`: events,
 orders, order lines, inventory, feedback) landed so far for the day, so the silver tables
-follow the day as it fills up, then refreshes the exports. Reference data (sites, items,
+follow the day as it fills up, folds the new behaviour into the item relationship counts
+(`jobs/relationships.py --mode incremental`: only the touched pairs are rescored, with the
+weights fitted by the last nightly run), then refreshes the exports. Reference data (sites, items,
 users, warehouses...) is the nightly run's job.
 
 Idempotent for its date: each run overwrites the day's partitions with everything landed
@@ -13,9 +15,9 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.sdk import Asset, dag
+from airflow.sdk import dag
 
-from jobs.core.orchestration import export_task, spark_submit_operator
+from jobs.core.orchestration import export_task, relationships_task, spark_submit_operator, table_assets
 
 HOURLY = ["events", "orders", "order_lines", "inventory", "feedback"]
 
@@ -33,9 +35,9 @@ HOURLY = ["events", "orders", "order_lines", "inventory", "feedback"]
 def bundlecast_hourly():
     ingest = spark_submit_operator(
         "ingest_hourly", "ingest", ["--date", "{{ ds }}", "--datasets", ",".join(HOURLY), "--run-id", "{{ run_id }}"],
-        outlets=[Asset(name=f"bundlecast.{t}", uri=f"bundlecast://tables/{t}") for t in HOURLY + ["ingestion_audit"]])
+        outlets=table_assets(HOURLY + ["ingestion_audit"]))
 
-    ingest >> export_task()
+    ingest >> relationships_task("incremental") >> export_task()
 
 
 bundlecast_hourly()

@@ -6,19 +6,21 @@ Nightly full run for the data interval's date (`ds`):
 1. **ingest**: every contract dataset landed under `raw/<dataset>/dt=<ds>/` is validated
    (contract rules + Great Expectations) into its silver Delta table, with rejected rows in
    `quarantine` and the accounting in `ingestion_audit` (Spark job `jobs/ingest.py`).
-2. **export**: snapshots of `exports.tables` to the export target with a manifest.
-3. **summary**: every catalog table with its Delta version and row count.
+2. **relationships**: item relationship scores rebuilt from scratch, weights refitted
+   per segment x category (`jobs/relationships.py --mode full`).
+3. **export**: snapshots of `exports.tables` to the export target with a manifest.
+4. **summary**: every catalog table with its Delta version and row count.
 
 Re-running a date leaves the same rows: every write is keyed on the landing date.
-Later steps (relationships, models, bundles, shipping) add their tasks after ingest.
+Later steps (models, bundles, shipping) add their tasks after relationships.
 """
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.sdk import Asset, dag, task
+from airflow.sdk import dag, task
 
-from jobs.core.orchestration import export_task, spark_submit_operator
+from jobs.core.orchestration import export_task, relationships_task, spark_submit_operator, table_assets
 
 SILVER = ["sites", "warehouses", "items", "users", "events", "orders", "order_lines", "reviews", "inventory",
           "weather", "calendar_events", "routes", "competitor_prices", "feedback"]
@@ -38,7 +40,7 @@ OPS = ["quarantine", "quarantine_files", "ingestion_audit"]
 def bundlecast_nightly():
     ingest = spark_submit_operator(
         "ingest", "ingest", ["--date", "{{ ds }}", "--run-id", "{{ run_id }}"],
-        outlets=[Asset(name=f"bundlecast.{t}", uri=f"bundlecast://tables/{t}") for t in SILVER + OPS])
+        outlets=table_assets(SILVER + OPS))
 
     @task(retries=0)
     def summary():
@@ -46,7 +48,7 @@ def bundlecast_nightly():
         for line in render(all_tables()).splitlines():
             print(f"[bundlecast] {line}")
 
-    ingest >> export_task() >> summary()
+    ingest >> relationships_task("full") >> export_task() >> summary()
 
 
 bundlecast_nightly()

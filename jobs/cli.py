@@ -139,6 +139,24 @@ def cmd_summary(args) -> None:
     print("look at them    : bundlecast tables --json | bundlecast sql \"SELECT * FROM bundlecast.ingestion_audit\"")
 
 
+def cmd_relationships(args) -> None:
+    from jobs import relationships
+    from jobs.core.spark import get_spark
+
+    relationships.run(get_spark("bundlecast-relationships"), args.date, args.mode)
+
+
+def cmd_related(args) -> None:
+    from jobs import relationships
+
+    rows = relationships.related_items(args.item, args.k, args.relation, args.site, args.segment)
+    if args.json:
+        for row in rows:
+            print(json.dumps(row, default=str))
+    else:
+        print(relationships.render_related(args.item, rows))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bundlecast", description="Anticipatory-commerce batch pipeline.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -178,6 +196,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target")
     p.add_argument("--format", choices=["parquet", "jsonl"])
     p.set_defaults(func=cmd_export)
+    p = sub.add_parser("relationships", help="score item relationships in this process (no Airflow)")
+    p.add_argument("--date", type=_date, required=True)
+    p.add_argument("--mode", choices=["full", "incremental"], default="full")
+    p.set_defaults(func=cmd_relationships)
+    p = sub.add_parser("related", help="the items most related to one item, with every signal")
+    p.add_argument("item")
+    p.add_argument("--site", help="site of the item (ids are unique per site)")
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--relation", choices=["complementary", "alternative", "other"])
+    p.add_argument("--segment", help="rank with this user segment's fitted weights")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_related)
     sub.add_parser("contract", help="print the input data contract (Markdown)").set_defaults(func=cmd_contract)
     sub.add_parser("summary", help="tables, exports and where to look").set_defaults(func=cmd_summary)
     return parser

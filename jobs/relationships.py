@@ -768,7 +768,8 @@ def _finish(spark, cfg: dict, summary: RunSummary, rows, t0: float) -> None:
     row["finished_at"] = datetime.now(timezone.utc).replace(tzinfo=None)
     ddl = catalog.table("relationship_runs").ddl().replace("`dt` date", "`dt` string")
     frame = spark.createDataFrame([row], ddl).withColumn("dt", F.col("dt").cast("date"))
-    replace_rows(spark, frame, "relationship_runs", f"run_id = '{summary.run_id}'", cfg)
+    # One row per (date, mode): re-running a date replaces its row (the latest run's watermark counts).
+    replace_rows(spark, frame, "relationship_runs", f"dt = DATE'{summary.dt}' AND mode = '{summary.mode}'", cfg)
 
 
 def run(spark, dt: str, mode: str = "full", run_id: str | None = None, cfg: dict | None = None,

@@ -135,6 +135,24 @@ def spark_submit_operator(task_id: str, job: str, args: list[str], outlets: list
         outlets=outlets or [], verbose=False, **kwargs)
 
 
+def table_assets(names: list[str]) -> list:
+    """Airflow Assets for catalog tables (what a task writes), one naming scheme everywhere."""
+    from airflow.sdk import Asset
+
+    return [Asset(name=f"bundlecast.{t}", uri=f"bundlecast://tables/{t}") for t in names]
+
+
+RELATIONSHIP_TABLES = ["item_pair_counts", "item_unit_counts", "item_relationships", "relationship_weights",
+                       "relationship_runs"]
+
+
+def relationships_task(mode: str):
+    """Item relationships: ``full`` rebuild (nightly) or ``incremental`` fold (hourly)."""
+    return spark_submit_operator(
+        "relationships", "relationships", ["--date", "{{ ds }}", "--mode", mode, "--run-id", "{{ run_id }}"],
+        outlets=table_assets(RELATIONSHIP_TABLES))
+
+
 def export_task():
     """The export step both DAGs end with: snapshots of ``exports.tables`` plus manifests."""
     from airflow.sdk import task
