@@ -157,6 +157,15 @@ def cmd_related(args) -> None:
         print(relationships.render_related(args.item, rows))
 
 
+def cmd_eval(args) -> None:
+    from jobs import evaluate_relationships
+    from jobs.core.spark import get_spark
+
+    results = evaluate_relationships.evaluate(get_spark("bundlecast-eval"), config(), args.cutoff, args.k)
+    print(evaluate_relationships.render(results))
+    print(f"logged to MLflow ({config()['mlflow']['tracking_uri']}), experiment bundlecast-relationships-eval")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bundlecast", description="Anticipatory-commerce batch pipeline.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -208,6 +217,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--segment", help="rank with this user segment's fitted weights")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_related)
+    p = sub.add_parser("eval", help="offline evaluation against baselines, logged to MLflow")
+    p.add_argument("what", choices=["relationships"])
+    p.add_argument("--cutoff", type=_date, required=True, help="fit before, evaluate baskets from this date")
+    p.add_argument("--k", type=int, default=10)
+    p.set_defaults(func=cmd_eval)
     sub.add_parser("contract", help="print the input data contract (Markdown)").set_defaults(func=cmd_contract)
     sub.add_parser("summary", help="tables, exports and where to look").set_defaults(func=cmd_summary)
     return parser

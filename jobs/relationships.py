@@ -375,6 +375,8 @@ def score_pairs(spark, cfg: dict, pair_counts_df, item_counts_df, items_pd, run_
                .withColumn("same_brand", F.coalesce((F.col("brand_a") == F.col("brand_b")).cast("double"), F.lit(0.0)))
                .withColumn("price_gap", F.abs(F.log(F.greatest(F.col("price_a"), F.lit(0.01)) /
                                                     F.greatest(F.col("price_b"), F.lit(0.01))))))
+    # Materialised once: the text models, the weights and the write all read it.
+    signals = signals.drop("embedding_a", "embedding_b").localCheckpoint()
     text_features = ["text_similarity", "same_category", "category_affinity", "same_site", "same_brand", "price_gap"]
     comp_text, alt_text, text_notes = _text_models(signals, text_features, s)
     notes += text_notes
