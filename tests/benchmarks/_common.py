@@ -1,10 +1,23 @@
 """Shared benchmark helpers."""
 from __future__ import annotations
 
+import os
 import threading
 import time
 
+from pathlib import Path
+
 import psutil
+
+
+def bench_world(scale: str) -> Path:
+    """Point BUNDLECAST_HOME at the benchmark world of ``scale`` (under the current home,
+    sharing its jar cache); call before importing any bundlecast module. Returns the home."""
+    root = Path(os.environ.get("BUNDLECAST_HOME", "var")).resolve()
+    home = root / f"bench-{scale}"
+    os.environ["BUNDLECAST_HOME"] = str(home)
+    os.environ.setdefault("BUNDLECAST_JAR_CACHE", str(root / "jars"))
+    return home
 
 
 class PeakMemory:

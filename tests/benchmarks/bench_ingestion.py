@@ -12,7 +12,7 @@ import shutil
 import time
 from pathlib import Path
 
-from _common import PeakMemory
+from _common import PeakMemory, bench_world
 
 
 def main() -> None:
@@ -20,10 +20,7 @@ def main() -> None:
     parser.add_argument("--scale", default="medium")
     parser.add_argument("--datasets", default="sites,warehouses,items,users,events,orders,order_lines")
     args = parser.parse_args()
-    root = Path(os.environ.get("BUNDLECAST_HOME", "var")).resolve()
-    home = root / f"bench-{args.scale}"
-    os.environ["BUNDLECAST_HOME"] = str(home)
-    os.environ.setdefault("BUNDLECAST_JAR_CACHE", str(root / "jars"))
+    home = bench_world(args.scale)
     from jobs import ingest
     from jobs.core import catalog
     from jobs.core.config import config

@@ -16,7 +16,7 @@ import time
 from datetime import date, timedelta
 from pathlib import Path
 
-from _common import PeakMemory
+from _common import PeakMemory, bench_world
 
 
 def scipy_floor(events_path: str) -> tuple[float, float, int, int]:
@@ -44,10 +44,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--scale", default="medium")
     args = parser.parse_args()
-    root = Path(os.environ.get("BUNDLECAST_HOME", "var")).resolve()
-    home = root / f"bench-{args.scale}"
-    os.environ["BUNDLECAST_HOME"] = str(home)
-    os.environ.setdefault("BUNDLECAST_JAR_CACHE", str(root / "jars"))
+    home = bench_world(args.scale)
     from jobs import relationships
     from jobs.core import catalog
     from jobs.core.config import config
