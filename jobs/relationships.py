@@ -228,7 +228,9 @@ def item_text_vectors(spark, cfg: dict, dims: int = 64):
     reviews = (read_table(spark, "reviews", cfg).groupBy("site_id", "item_id")
                .agg(F.concat_ws(" ", F.slice(F.collect_list("review_text"), 1, 50)).alias("reviews"),
                     F.avg("rating").alias("rating")).toPandas())
-    items = items.merge(reviews, on=["site_id", "item_id"], how="left")
+    # A fixed row order: the SVD and the neighbour ties must not depend on file layout.
+    items = items.merge(reviews, on=["site_id", "item_id"], how="left") \
+        .sort_values(["site_id", "item_id"]).reset_index(drop=True)
 
     def attribute_words(raw):
         try:
