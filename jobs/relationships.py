@@ -128,8 +128,9 @@ def behaviour(spark, cfg: dict, until: datetime, since: datetime, summary: RunSu
             .join(known_users, "user_id", "left")
             .withColumn("day", F.to_date("ts")))
     day_events = F.count(F.lit(1)).over(Window.partitionBy("user_id", "day"))
-    rows = rows.withColumn("_bot", day_events > s["max_events_per_user_day"]).persist()
-    if summary is not None:
+    rows = rows.withColumn("_bot", day_events > s["max_events_per_user_day"])
+    if summary is not None:  # read twice (the tallies, then the units): cached, released by _finish
+        rows = rows.persist()
         stats = rows.agg(F.count(F.lit(1)).alias("n"),
                          F.sum(F.col("_known_item").isNull().cast("long")).alias("unknown_item"),
                          F.sum((F.col("_known_item").isNotNull() & F.col("_known_user").isNull()).cast("long"))
@@ -631,10 +632,7 @@ def _day_end(dt: str) -> datetime:
 
 
 def _overwrite(spark, df, name: str, cfg: dict) -> None:
-    from pyspark.sql import functions as F
-    spec = catalog.table(name)
-    (df.select(*[F.col(c.name).cast(c.spark_type) for c in spec.columns]).write.format("delta")
-     .mode("overwrite").save(ensure_table(spark, name, cfg)))
+    replace_rows(spark, df, name, None, cfg)
 
 
 def _oversized(units) -> int:

@@ -30,14 +30,17 @@ def ensure_table(spark, name: str, cfg: dict) -> str:
 
 
 
-def replace_rows(spark, df, name: str, where: str, cfg: dict) -> None:
-    """Overwrite the rows of table ``name`` matching ``where`` with ``df`` (idempotent re-runs)."""
+def replace_rows(spark, df, name: str, where: str | None, cfg: dict) -> None:
+    """Overwrite the rows of table ``name`` matching ``where`` (the whole table when None)
+    with ``df``, cast to the catalog schema (idempotent re-runs)."""
     from pyspark.sql import functions as F
 
     spec = catalog.table(name)
-    path = ensure_table(spark, name, cfg)
-    (df.select(*[F.col(c.name).cast(c.spark_type) for c in spec.columns]).write.format("delta")
-     .mode("overwrite").option("replaceWhere", where).save(path))
+    writer = (df.select(*[F.col(c.name).cast(c.spark_type) for c in spec.columns]).write.format("delta")
+              .mode("overwrite"))
+    if where is not None:
+        writer = writer.option("replaceWhere", where)
+    writer.save(ensure_table(spark, name, cfg))
 
 
 def read_table(spark, name: str, cfg: dict):
