@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import time
 import uuid
 from contextlib import contextmanager
@@ -105,7 +104,6 @@ def behaviour(spark, cfg: dict, until: datetime, since: datetime, summary: RunSu
     purchase rows: user_id, site_id, item_id, ts, session_id (null for order lines).
     ``users`` (a DataFrame of user_id) restricts the read to those users.
     """
-    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     s = settings(cfg)
@@ -127,20 +125,22 @@ def behaviour(spark, cfg: dict, until: datetime, since: datetime, summary: RunSu
     rows = (rows.join(F.broadcast(items), ["site_id", "item_id"], "left")
             .join(known_users, "user_id", "left")
             .withColumn("day", F.to_date("ts")))
-    day_events = F.count(F.lit(1)).over(Window.partitionBy("user_id", "day"))
-    rows = rows.withColumn("_bot", day_events > s["max_events_per_user_day"])
+    # Bot user-days: an aggregate (few rows) broadcast back, not a window over every row.
+    bot_days = (rows.groupBy("user_id", "day").count().filter(F.col("count") > s["max_events_per_user_day"])
+                .select("user_id", "day", F.lit(True).alias("_bot")))
+    rows = rows.join(F.broadcast(bot_days), ["user_id", "day"], "left") \
+        .withColumn("_bot", F.coalesce(F.col("_bot"), F.lit(False)))
     if summary is not None:  # read twice (the tallies, then the units): cached, released by _finish
         rows = rows.persist()
         stats = rows.agg(F.count(F.lit(1)).alias("n"),
                          F.sum(F.col("_known_item").isNull().cast("long")).alias("unknown_item"),
                          F.sum((F.col("_known_item").isNotNull() & F.col("_known_user").isNull()).cast("long"))
                          .alias("unknown_user"),
-                         F.countDistinct(F.when(F.col("_bot"), F.concat_ws("|", "user_id", "day"))).alias("bots"),
                          F.max("ts").alias("wm")).first()
         summary.events_read += stats["n"] or 0
         summary.skipped_unknown_item += stats["unknown_item"] or 0
         summary.skipped_unknown_user += stats["unknown_user"] or 0
-        summary.skipped_bot_user_days += stats["bots"] or 0
+        summary.skipped_bot_user_days += rows.filter("_bot").select("user_id", "day").distinct().count()
         summary.watermark = stats["wm"]
     clean = rows.filter(F.col("_known_item") & F.col("_known_user") & ~F.col("_bot"))
     views = clean.filter(F.col("source") == "event").select("user_id", "site_id", "item_id", "ts", "session_id", "bought")
@@ -149,42 +149,61 @@ def behaviour(spark, cfg: dict, until: datetime, since: datetime, summary: RunSu
 
 
 def unit_items(rows, window: str, cap: int, epoch: str, half_life: float):
-    """One row per (unit, item): user_id, unit, site_id, item_id, bought, unit_day, weight,
-    oversized (the unit has more than ``cap`` items)."""
-    from pyspark.sql import Window
+    """One row per unit: user_id, unit, unit_day, weight, n_items, oversized (more than
+    ``cap`` items) and items, the unit's distinct items as a sorted array of
+    struct(site_id, item_id, bought).
+
+    The rows are shuffled once, by unit; both aggregations then run where the rows are, and
+    pairs are later generated from the array (no self-join on the unit).
+    """
     from pyspark.sql import functions as F
 
     if "bought" not in rows.columns:
         rows = rows.withColumn("bought", F.lit(True))
-    per_item = (rows.withColumn("unit", F.concat_ws("|", "user_id", _bucket(window)))
-                .groupBy("user_id", "unit", "site_id", "item_id")
+    per_item = (rows.withColumn("unit", F.concat_ws("|", "user_id", _bucket(window))).repartition("unit")
+                .groupBy("unit", "user_id", "site_id", "item_id")
                 .agg(F.max("bought").alias("bought"), F.max(F.to_date("ts")).alias("day")))
-    unit = Window.partitionBy("unit")
-    return (per_item.withColumn("unit_day", F.max("day").over(unit))
-            .withColumn("oversized", F.count(F.lit(1)).over(unit) > cap)
-            .withColumn("weight", F.pow(F.lit(2.0), F.datediff("unit_day", F.lit(epoch)) / F.lit(float(half_life))))
-            .drop("day"))
+    units = per_item.groupBy("unit", "user_id").agg(
+        F.sort_array(F.collect_list(F.struct("site_id", "item_id", "bought"))).alias("items"),
+        F.max("day").alias("unit_day"))
+    return (units.withColumn("n_items", F.size("items"))
+            .withColumn("oversized", F.col("n_items") > cap)
+            .withColumn("weight", F.pow(F.lit(2.0), F.datediff("unit_day", F.lit(epoch)) / F.lit(float(half_life)))))
+
+
+def unit_pairs(units):
+    """One row per unordered pair (a < b) within each unit that is not oversized: unit,
+    unit_day, weight, site_a, item_a, bought_a, site_b, item_b, bought_b."""
+    from pyspark.sql import functions as F
+
+    items, n = F.col("items"), F.size("items")
+    # Each item paired with the items after it in the sorted array: every pair once, a < b.
+    pairs = F.flatten(F.transform(items, lambda x, i: F.transform(
+        F.slice(items, i + 2, F.greatest(n - i - 1, F.lit(0))), lambda y: F.struct(x.alias("a"), y.alias("b")))))
+    p = units.filter(~F.col("oversized")).select("unit", "unit_day", "weight", F.explode(pairs).alias("p"))
+    return p.select("unit", "unit_day", "weight",
+                    *[F.col(f"p.{side}.{field}").alias(f"{name}_{side}") for side in ("a", "b")
+                      for field, name in (("site_id", "site"), ("item_id", "item"), ("bought", "bought"))])
 
 
 def pair_counts(units, kind: str, with_one_bought: bool = False):
-    """Unordered pair counts (a < b) over units: kind, site_a, item_a, site_b, item_b, units, weight, last_day."""
+    """Unordered pair counts (a < b) over units: kind, site_a, item_a, site_b, item_b, units, weight, last_day.
+    ``with_one_bought`` adds kind ``view_one_bought``: units where exactly one of the two was bought."""
     from pyspark.sql import functions as F
 
-    u = units.filter(~F.col("oversized"))
-    a = u.select("unit", "unit_day", "weight", F.col("site_id").alias("site_a"), F.col("item_id").alias("item_a"),
-                 F.col("bought").alias("bought_a"))
-    b = u.select("unit", F.col("site_id").alias("site_b"), F.col("item_id").alias("item_b"),
-                 F.col("bought").alias("bought_b"))
-    pairs = a.join(b, "unit").filter(F.struct("site_a", "item_a") < F.struct("site_b", "item_b"))
     keys = ["site_a", "item_a", "site_b", "item_b"]
-    out = pairs.groupBy(*keys).agg(F.count(F.lit(1)).alias("units"), F.sum("weight").alias("weight"),
-                                   F.max("unit_day").alias("last_day")).withColumn("kind", F.lit(kind))
+    one = F.col("bought_a") != F.col("bought_b")
+    agg = (unit_pairs(units).groupBy(*keys)
+           .agg(F.count(F.lit(1)).alias("units"), F.sum("weight").alias("weight"), F.max("unit_day").alias("last_day"),
+                F.sum(one.cast("long")).alias("one_units"), F.sum(F.when(one, F.col("weight"))).alias("one_weight"),
+                F.max(F.when(one, F.col("unit_day"))).alias("one_last_day")))
+    out = agg.select(*keys, "units", "weight", "last_day", F.lit(kind).alias("kind"))
     if not with_one_bought:
         return out
-    one = (pairs.filter(F.col("bought_a") != F.col("bought_b")).groupBy(*keys)
-           .agg(F.count(F.lit(1)).alias("units"), F.sum("weight").alias("weight"), F.max("unit_day").alias("last_day"))
-           .withColumn("kind", F.lit("view_one_bought")))
-    return out.unionByName(one)
+    one_bought = agg.filter(F.col("one_units") > 0).select(
+        *keys, F.col("one_units").alias("units"), F.col("one_weight").alias("weight"),
+        F.col("one_last_day").alias("last_day"), F.lit("view_one_bought").alias("kind"))
+    return out.unionByName(one_bought)
 
 
 def item_counts(units, kind: str):
@@ -192,10 +211,11 @@ def item_counts(units, kind: str):
     from pyspark.sql import functions as F
 
     u = units.filter(~F.col("oversized"))
-    per_item = u.groupBy("site_id", "item_id").agg(F.count(F.lit(1)).alias("units"), F.sum("weight").alias("weight"))
-    total = (u.select("unit", "weight").dropDuplicates(["unit"])
-             .agg(F.count(F.lit(1)).alias("units"), F.sum("weight").alias("weight"))
-             .select(F.lit(ALL).alias("site_id"), F.lit(ALL).alias("item_id"), "units", "weight"))
+    per_item = (u.select("weight", F.explode("items").alias("i"))
+                .groupBy(F.col("i.site_id").alias("site_id"), F.col("i.item_id").alias("item_id"))
+                .agg(F.count(F.lit(1)).alias("units"), F.sum("weight").alias("weight")))
+    total = u.agg(F.count(F.lit(1)).alias("units"), F.sum("weight").alias("weight")) \
+        .select(F.lit(ALL).alias("site_id"), F.lit(ALL).alias("item_id"), "units", "weight")
     return per_item.unionByName(total).withColumn("kind", F.lit(kind))
 
 
@@ -219,7 +239,6 @@ def counts_from_units(vu, pu):
 def item_text_vectors(spark, cfg: dict, dims: int = 64):
     """Item catalogue with a normalised text embedding (TF-IDF of title, description,
     category, brand, attribute values and review texts, reduced by truncated SVD)."""
-    import pandas as pd
     from pyspark.sql import functions as F
     from sklearn.decomposition import TruncatedSVD
     from sklearn.feature_extraction.text import TfidfVectorizer
@@ -338,9 +357,8 @@ def score_pairs(spark, cfg: dict, pair_counts_df, item_counts_df, items_pd, run_
     ``weights_df`` are the fitted weights (None: a neutral combination until the first fit).
     Returns (relationships DataFrame, notes).
     """
-    import pandas as pd
-    from pyspark.sql import functions as F
     from pyspark.sql import Window
+    from pyspark.sql import functions as F
 
     s = settings(cfg)
     notes = []
@@ -518,15 +536,12 @@ def inventory_correlation(spark, cfg: dict, purchase_units, min_units: int = 3):
              .groupBy("site_id", "item_id", F.to_date("snapshot_ts").alias("day"))
              .agg((F.sum(F.col("on_hand") - F.col("reserved")) > 0).alias("in_stock")))
     days = stock.select("day").distinct()
-    u = purchase_units.filter(~F.col("oversized")).join(F.broadcast(days), F.col("unit_day") == F.col("day")) \
-        .select("unit", "day", "site_id", "item_id")
-    a = u.select("unit", "day", F.col("site_id").alias("site_a"), F.col("item_id").alias("item_a"))
-    b = u.select("unit", F.col("site_id").alias("site_b"), F.col("item_id").alias("item_b"))
+    u = purchase_units.join(F.broadcast(days), F.col("unit_day") == F.col("day"), "left_semi")
+    pairs = unit_pairs(u).select("unit", F.col("unit_day").alias("day"), "site_a", "item_a", "site_b", "item_b")
     sa = stock.select(F.col("site_id").alias("site_a"), F.col("item_id").alias("item_a"), "day", F.col("in_stock").alias("in_a"))
     sb = stock.select(F.col("site_id").alias("site_b"), F.col("item_id").alias("item_b"), "day", F.col("in_stock").alias("in_b"))
     keys = ["site_a", "item_a", "site_b", "item_b"]
-    co = (a.join(b, "unit").filter(F.struct("site_a", "item_a") < F.struct("site_b", "item_b"))
-          .join(sa, ["site_a", "item_a", "day"]).join(sb, ["site_b", "item_b", "day"])
+    co = (pairs.join(sa, ["site_a", "item_a", "day"]).join(sb, ["site_b", "item_b", "day"])
           .groupBy(*keys).agg(F.count(F.lit(1)).alias("n"), F.avg((F.col("in_a") & F.col("in_b")).cast("double")).alias("observed"))
           .filter(F.col("n") >= min_units))
     expected = (co.select(*keys).crossJoin(F.broadcast(days)).join(sa, ["site_a", "item_a", "day"])
@@ -537,7 +552,7 @@ def inventory_correlation(spark, cfg: dict, purchase_units, min_units: int = 3):
 
 
 # -------------------------------------------------------------------------------- weights
-def fit_weights(spark, cfg: dict, dt: str, run_id: str, vu, pu, purchases, items_pd, inventory):
+def fit_weights(spark, cfg: dict, dt: str, run_id: str, vu, pu, purchases, items_pd):
     """Fit the combined-score weights per segment x category on a strict time split.
 
     Features are the relationship signals computed from behaviour *before* the cut-off
@@ -551,17 +566,22 @@ def fit_weights(spark, cfg: dict, dt: str, run_id: str, vu, pu, purchases, items
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
 
-    s, ws = settings(cfg), settings(cfg)["weights"]
+    ws = settings(cfg)["weights"]
     end = datetime.combine(date.fromisoformat(dt), datetime.min.time()) + timedelta(days=1)
     cutoff = end - timedelta(days=ws["label_days"])
     before = F.col("ts") < F.lit(cutoff)
-    # Only units that ended before the cut-off: nothing after it reaches the features.
-    ended = F.col("unit_day") < F.lit(cutoff.date())
-    pairs_c, items_c = counts_from_units(vu.filter(ended), pu.filter(ended))
-    pairs_c, items_c = pairs_c.persist(), items_c.persist()
-    rel_c, _ = score_pairs(spark, cfg, pairs_c, items_c, items_pd, run_id, dt, None, None, inventory)
     anchors = (purchases.filter(before & (F.col("ts") >= F.lit(cutoff - timedelta(days=ws["anchor_days"]))))
                .select("user_id", F.col("site_id").alias("site_a"), F.col("item_id").alias("item_a")).distinct())
+    # A fixed pseudo-random sample of anchor items bounds the scoring pass of the fit.
+    anchor_items = (anchors.select("site_a", "item_a").distinct().orderBy(F.xxhash64("site_a", "item_a"), "site_a", "item_a")
+                    .limit(int(ws["max_anchor_items"])).localCheckpoint())
+    anchors = anchors.join(F.broadcast(anchor_items), ["site_a", "item_a"], "left_semi")
+    # Features only from units that ended before the cut-off. Counts add up per unit, so the
+    # counts as of the cut-off are the stored counts minus those of the units ended since.
+    ended = F.col("unit_day") < F.lit(cutoff.date())
+    pairs_c, items_c = _counts_before(spark, cfg, vu.filter(~ended), pu.filter(~ended), anchor_items)
+    inventory_c = inventory_correlation(spark, cfg, pu.filter(ended))
+    rel_c, _ = score_pairs(spark, cfg, pairs_c, items_c, items_pd, run_id, dt, None, anchor_items, inventory_c)
     later = (purchases.filter(~before).select("user_id", F.col("site_id").alias("site_b"),
                                               F.col("item_id").alias("item_b")).distinct()
              .withColumn("label", F.lit(1)))
@@ -611,6 +631,31 @@ def fit_weights(spark, cfg: dict, dt: str, run_id: str, vu, pu, purchases, items
     return table
 
 
+def _counts_before(spark, cfg: dict, recent_vu, recent_pu, anchor_items):
+    """(pair counts, item counts) as they were before the recent units: the stored state
+    minus the recent units' counts. Pairs are kept only where one side is an anchor item."""
+    from pyspark.sql import functions as F
+
+    def touches_anchor(df):
+        a = anchor_items.withColumn("_a", F.lit(True))
+        b = anchor_items.select(F.col("site_a").alias("site_b"), F.col("item_a").alias("item_b"), F.lit(True).alias("_b"))
+        return (df.join(F.broadcast(a), ["site_a", "item_a"], "left").join(F.broadcast(b), ["site_b", "item_b"], "left")
+                .filter(F.col("_a").isNotNull() | F.col("_b").isNotNull()).drop("_a", "_b"))
+
+    recent_p, recent_i = counts_from_units(recent_vu, recent_pu)
+    negate = [(-F.col("units")).alias("units"), (-F.col("weight")).alias("weight")]
+    pk, ik = ["kind", "site_a", "item_a", "site_b", "item_b"], ["kind", "site_id", "item_id"]
+    pairs = (touches_anchor(read_table(spark, "item_pair_counts", cfg)).select(*pk, "units", "weight", "last_day")
+             .unionByName(touches_anchor(recent_p).select(*pk, *negate, F.lit(None).cast("date").alias("last_day")))
+             .groupBy(*pk).agg(F.sum("units").alias("units"), F.sum("weight").alias("weight"),
+                               F.max("last_day").alias("last_day"))
+             .filter(F.col("units") > 0))
+    items = (read_table(spark, "item_unit_counts", cfg).select(*ik, "units", "weight")
+             .unionByName(recent_i.select(*ik, *negate)).groupBy(*ik)
+             .agg(F.sum("units").alias("units"), F.sum("weight").alias("weight")).filter(F.col("units") > 0))
+    return pairs.persist(), items.persist()
+
+
 def weights_frame(spark, table):
     from pyspark.sql import functions as F
     ddl = catalog.table("relationship_weights").ddl().replace("`dt` date", "`dt` string")
@@ -636,14 +681,11 @@ def _overwrite(spark, df, name: str, cfg: dict) -> None:
 
 
 def _oversized(units) -> int:
-    from pyspark.sql import functions as F
-    return units.filter("oversized").select("unit").distinct().count()
+    return units.filter("oversized").count()
 
 
 def run_full(spark, dt: str, run_id: str, cfg: dict, fit: bool = True) -> RunSummary:
     """Nightly: rebuild the counts from the lookback window, refit the weights, rescore all."""
-    from pyspark.sql import functions as F
-
     t0 = time.time()
     s = settings(cfg)
     summary = RunSummary(run_id, dt, "full")
@@ -663,7 +705,7 @@ def run_full(spark, dt: str, run_id: str, cfg: dict, fit: bool = True) -> RunSum
         inventory = inventory_correlation(spark, cfg, pu).localCheckpoint()
     if fit:
         with summary.step("fit weights"):
-            weights = fit_weights(spark, cfg, dt, run_id, vu, pu, purchases, items_pd, inventory)
+            weights = fit_weights(spark, cfg, dt, run_id, vu, pu, purchases, items_pd)
             replace_rows(spark, weights_frame(spark, weights), "relationship_weights", f"dt = DATE'{dt}'", cfg)
     vu.unpersist(), pu.unpersist()
     with summary.step("score"):
