@@ -8,8 +8,11 @@ Nightly full run for the data interval's date (`ds`):
    `quarantine` and the accounting in `ingestion_audit` (Spark job `jobs/ingest.py`).
 2. **relationships**: item relationship scores rebuilt from scratch, weights refitted
    per segment x category (`jobs/relationships.py --mode full`).
-3. **export**: snapshots of `exports.tables` to the export target with a manifest.
-4. **summary**: every catalog table with its Delta version and row count.
+3. **forecast**: daily demand per item x region for the next 14 days (Prophet, SBA for
+   intermittent series, seasonal naive where it wins the backtest), with the rolling
+   backtest in `forecast_metrics` and the run in MLflow (`jobs/forecast.py`).
+4. **export**: snapshots of `exports.tables` to the export target with a manifest.
+5. **summary**: every catalog table with its Delta version and row count.
 
 Re-running a date leaves the same rows: every write is keyed on the landing date.
 Later steps (models, bundles, shipping) add their tasks after relationships.
@@ -20,7 +23,8 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import dag, task
 
-from jobs.core.orchestration import export_task, relationships_task, spark_submit_operator, table_assets
+from jobs.core.orchestration import (export_task, forecast_task, relationships_task, spark_submit_operator,
+                                     table_assets)
 
 SILVER = ["sites", "warehouses", "items", "users", "events", "orders", "order_lines", "reviews", "inventory",
           "weather", "calendar_events", "routes", "competitor_prices", "feedback"]
@@ -48,7 +52,8 @@ def bundlecast_nightly():
         for line in render(all_tables()).splitlines():
             print(f"[bundlecast] {line}")
 
-    ingest >> relationships_task("full") >> export_task() >> summary()
+    # In sequence: the embedded metastore (Derby) takes one Spark driver at a time.
+    ingest >> relationships_task("full") >> forecast_task() >> export_task() >> summary()
 
 
 bundlecast_nightly()

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from jobs.core.cli_support import run_main
 from jobs.core.config import config
+from jobs.core.errors import BundlecastError
 from jobs.demo_world import SCALES
 
 
@@ -157,13 +158,28 @@ def cmd_related(args) -> None:
         print(relationships.render_related(args.item, rows))
 
 
-def cmd_eval(args) -> None:
-    from jobs import evaluate_relationships
+def cmd_forecast(args) -> None:
+    from jobs import forecast
     from jobs.core.spark import get_spark
 
-    results = evaluate_relationships.evaluate(get_spark("bundlecast-eval"), config(), args.cutoff, args.k)
-    print(evaluate_relationships.render(results))
-    print(f"logged to MLflow ({config()['mlflow']['tracking_uri']}), experiment bundlecast-relationships-eval")
+    forecast.run(get_spark("bundlecast-forecast"), args.date)
+
+
+def cmd_eval(args) -> None:
+    from jobs.core.spark import get_spark
+
+    if args.what == "relationships":
+        from jobs import evaluate_relationships as ev
+        if not args.cutoff:
+            raise BundlecastError("eval relationships needs --cutoff DATE")
+        results = ev.evaluate(get_spark("bundlecast-eval"), config(), args.cutoff, args.k)
+        name = "bundlecast-relationships-eval"
+    else:
+        from jobs import evaluate_forecast as ev
+        results = ev.evaluate(get_spark("bundlecast-eval"), config(), args.data, args.holdout_days)
+        name = ev.EXPERIMENT
+    print(ev.render(results))
+    print(f"logged to MLflow ({config()['mlflow']['tracking_uri']}), experiment {name}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -218,10 +234,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_related)
     p = sub.add_parser("eval", help="offline evaluation against baselines, logged to MLflow")
-    p.add_argument("what", choices=["relationships"])
-    p.add_argument("--cutoff", type=_date, required=True, help="fit before, evaluate baskets from this date")
+    p.add_argument("what", choices=["relationships", "forecast"])
+    p.add_argument("--cutoff", type=_date, help="relationships: fit before, evaluate baskets from this date")
     p.add_argument("--k", type=int, default=10)
+    p.add_argument("--data", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "data" / "online_retail"),
+                   help="forecast: folder with the Online Retail daily item series")
+    p.add_argument("--holdout-days", type=int, default=56)
     p.set_defaults(func=cmd_eval)
+    p = sub.add_parser("forecast", help="demand forecast with backtest in this process (no Airflow)")
+    p.add_argument("--date", type=_date, required=True)
+    p.set_defaults(func=cmd_forecast)
     sub.add_parser("contract", help="print the input data contract (Markdown)").set_defaults(func=cmd_contract)
     sub.add_parser("summary", help="tables, exports and where to look").set_defaults(func=cmd_summary)
     return parser

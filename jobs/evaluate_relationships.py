@@ -136,11 +136,8 @@ def evaluate(spark, cfg: dict, cutoff: str, k: int = 10, fpgrowth_support: float
 def log_to_mlflow(cfg: dict, results: dict) -> str:
     import mlflow
 
-    mlflow.set_tracking_uri(cfg["mlflow"]["tracking_uri"])
-    name = "bundlecast-relationships-eval"
-    if mlflow.get_experiment_by_name(name) is None:
-        mlflow.create_experiment(name, artifact_location=f"{cfg['mlflow']['artifact_root']}/{name}")
-    mlflow.set_experiment(name)
+    from models.tracking import experiment
+    experiment(cfg, "bundlecast-relationships-eval")
     meta = results["_meta"]
     with mlflow.start_run(run_name=f"cutoff-{meta['cutoff']}") as run:
         mlflow.log_params(meta)

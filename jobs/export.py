@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 
 from jobs.core import catalog
 from jobs.core.config import config
@@ -40,7 +40,8 @@ def _serialise(batch_table, fmt: str) -> bytes:
 
 def export_table(name: str, dt: str, target: str | None = None, fmt: str | None = None,
                  cfg: dict | None = None, store=None) -> dict:
-    """Export the current snapshot of ``name``; returns the manifest."""
+    """Export the current snapshot of ``name`` (of a table partitioned by run date, the rows
+    of run date ``dt`` only); returns the manifest."""
     import pyarrow as pa
     from deltalake import DeltaTable
 
@@ -73,7 +74,11 @@ def export_table(name: str, dt: str, target: str | None = None, fmt: str | None 
         old.discard(key)
         part, pending, pending_rows = part + 1, [], 0
 
-    for batch in dataset.to_batches():
+    only_dt = None
+    if "dt" in catalog.table(name).partition_by:
+        import pyarrow.compute as pc
+        only_dt = pc.field("dt") == pa.scalar(date.fromisoformat(dt), pa.date32())
+    for batch in dataset.to_batches(filter=only_dt):
         pending.append(batch)
         pending_rows += batch.num_rows
         if pending_rows >= rows_per_file:

@@ -274,8 +274,9 @@ def item_text_vectors(spark, cfg: dict, dims: int = 64):
     return items
 
 
-def text_candidates(items: "pd.DataFrame", k: int) -> "pd.DataFrame":
-    """Top-k most text-similar items of every item (cross-site included), in chunks."""
+def text_candidates(items, k: int):
+    """Top-k most text-similar items of every item (cross-site included), in chunks: the
+    pairs (site_a, item_a, site_b, item_b) of the item frame from :func:`item_text_vectors`."""
     import pandas as pd
 
     if len(items) < 2 or k <= 0:
@@ -350,22 +351,29 @@ def _beyond_chance(observed, units, expected, pseudo_units: float):
 
 
 def score_pairs(spark, cfg: dict, pair_counts_df, item_counts_df, items_pd, run_id: str, dt: str,
-                weights_df=None, anchors=None, inventory=None):
+                weights_df=None, anchors=None, inventory=None, text_models=None):
     """Every signal, the text model and the combined score for directed pairs.
 
     ``anchors`` (DataFrame of site_a, item_a) restricts the anchors scored (hourly);
-    ``weights_df`` are the fitted weights (None: a neutral combination until the first fit).
-    Returns (relationships DataFrame, notes).
+    ``weights_df`` are the fitted weights (None: a neutral combination until the first fit);
+    ``text_models`` are stored text models to apply (None: fit them on these pairs). With
+    both anchors and text models, only the pairs touching an anchor are read at all.
+    Returns (relationships DataFrame, notes, the text models used).
     """
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     s = settings(cfg)
     notes = []
+    category_pairs = pair_counts_df  # category affinity needs every pair
+    if anchors is not None and text_models is not None:
+        pair_counts_df = touching(pair_counts_df, anchors)
     signals = behaviour_signals(spark, pair_counts_df, item_counts_df, s["min_support"], s["chance_pseudo_units"])
     text = text_candidates(items_pd, s["text_neighbours"])
     if len(text):
         text_df = spark.createDataFrame(text)
+        if anchors is not None and text_models is not None:
+            text_df = text_df.join(F.broadcast(anchors), ["site_a", "item_a"], "left_semi")
         signals = signals.unionByName(text_df, allowMissingColumns=True) \
             .groupBy("site_a", "item_a", "site_b", "item_b").agg(
                 *[F.max(c).alias(c) for c in signals.columns if c not in ("site_a", "item_a", "site_b", "item_b")])
@@ -381,7 +389,7 @@ def score_pairs(spark, cfg: dict, pair_counts_df, item_counts_df, items_pd, run_
     signals = signals.withColumn("text_similarity", F.greatest(F.lit(0.0), F.coalesce(F.aggregate(
         F.zip_with("embedding_a", "embedding_b", lambda x, y: x * y), F.lit(0.0), lambda acc, x: acc + x), F.lit(0.0))))
     # Category affinity: co-purchase lift between the two categories (from the counts).
-    cat_aff = _category_affinity(spark, pair_counts_df, item_counts_df, items_pd)
+    cat_aff = _category_affinity(spark, category_pairs, item_counts_df, items_pd)
     signals = signals.join(F.broadcast(cat_aff), ["category_a", "category_b"], "left") \
         .withColumn("category_affinity", F.coalesce("category_affinity", F.lit(0.0)))
     # Behaviour: bought together vs viewed together with one bought, each discounted by chance.
@@ -398,9 +406,11 @@ def score_pairs(spark, cfg: dict, pair_counts_df, item_counts_df, items_pd, run_
                                                     F.greatest(F.col("price_b"), F.lit(0.01))))))
     # Materialised once: the text models, the weights and the write all read it.
     signals = signals.drop("embedding_a", "embedding_b").localCheckpoint()
-    text_features = ["text_similarity", "same_category", "category_affinity", "same_site", "same_brand", "price_gap"]
-    comp_text, alt_text, text_notes = _text_models(signals, text_features, s)
-    notes += text_notes
+    if text_models is None:
+        text_models = fit_text_models(signals, s)
+    notes += [f"text model for {t}: {m['source']} ({m['n_positive']} positive of {m['n_labelled']} labelled pairs)"
+              for t, m in text_models.items() if m["source"] != "fitted"]
+    comp_text, alt_text = text_model_exprs(text_models)
     if anchors is not None:  # after the text models, which learn from every pair
         signals = signals.join(F.broadcast(anchors), ["site_a", "item_a"], "left_semi")
     k = float(s["shrinkage_units"])
@@ -426,7 +436,7 @@ def score_pairs(spark, cfg: dict, pair_counts_df, item_counts_df, items_pd, run_
     out = (scored.withColumn("relation", relation).withColumn("rank", rank)
            .filter(F.col("rank") <= s["max_neighbours"])
            .withColumn("dt", F.lit(dt).cast("date")).withColumn("run_id", F.lit(run_id)))
-    return out.select(*[c.name for c in catalog.table("item_relationships").columns]), notes
+    return out.select(*[c.name for c in catalog.table("item_relationships").columns]), notes, text_models
 
 
 def _category_affinity(spark, pair_counts_df, item_counts_df, items_pd):
@@ -455,37 +465,76 @@ def _category_affinity(spark, pair_counts_df, item_counts_df, items_pd):
     return spark.createDataFrame(both[["category_a", "category_b", "category_affinity"]].astype({"category_affinity": float}))
 
 
-def _text_models(signals, features: list[str], s: dict):
+TEXT_FEATURES = ["text_similarity", "same_category", "category_affinity", "same_site", "same_brand", "price_gap"]
+TEXT_TARGETS = ("comp_behaviour", "alt_behaviour")
+
+
+def fit_text_models(signals, s: dict) -> dict[str, dict]:
     """Logistic models from text features to the behavioural complementary / alternative
-    labels of well-supported pairs; returned as Spark expressions so every candidate pair
-    (new items included) gets a text-only score."""
+    labels of well-supported pairs: {target: {intercept, weights, n_labelled, n_positive,
+    source}}. With too little behaviour a target gets a stated fall-back rule instead."""
     from pyspark.sql import functions as F
     from sklearn.linear_model import LogisticRegression
 
-    notes = []
     labelled = (signals.filter(F.col("evidence") >= s["min_support"])
-                .select(*features, "comp_behaviour", "alt_behaviour")
-                .orderBy(*features, "comp_behaviour", "alt_behaviour").limit(200_000).toPandas())
-    exprs = []
-    for target in ("comp_behaviour", "alt_behaviour"):
+                .select(*TEXT_FEATURES, *TEXT_TARGETS)
+                .orderBy(*TEXT_FEATURES, *TEXT_TARGETS).limit(200_000).toPandas())
+    models = {}
+    for target in TEXT_TARGETS:
         y = (labelled[target] >= 0.5).astype(int) if len(labelled) else None
-        if y is None or y.sum() < 10 or (len(y) - y.sum()) < 10:
-            # Too little behaviour to learn from: text similarity stands in for "alternative",
-            # category affinity across different categories for "complementary".
-            notes.append(f"text model for {target}: too few labelled pairs ({0 if y is None else int(y.sum())} positive); "
-                         "using the fall-back")
+        positives = 0 if y is None else int(y.sum())
+        if y is None or positives < 10 or (len(y) - positives) < 10:
+            models[target] = dict(intercept=None, weights={}, n_labelled=len(labelled), n_positive=positives,
+                                  source="fallback: too few labelled pairs")
+            continue
+        model = LogisticRegression(C=1.0, max_iter=500, class_weight="balanced")
+        model.fit(labelled[TEXT_FEATURES].to_numpy(float), y.to_numpy())
+        models[target] = dict(intercept=float(model.intercept_[0]),
+                              weights={f: float(w) for f, w in zip(TEXT_FEATURES, model.coef_[0])},
+                              n_labelled=len(labelled), n_positive=positives, source="fitted")
+    return models
+
+
+def text_model_exprs(models: dict[str, dict]):
+    """(complementary, alternative) text scores as Spark expressions, so every candidate
+    pair (new items included) gets one. Fall-backs: category affinity across different
+    categories for complementary, text similarity within a category for alternative."""
+    from pyspark.sql import functions as F
+
+    exprs = []
+    for target in TEXT_TARGETS:
+        m = models.get(target) or {}
+        if m.get("intercept") is None:
             if target == "comp_behaviour":
                 exprs.append((1 - F.col("same_category")) * (1 - F.exp(-F.col("category_affinity"))) * 0.5)
             else:
                 exprs.append(F.col("same_category") * F.col("text_similarity") * 0.5)
             continue
-        model = LogisticRegression(C=1.0, max_iter=500, class_weight="balanced")
-        model.fit(labelled[features].to_numpy(float), y.to_numpy())
-        linear = F.lit(float(model.intercept_[0]))
-        for f, w in zip(features, model.coef_[0]):
-            linear = linear + F.lit(float(w)) * F.col(f)
+        linear = F.lit(m["intercept"])
+        for f in TEXT_FEATURES:
+            linear = linear + F.lit(float(m["weights"].get(f, 0.0))) * F.col(f)
         exprs.append(F.lit(1.0) / (F.lit(1.0) + F.exp(-linear)))
-    return exprs[0], exprs[1], notes
+    return exprs[0], exprs[1]
+
+
+def text_models_frame(spark, models: dict[str, dict], dt: str, run_id: str):
+    from pyspark.sql import functions as F
+
+    rows = [dict(dt=dt, target=t, intercept=m["intercept"], weights=m["weights"], n_labelled=int(m["n_labelled"]),
+                 n_positive=int(m["n_positive"]), source=m["source"], run_id=run_id) for t, m in models.items()]
+    ddl = catalog.table("relationship_text_models").ddl().replace("`dt` date", "`dt` string")
+    return spark.createDataFrame(rows, ddl).withColumn("dt", F.col("dt").cast("date"))
+
+
+def latest_text_models(spark, cfg: dict, dt: str) -> dict[str, dict] | None:
+    """The text models of the latest full run on or before ``dt`` (None before the first)."""
+    from pyspark.sql import functions as F
+    t = read_table(spark, "relationship_text_models", cfg).filter(F.col("dt") <= F.lit(dt).cast("date"))
+    last = t.agg(F.max("dt")).first()[0]
+    if last is None:
+        return None
+    return {r["target"]: dict(r.asDict(), weights=dict(r["weights"] or {}))
+            for r in t.filter(F.col("dt") == F.lit(last)).collect()}
 
 
 def _combine(spark, signals, weights_df):
@@ -581,7 +630,7 @@ def fit_weights(spark, cfg: dict, dt: str, run_id: str, vu, pu, purchases, items
     ended = F.col("unit_day") < F.lit(cutoff.date())
     pairs_c, items_c = _counts_before(spark, cfg, vu.filter(~ended), pu.filter(~ended), anchor_items)
     inventory_c = inventory_correlation(spark, cfg, pu.filter(ended))
-    rel_c, _ = score_pairs(spark, cfg, pairs_c, items_c, items_pd, run_id, dt, None, anchor_items, inventory_c)
+    rel_c, _, _ = score_pairs(spark, cfg, pairs_c, items_c, items_pd, run_id, dt, None, anchor_items, inventory_c)
     later = (purchases.filter(~before).select("user_id", F.col("site_id").alias("site_b"),
                                               F.col("item_id").alias("item_b")).distinct()
              .withColumn("label", F.lit(1)))
@@ -631,22 +680,26 @@ def fit_weights(spark, cfg: dict, dt: str, run_id: str, vu, pu, purchases, items
     return table
 
 
+def touching(pairs, anchors):
+    """The unordered pairs (a < b) with either side among ``anchors`` (site_a, item_a)."""
+    from pyspark.sql import functions as F
+
+    a = anchors.withColumn("_a", F.lit(True))
+    b = anchors.select(F.col("site_a").alias("site_b"), F.col("item_a").alias("item_b"), F.lit(True).alias("_b"))
+    return (pairs.join(F.broadcast(a), ["site_a", "item_a"], "left").join(F.broadcast(b), ["site_b", "item_b"], "left")
+            .filter(F.col("_a").isNotNull() | F.col("_b").isNotNull()).drop("_a", "_b"))
+
+
 def _counts_before(spark, cfg: dict, recent_vu, recent_pu, anchor_items):
     """(pair counts, item counts) as they were before the recent units: the stored state
     minus the recent units' counts. Pairs are kept only where one side is an anchor item."""
     from pyspark.sql import functions as F
 
-    def touches_anchor(df):
-        a = anchor_items.withColumn("_a", F.lit(True))
-        b = anchor_items.select(F.col("site_a").alias("site_b"), F.col("item_a").alias("item_b"), F.lit(True).alias("_b"))
-        return (df.join(F.broadcast(a), ["site_a", "item_a"], "left").join(F.broadcast(b), ["site_b", "item_b"], "left")
-                .filter(F.col("_a").isNotNull() | F.col("_b").isNotNull()).drop("_a", "_b"))
-
     recent_p, recent_i = counts_from_units(recent_vu, recent_pu)
     negate = [(-F.col("units")).alias("units"), (-F.col("weight")).alias("weight")]
     pk, ik = ["kind", "site_a", "item_a", "site_b", "item_b"], ["kind", "site_id", "item_id"]
-    pairs = (touches_anchor(read_table(spark, "item_pair_counts", cfg)).select(*pk, "units", "weight", "last_day")
-             .unionByName(touches_anchor(recent_p).select(*pk, *negate, F.lit(None).cast("date").alias("last_day")))
+    pairs = (touching(read_table(spark, "item_pair_counts", cfg), anchor_items).select(*pk, "units", "weight", "last_day")
+             .unionByName(touching(recent_p, anchor_items).select(*pk, *negate, F.lit(None).cast("date").alias("last_day")))
              .groupBy(*pk).agg(F.sum("units").alias("units"), F.sum("weight").alias("weight"),
                                F.max("last_day").alias("last_day"))
              .filter(F.col("units") > 0))
@@ -685,7 +738,8 @@ def _oversized(units) -> int:
 
 
 def run_full(spark, dt: str, run_id: str, cfg: dict, fit: bool = True) -> RunSummary:
-    """Nightly: rebuild the counts from the lookback window, refit the weights, rescore all."""
+    """Nightly: rebuild the counts from the lookback window, refit the weights and the text
+    models, rescore all. ``fit=False`` keeps the latest stored weights and text models."""
     t0 = time.time()
     s = settings(cfg)
     summary = RunSummary(run_id, dt, "full")
@@ -711,9 +765,13 @@ def run_full(spark, dt: str, run_id: str, cfg: dict, fit: bool = True) -> RunSum
     with summary.step("score"):
         pair_state = read_table(spark, "item_pair_counts", cfg)
         unit_state = read_table(spark, "item_unit_counts", cfg)
-        rel, summary.notes = score_pairs(spark, cfg, pair_state, unit_state, items_pd, run_id, dt,
-                                         latest_weights(spark, cfg, dt), None, inventory)
+        stored = None if fit else latest_text_models(spark, cfg, dt)
+        rel, summary.notes, text_models = score_pairs(spark, cfg, pair_state, unit_state, items_pd, run_id, dt,
+                                                      latest_weights(spark, cfg, dt), None, inventory, stored)
         _overwrite(spark, rel, "item_relationships", cfg)
+        if stored is None:  # refitted: the hourly runs apply these until the next night
+            replace_rows(spark, text_models_frame(spark, text_models, dt, run_id), "relationship_text_models",
+                         f"dt = DATE'{dt}'", cfg)
     _finish(spark, cfg, summary, rows, t0)
     return summary
 
@@ -744,9 +802,10 @@ def run_incremental(spark, dt: str, run_id: str, cfg: dict) -> RunSummary:
         summary.items_without_text = int((~items_pd.has_text).sum()) if len(items_pd) else 0
         current = read_table(spark, "item_relationships", cfg)
         inventory = current.select("site_a", "item_a", "site_b", "item_b", "inventory_correlation")
-        rel, summary.notes = score_pairs(spark, cfg, read_table(spark, "item_pair_counts", cfg),
-                                         read_table(spark, "item_unit_counts", cfg), items_pd, run_id, dt,
-                                         latest_weights(spark, cfg, dt), anchors, inventory)
+        rel, summary.notes, _ = score_pairs(spark, cfg, read_table(spark, "item_pair_counts", cfg),
+                                            read_table(spark, "item_unit_counts", cfg), items_pd, run_id, dt,
+                                            latest_weights(spark, cfg, dt), anchors, inventory,
+                                            latest_text_models(spark, cfg, dt))
         rel = rel.localCheckpoint()  # materialise before the table it was derived from is rewritten
         kept = current.join(anchors, ["site_a", "item_a"], "left_anti")
         _overwrite(spark, kept.unionByName(rel), "item_relationships", cfg)
@@ -788,9 +847,10 @@ def _fold(spark, cfg: dict, summary: RunSummary, rows, new_views, new_purchases,
         update = {"units": "t.units + s.units", "weight": "t.weight + s.weight"}
         if name == "item_pair_counts":
             update["last_day"] = "greatest(t.last_day, s.last_day)"
+        # One pass: counts that fall to zero are deleted, the rest updated, new keys inserted.
         (table.alias("t").merge(delta.alias("s"), " AND ".join(f"t.{k} = s.{k}" for k in keys))
-         .whenMatchedUpdate(set=update).whenNotMatchedInsertAll().execute())
-        table.delete("units <= 0")
+         .whenMatchedDelete(condition="t.units + s.units <= 0")
+         .whenMatchedUpdate(set=update).whenNotMatchedInsertAll(condition="s.units > 0").execute())
     return (dp.select("site_a", "item_a")
             .unionByName(dp.select(F.col("site_b").alias("site_a"), F.col("item_b").alias("item_a")))
             .unionByName(di.filter(F.col("site_id") != ALL).select(F.col("site_id").alias("site_a"),

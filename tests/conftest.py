@@ -49,3 +49,28 @@ def tiny_world(cfg, spark):
                     cfg["demo"]["date"])
     audits = ingest.run(spark, cfg["demo"]["date"], cfg=cfg, progress=lambda m: None)
     return {"date": cfg["demo"]["date"], "rows": rows, "audits": {a.dataset: a for a in audits}}
+
+
+TEST_WORLD_DATE = "2026-11-20"
+
+
+@pytest.fixture(scope="session")
+def test_world(spark, tmp_path_factory):
+    """The `test` demo world (1,000 users, 120 items, 60 days) in its own state directory
+    and catalog database, ingested once for the modelling tests (relationships, forecast).
+    Returns its config and the generator's ground truth."""
+    import json
+
+    from jobs import ingest
+    from jobs.core.config import load_config
+    from jobs.demo_world import generate
+
+    home = tmp_path_factory.mktemp("testworld")
+    cfg = load_config(state_home=home)
+    cfg["storage"]["database"] = "bundlecast_testworld"
+    spark.sql("CREATE DATABASE IF NOT EXISTS bundlecast_testworld")
+    generate(Path(cfg["storage"]["raw"]), home / "truth.json", "test", 11, TEST_WORLD_DATE)
+    ingest.run(spark, TEST_WORLD_DATE, ["sites", "warehouses", "items", "users", "events", "orders", "order_lines",
+                                        "reviews", "inventory", "weather", "calendar_events"],
+               cfg=cfg, with_expectations=False, progress=lambda m: None)
+    return {"cfg": cfg, "truth": json.loads((home / "truth.json").read_text()), "date": TEST_WORLD_DATE}

@@ -1,5 +1,4 @@
 """Configuration: overlays, environment references, state directory, catalog consistency."""
-from pathlib import Path
 
 import pytest
 

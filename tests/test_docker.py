@@ -1,5 +1,4 @@
 """The docker/ stack, as far as it can be checked without a Docker engine."""
-from pathlib import Path
 
 import yaml
 

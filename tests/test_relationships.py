@@ -2,13 +2,11 @@
 complements and substitutes come out on top with the right relation, the hourly fold equals
 a full rebuild, bad input is counted, the query API ranks and filters.
 
-The world lives in its own state directory and catalog database so it does not disturb
-the tiny world the other tests share; it reuses the session's Spark.
+The world (conftest ``test_world``) lives in its own state directory and catalog database
+so it does not disturb the tiny world the other tests share; it reuses the session's Spark.
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,19 +18,8 @@ DT = "2026-11-20"
 
 
 @pytest.fixture(scope="module")
-def rel_world(spark, tmp_path_factory):
-    from jobs import ingest
-    from jobs.core.config import load_config
-    from jobs.demo_world import generate
-
-    home = tmp_path_factory.mktemp("relhome")
-    cfg = load_config(state_home=home)
-    cfg["storage"]["database"] = "bundlecast_rel"
-    spark.sql("CREATE DATABASE IF NOT EXISTS bundlecast_rel")
-    generate(Path(cfg["storage"]["raw"]), home / "truth.json", "test", 11, DT)
-    ingest.run(spark, DT, ["sites", "warehouses", "items", "users", "events", "orders", "order_lines", "reviews",
-                           "inventory"], cfg=cfg, with_expectations=False, progress=lambda m: None)
-    return {"cfg": cfg, "truth": json.loads((home / "truth.json").read_text())}
+def rel_world(test_world):
+    return test_world
 
 
 def _frame(spark, cfg, name, drop=()):

@@ -125,8 +125,7 @@ def spark_submit_operator(task_id: str, job: str, args: list[str], outlets: list
         def execute(self, context):
             from jobs.core.spark import spark_conf
 
-            self.conf = {**spark_conf(), "spark.pyspark.python": sys.executable,
-                         "spark.pyspark.driver.python": sys.executable, **(self.conf or {})}
+            self.conf = {**spark_conf(), **(self.conf or {})}
             return super().execute(context)
 
     return BundlecastSparkSubmitOperator(
@@ -143,7 +142,7 @@ def table_assets(names: list[str]) -> list:
 
 
 RELATIONSHIP_TABLES = ["item_pair_counts", "item_unit_counts", "item_relationships", "relationship_weights",
-                       "relationship_runs"]
+                       "relationship_text_models", "relationship_runs"]
 
 
 def relationships_task(mode: str):
@@ -151,6 +150,15 @@ def relationships_task(mode: str):
     return spark_submit_operator(
         "relationships", "relationships", ["--date", "{{ ds }}", "--mode", mode, "--run-id", "{{ run_id }}"],
         outlets=table_assets(RELATIONSHIP_TABLES))
+
+
+FORECAST_TABLES = ["demand_forecast", "forecast_metrics"]
+
+
+def forecast_task():
+    """Demand forecast with its backtest (nightly)."""
+    return spark_submit_operator("forecast", "forecast", ["--date", "{{ ds }}", "--run-id", "{{ run_id }}"],
+                                 outlets=table_assets(FORECAST_TABLES))
 
 
 def export_task():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import re
 from pathlib import Path
 
@@ -74,6 +75,10 @@ def spark_conf(cfg: dict | None = None) -> dict[str, str]:
                                           f"-Dlog4j2.configurationFile={CONF_DIR / 'log4j2.properties'}"),
         "spark.driver.memory": str(sp["driver_memory"]),
         "spark.sql.shuffle.partitions": str(sp["shuffle_partitions"]),
+        # Python workers (pandas UDFs) run the interpreter that has bundlecast installed;
+        # a cluster with its own Python sets these under spark.conf.
+        "spark.pyspark.python": os.environ.get("PYSPARK_PYTHON", sys.executable),
+        "spark.pyspark.driver.python": sys.executable,
         **{k: str(v) for k, v in (sp.get("conf") or {}).items()},
     }
     jars = cached_jars(cfg)
@@ -97,6 +102,8 @@ def get_spark(app_name: str | None = None, cfg: dict | None = None, extra_conf: 
     Path(cfg["home"], "metastore").mkdir(parents=True, exist_ok=True)
     Path(cfg["spark"]["jar_cache"]).mkdir(parents=True, exist_ok=True)
     fetching = cached_jars(cfg) is None
+    # An in-process session takes its workers' Python from the environment, not the conf.
+    os.environ.setdefault("PYSPARK_PYTHON", spark_conf(cfg)["spark.pyspark.python"])
     builder = SparkSession.builder.appName(app_name or cfg["spark"]["app_name"])
     if not os.environ.get("PYSPARK_GATEWAY_PORT"):
         builder = builder.master(cfg["spark"]["master"])

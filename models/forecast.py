@@ -1,0 +1,209 @@
+"""Per-series demand forecasting: Prophet for series with enough history, SBA (Croston
+with the Syntetos-Boylan correction) for short or intermittent ones, seasonal naive
+(same weekday last week) as the baseline every method is measured against.
+
+Everything here works on one series in pandas, so the Spark job can run it with
+``groupBy(...).applyInPandas(...)`` and a test or a notebook can call it directly.
+
+A series is a daily frame with columns ``ds`` (date), ``y`` (units, NaN for future days)
+and optional regressors (``temperature_c``, ``precipitation_mm``). ``holidays`` is a
+Prophet holidays frame (``holiday``, ``ds``).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+SEASON = 7
+REGRESSORS = ("temperature_c", "precipitation_mm")
+
+
+@dataclass(frozen=True)
+class ForecastSettings:
+    horizon_days: int = 14
+    min_history_days: int = 56        # shorter series go to SBA
+    min_nonzero_share: float = 0.3    # sparser (intermittent) series go to SBA
+    backtest_origins: int = 3         # rolling origins, each horizon_days apart
+    winsorize_quantile: float = 0.99  # training values above this quantile are capped (bulk orders)
+    interval_width: float = 0.8
+    seasonality_mode: str = "additive"
+    yearly_min_days: int = 365        # yearly seasonality only with at least this much history
+    changepoint_prior_scale: float = 0.05
+    uncertainty_samples: int = 200
+    country_holidays: str | None = None
+    sba_alpha: float = 0.1
+    regressors: tuple[str, ...] = field(default=REGRESSORS)
+
+    @classmethod
+    def from_config(cls, section: dict) -> "ForecastSettings":
+        known = {k: v for k, v in section.items() if k in cls.__dataclass_fields__}
+        if "regressors" in known:
+            known["regressors"] = tuple(known["regressors"] or ())
+        return cls(**known)
+
+
+# ----------------------------------------------------------------------------- metrics
+def mae(actual, forecast) -> float:
+    return float(np.mean(np.abs(np.asarray(actual, float) - np.asarray(forecast, float))))
+
+
+def smape(actual, forecast) -> float:
+    """Symmetric MAPE in 0..2; a day with both actual and forecast 0 counts as 0."""
+    a, f = np.asarray(actual, float), np.asarray(forecast, float)
+    denom = np.abs(a) + np.abs(f)
+    return float(np.mean(np.divide(2 * np.abs(a - f), denom, out=np.zeros_like(denom), where=denom > 0)))
+
+
+def mase(actual, forecast, train, season: int = SEASON) -> float:
+    """MAE scaled by the in-sample MAE of the seasonal-naive forecast (NaN when the
+    training series is constant over the season, where MASE is undefined)."""
+    t = np.asarray(train, float)
+    if len(t) <= season:
+        return float("nan")
+    scale = np.mean(np.abs(t[season:] - t[:-season]))
+    return float("nan") if scale == 0 else mae(actual, forecast) / scale
+
+
+# ---------------------------------------------------------------------------- methods
+def seasonal_naive(train: np.ndarray, horizon: int, season: int = SEASON) -> np.ndarray:
+    """Same weekday last week, repeated; the mean when there is less than a season."""
+    t = np.asarray(train, float)
+    if len(t) < season:
+        return np.full(horizon, t.mean() if len(t) else 0.0)
+    return np.resize(t[-season:], horizon)
+
+
+def sba(train: np.ndarray, horizon: int, alpha: float = 0.1) -> np.ndarray:
+    """Croston's method with the Syntetos-Boylan bias correction: demand size z and
+    interval p smoothed at each non-zero day; forecast (1 - alpha/2) * z / p, flat."""
+    t = np.asarray(train, float)
+    nonzero = np.flatnonzero(t > 0)
+    if len(nonzero) == 0:
+        return np.zeros(horizon)
+    z, p, last = t[nonzero[0]], float(nonzero[0] + 1), nonzero[0]
+    for i in nonzero[1:]:
+        z += alpha * (t[i] - z)
+        p += alpha * ((i - last) - p)
+        last = i
+    return np.full(horizon, (1 - alpha / 2) * z / p)
+
+
+def empirical_interval(train: np.ndarray, yhat: np.ndarray, width: float) -> tuple[np.ndarray, np.ndarray]:
+    """yhat -/+ the ``width`` quantile of the absolute week-on-week changes of the history."""
+    t = np.asarray(train, float)
+    spread = np.quantile(np.abs(t[SEASON:] - t[:-SEASON]), width) if len(t) > SEASON else (t.std() if len(t) else 0.0)
+    return np.maximum(yhat - spread, 0.0), yhat + spread
+
+
+def winsorize(y: np.ndarray, q: float) -> np.ndarray:
+    """Cap values above the q-quantile of the non-zero days (bulk orders, spikes)."""
+    y = np.asarray(y, float)
+    nz = y[y > 0]
+    if q >= 1 or len(nz) < 10:
+        return y
+    return np.minimum(y, np.quantile(nz, q))
+
+
+def choose_method(train: pd.DataFrame, s: ForecastSettings) -> str:
+    """``prophet`` for series with enough history and demand, otherwise ``sba``."""
+    if len(train) >= s.min_history_days and (train.y > 0).mean() >= s.min_nonzero_share:
+        return "prophet"
+    return "sba"
+
+
+def _quiet_stan() -> None:
+    """Prophet and cmdstanpy log every fit at INFO; keep errors only."""
+    for name in ("cmdstanpy", "prophet"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    logging.getLogger("prophet.plot").setLevel(logging.CRITICAL)  # "plotly failed": we plot with matplotlib
+    try:
+        from cmdstanpy.utils import get_logger  # configures its handler lazily, at INFO
+        get_logger().setLevel(logging.ERROR)
+    except ImportError:
+        pass
+
+
+def prophet_forecast(train: pd.DataFrame, future: pd.DataFrame, holidays: pd.DataFrame | None,
+                     s: ForecastSettings) -> pd.DataFrame:
+    """Fit Prophet on ``train`` (ds, y, regressors) and predict ``future`` (ds, regressors).
+    Returns ds, yhat, yhat_lower, yhat_upper, clipped at 0. Regressors are used only when
+    known on every training and future day."""
+    _quiet_stan()
+    from prophet import Prophet
+
+    model = Prophet(weekly_seasonality=True, daily_seasonality=False,
+                    yearly_seasonality=len(train) >= s.yearly_min_days,
+                    seasonality_mode=s.seasonality_mode, interval_width=s.interval_width,
+                    changepoint_prior_scale=s.changepoint_prior_scale,
+                    uncertainty_samples=s.uncertainty_samples,
+                    holidays=holidays if holidays is not None and len(holidays) else None)
+    if s.country_holidays:
+        model.add_country_holidays(country_name=s.country_holidays)
+    used = [r for r in s.regressors if r in train and r in future
+            and train[r].notna().all() and future[r].notna().all() and train[r].std() > 0]
+    for r in used:
+        model.add_regressor(r)
+    model.fit(train[["ds", "y", *used]])
+    out = model.predict(future[["ds", *used]])[["ds", "yhat", "yhat_lower", "yhat_upper"]]
+    for c in ("yhat", "yhat_lower", "yhat_upper"):
+        out[c] = out[c].clip(lower=0.0)
+    return out
+
+
+def predict(train: pd.DataFrame, future: pd.DataFrame, method: str, holidays: pd.DataFrame | None,
+            s: ForecastSettings) -> pd.DataFrame:
+    """Forecast ``future`` days with ``method`` (prophet | sba | seasonal_naive) from a
+    training frame whose y is already winsorised."""
+    horizon = len(future)
+    if method == "prophet":
+        return prophet_forecast(train, future, holidays, s)
+    y = train.y.to_numpy(float)
+    yhat = sba(y, horizon, s.sba_alpha) if method == "sba" else seasonal_naive(y, horizon)
+    lower, upper = empirical_interval(y, yhat, s.interval_width)
+    return pd.DataFrame({"ds": future.ds.to_numpy(), "yhat": yhat, "yhat_lower": lower, "yhat_upper": upper})
+
+
+def backtest(history: pd.DataFrame, method: str, holidays: pd.DataFrame | None, s: ForecastSettings) -> pd.DataFrame:
+    """Rolling-origin backtest of ``method`` and of seasonal naive on the same windows.
+    Origins are the last ``backtest_origins`` multiples of horizon_days before the end of
+    ``history``; each fits on the days before the origin only. Returns one row per
+    (origin, method): origin, method, mae, smape, mase, n_days."""
+    h = s.horizon_days
+    rows = []
+    for k in range(s.backtest_origins, 0, -1):
+        cut = len(history) - k * h
+        if cut < SEASON * 2:
+            continue
+        train, test = history.iloc[:cut].copy(), history.iloc[cut:cut + h]
+        train["y"] = winsorize(train.y.to_numpy(), s.winsorize_quantile)
+        m = method if method != "prophet" or choose_method(train, s) == "prophet" else "sba"
+        for name in dict.fromkeys([m, "seasonal_naive"]):
+            f = predict(train, test.drop(columns="y"), name, holidays, s).yhat.to_numpy()
+            rows.append(dict(origin=test.ds.iloc[0], method=name, mae=mae(test.y, f), smape=smape(test.y, f),
+                             mase=mase(test.y, f, train.y), n_days=len(test)))
+    return pd.DataFrame(rows, columns=["origin", "method", "mae", "smape", "mase", "n_days"])
+
+
+def forecast_series(history: pd.DataFrame, future: pd.DataFrame, holidays: pd.DataFrame | None,
+                    s: ForecastSettings) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """Backtest, pick the method, forecast. Returns (forecast, backtest metrics, method).
+
+    The method is Prophet (enough history) or SBA (short or intermittent series); if its
+    backtest MASE is worse than seasonal naive's on the same windows, seasonal naive makes
+    the forecast instead, so a series never gets a forecast worse than the baseline's
+    on its own recent history.
+    """
+    method = choose_method(history, s)
+    metrics = backtest(history, method, holidays, s)
+    chosen = method
+    if len(metrics):
+        by = metrics.groupby("method").mase.mean()
+        if method in by and "seasonal_naive" in by and by["seasonal_naive"] < by[method]:
+            chosen = "seasonal_naive"
+    train = history.copy()
+    train["y"] = winsorize(train.y.to_numpy(), s.winsorize_quantile)
+    forecast = predict(train, future, chosen, holidays, s)
+    return forecast, metrics, chosen

@@ -1,0 +1,89 @@
+"""The forecast job on the `test` demo world: every series gets horizon_days of forecasts
+with the method that made them, the backtest holds both methods on the same windows, the
+MLflow run has what an ML engineer looks for, a re-run leaves the same rows, bad
+configuration and empty input end cleanly."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from jobs.core.errors import BundlecastError
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def fc_cfg(test_world):
+    cfg = copy.deepcopy(test_world["cfg"])
+    # 60 days of demo history: per item (not item x region) and 4 weeks minimum, so dense
+    # items go to Prophet and the rest to SBA.
+    cfg["forecast"].update(level="item", min_history_days=28, backtest_origins=2, horizon_days=7)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def first_run(spark, test_world, fc_cfg):
+    from jobs import forecast
+    return forecast.run(spark, test_world["date"], "fc-1", fc_cfg, progress=lambda m: None)
+
+
+def _table(spark, cfg, name):
+    from jobs.core.delta import read_table
+    return read_table(spark, name, cfg).toPandas()
+
+
+def test_every_series_is_forecast_with_its_method(spark, fc_cfg, first_run):
+    f = _table(spark, fc_cfg, "demand_forecast")
+    assert first_run.series == f.groupby(["site_id", "item_id"]).ngroups > 50
+    assert (f.groupby(["site_id", "item_id"]).size() == 7).all()
+    assert str(f.date.min()) == "2026-11-21" and str(f.date.max()) == "2026-11-27"
+    assert (f.yhat >= 0).all() and (f.yhat_lower <= f.yhat + 1e-9).all() and (f.yhat <= f.yhat_upper + 1e-9).all()
+    assert set(f.method) <= {"prophet", "sba", "seasonal_naive"} and "prophet" in set(f.method)
+    assert f.reason.notna().all() and (f.region == "*").all()
+    assert (f.model_run_id == first_run.mlflow_run_id).all() and first_run.failed_fits == 0
+    assert first_run.methods == f.drop_duplicates(["site_id", "item_id"]).method.value_counts().to_dict()
+
+
+def test_backtest_compares_each_method_with_seasonal_naive_on_the_same_windows(spark, fc_cfg, first_run):
+    m = _table(spark, fc_cfg, "forecast_metrics")
+    per_window = m.groupby(["site_id", "item_id", "origin"]).method.apply(set)
+    assert len(per_window) > 50
+    assert all(len(v) == 2 and "seasonal_naive" in v for v in per_window)
+    assert (m.n_days == 7).all() and (m.mae >= 0).all() and m.smape.between(0, 2).all()
+    assert {"model_mase", "seasonal_naive_mase"} <= set(first_run.backtest)
+
+
+def test_mlflow_run_has_params_metrics_and_plot(first_run, fc_cfg):
+    import mlflow
+
+    client = mlflow.MlflowClient(fc_cfg["mlflow"]["tracking_uri"])
+    run = client.get_run(first_run.mlflow_run_id)
+    assert run.data.params["level"] == "site_idxitem_id" and run.data.params["run_date"] == "2026-11-20"
+    assert {"backtest_model_mase", "backtest_seasonal_naive_mase", "series"} <= set(run.data.metrics)
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"forecast_vs_actuals.png", "backtest_metrics.json"} <= artifacts
+
+
+def test_rerun_leaves_the_same_rows(spark, test_world, fc_cfg, first_run):
+    from jobs import forecast
+
+    before = _table(spark, fc_cfg, "demand_forecast").drop(columns=["model_run_id", "run_id"])
+    forecast.run(spark, test_world["date"], "fc-2", fc_cfg, progress=lambda m: None)
+    after = _table(spark, fc_cfg, "demand_forecast").drop(columns=["model_run_id", "run_id"])
+    keys = ["site_id", "item_id", "date"]
+    before, after = (x.sort_values(keys).reset_index(drop=True) for x in (before, after))
+    assert len(before) == len(after)
+    assert before.equals(after)  # seeded per series: the intervals too
+
+
+def test_bad_configuration_and_empty_window(spark, test_world, fc_cfg):
+    from jobs import forecast
+
+    bad = copy.deepcopy(fc_cfg)
+    bad["forecast"]["level"] = "warehouse"
+    with pytest.raises(BundlecastError, match="forecast.level"):
+        forecast.run(spark, test_world["date"], "fc-bad", bad, progress=lambda m: None)
+    # Long before any order: no series, nothing written for that date, the run still ends.
+    empty = forecast.run(spark, "2020-01-01", "fc-empty", fc_cfg, progress=lambda m: None)
+    assert empty.series == 0 and empty.items_without_sales > 0
