@@ -11,11 +11,16 @@ Nightly full run for the data interval's date (`ds`):
 3. **forecast**: daily demand per item x region for the next 14 days (Prophet, SBA for
    intermittent series, seasonal naive where it wins the backtest), with the rolling
    backtest in `forecast_metrics` and the run in MLflow (`jobs/forecast.py`).
-4. **export**: snapshots of `exports.tables` to the export target with a manifest.
-5. **summary**: every catalog table with its Delta version and row count.
+4. **need_train**: the need model (will this user buy this item within H days, and when)
+   retrained on a strict time split, compared with personal top-frequency and segment
+   popularity, registered in MLflow and promoted to `champion` only through the gate; then
+   every active user is scored with the champion into `need_predictions` (`jobs/need.py`).
+5. **user_value**: spend and order days over the next 90 days per user (`jobs/value.py`).
+6. **export**: snapshots of `exports.tables` to the export target with a manifest.
+7. **summary**: every catalog table with its Delta version and row count.
 
 Re-running a date leaves the same rows: every write is keyed on the landing date.
-Later steps (models, bundles, shipping) add their tasks after relationships.
+Later steps (bundles, shipping) add their tasks before the export.
 """
 from __future__ import annotations
 
@@ -23,8 +28,8 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import dag, task
 
-from jobs.core.orchestration import (export_task, forecast_task, relationships_task, spark_submit_operator,
-                                     table_assets)
+from jobs.core.orchestration import (export_task, forecast_task, need_task, relationships_task,
+                                     spark_submit_operator, table_assets, value_task)
 
 SILVER = ["sites", "warehouses", "items", "users", "events", "orders", "order_lines", "reviews", "inventory",
           "weather", "calendar_events", "routes", "competitor_prices", "feedback"]
@@ -53,7 +58,8 @@ def bundlecast_nightly():
             print(f"[bundlecast] {line}")
 
     # In sequence: the embedded metastore (Derby) takes one Spark driver at a time.
-    ingest >> relationships_task("full") >> forecast_task() >> export_task() >> summary()
+    ingest >> relationships_task("full") >> forecast_task() >> need_task("train") >> value_task() \
+        >> export_task() >> summary()
 
 
 bundlecast_nightly()

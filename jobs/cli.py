@@ -165,6 +165,33 @@ def cmd_forecast(args) -> None:
     forecast.run(get_spark("bundlecast-forecast"), args.date)
 
 
+def cmd_need(args) -> None:
+    from jobs import need
+    from jobs.core.spark import get_spark
+
+    need.run(get_spark("bundlecast-need"), args.date, args.mode)
+
+
+def cmd_value(args) -> None:
+    from jobs import value
+    from jobs.core.spark import get_spark
+
+    value.run(get_spark("bundlecast-value"), args.date)
+
+
+def cmd_models(args) -> None:
+    import pandas as pd
+
+    from models import registry
+
+    runs = registry.compare(config(), args.model, args.n)
+    if runs.empty:
+        print(f"no runs yet for {args.model} (experiment {registry.COMPARE[args.model][0]})")
+        return
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(runs.to_string(index=False))
+
+
 def cmd_eval(args) -> None:
     from jobs.core.spark import get_spark
 
@@ -244,6 +271,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("forecast", help="demand forecast with backtest in this process (no Airflow)")
     p.add_argument("--date", type=_date, required=True)
     p.set_defaults(func=cmd_forecast)
+    p = sub.add_parser("need", help="need model: train + gate + score, score, or hourly rescore")
+    p.add_argument("--date", type=_date, required=True)
+    p.add_argument("--mode", choices=["train", "score", "rescore"], default="train")
+    p.set_defaults(func=cmd_need)
+    p = sub.add_parser("value", help="user value model: train, gate, score")
+    p.add_argument("--date", type=_date, required=True)
+    p.set_defaults(func=cmd_value)
+    p = sub.add_parser("models", help="ML engineers: recent runs of a model side by side")
+    p.add_argument("action", choices=["compare"])
+    p.add_argument("model", nargs="?", default="need", choices=["need", "forecast", "value"])
+    p.add_argument("--n", type=int, default=10)
+    p.set_defaults(func=cmd_models)
     sub.add_parser("contract", help="print the input data contract (Markdown)").set_defaults(func=cmd_contract)
     sub.add_parser("summary", help="tables, exports and where to look").set_defaults(func=cmd_summary)
     return parser

@@ -161,6 +161,22 @@ def forecast_task():
                                  outlets=table_assets(FORECAST_TABLES))
 
 
+NEED_TABLES = ["need_predictions", "need_runs"]
+
+
+def need_task(mode: str):
+    """Need model: ``train`` (nightly: train, evaluate, gate, score all) or ``rescore``
+    (hourly: the champion rescores users with new events)."""
+    return spark_submit_operator(f"need_{mode}", "need", ["--date", "{{ ds }}", "--mode", mode, "--run-id", "{{ run_id }}"],
+                                 outlets=table_assets(NEED_TABLES))
+
+
+def value_task():
+    """User value model (nightly)."""
+    return spark_submit_operator("user_value", "value", ["--date", "{{ ds }}", "--run-id", "{{ run_id }}"],
+                                 outlets=table_assets(["user_value"]))
+
+
 def export_task():
     """The export step both DAGs end with: snapshots of ``exports.tables`` plus manifests."""
     from airflow.sdk import task

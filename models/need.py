@@ -1,0 +1,133 @@
+"""Need prediction: will this user buy this item within H days? Training, calibration,
+ranking metrics and the two baselines, on pandas frames built by ``jobs/need.py``.
+
+An example frame has one row per (user, candidate item) at a cut-off date, the columns of
+``FEATURES``, ``label`` (bought within H days after the cut-off) and ``weight`` (inverse of
+the negative sampling rate; 1 for evaluation frames).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+FEATURES = [
+    # the user and this item
+    "n_days_item", "days_since_item", "mean_gap_item", "due_in_item", "cycle_ratio_item", "qty_item",
+    # the user and the item's category
+    "n_days_cat", "days_since_cat", "mean_gap_cat", "due_in_cat",
+    # the user
+    "n_order_days", "days_since_order", "n_items_user", "n_sites_user", "revenue_user", "views_user_7",
+    "age", "segment_code", "home_site",
+    # recent browsing of this item
+    "views_item_7", "views_item_30", "carts_item_7",
+    # candidate sources and their scores
+    "cf_score", "rel_score", "src_repeat", "src_cf", "src_related", "src_popular",
+    # the item
+    "item_buyers_28", "item_trend", "seg_share_28", "item_forecast_h", "price", "discount_28",
+    # context
+    "temperature_7",
+]
+CATEGORICAL = ["segment_code"]
+
+
+def new_model(seed: int = 0):
+    """Gradient boosting, probabilities calibrated by isotonic regression (3-fold)."""
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    booster = HistGradientBoostingClassifier(max_iter=300, learning_rate=0.06, max_leaf_nodes=31, min_samples_leaf=40,
+                                             l2_regularization=1.0, early_stopping=True, validation_fraction=0.1,
+                                             categorical_features=[FEATURES.index(c) for c in CATEGORICAL],
+                                             random_state=seed)
+    return CalibratedClassifierCV(booster, method="isotonic", cv=3)
+
+
+def fit(train: pd.DataFrame, seed: int = 0):
+    model = new_model(seed)
+    model.fit(train[FEATURES].to_numpy(float), train.label.to_numpy(int), sample_weight=train.weight.to_numpy(float))
+    return model
+
+
+def predict(model, frame: pd.DataFrame) -> np.ndarray:
+    return model.predict_proba(frame[FEATURES].to_numpy(float))[:, 1]
+
+
+# ----------------------------------------------------------------------------- baselines
+def topfreq_score(frame: pd.DataFrame) -> np.ndarray:
+    """Personal top-frequency: how often the user bought the item (ties: the more recent)."""
+    return frame.n_days_item.to_numpy(float) + 1.0 / (2.0 + frame.days_since_item.to_numpy(float))
+
+
+def popularity_score(frame: pd.DataFrame) -> np.ndarray:
+    """Segment popularity: the item's share of the user's segment's buyers, last 28 days."""
+    return frame.seg_share_28.to_numpy(float)
+
+
+BASELINES = {"topfreq": topfreq_score, "popularity": popularity_score}
+
+
+def calibrate_score(train: pd.DataFrame, score_fn):
+    """Isotonic map from a baseline's score to a probability, fitted on the training
+    examples, so Brier and calibration compare like with like."""
+    from sklearn.isotonic import IsotonicRegression
+    iso = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0)
+    iso.fit(score_fn(train), train.label.to_numpy(float), sample_weight=train.weight.to_numpy(float))
+    return lambda frame: iso.predict(score_fn(frame))
+
+
+# ------------------------------------------------------------------------------- metrics
+def ranking_at_k(frame: pd.DataFrame, score: np.ndarray, bought: pd.Series, k: int) -> dict[str, float]:
+    """Mean precision@k and recall@k over users who bought anything in the window.
+
+    ``bought`` is the number of distinct items each user (index) bought in the window,
+    candidates or not, so recall counts what the candidate generation missed."""
+    f = frame[["user_id", "label"]].assign(score=score)
+    f = f[f.user_id.isin(bought[bought > 0].index)]
+    f = f.sort_values(["user_id", "score"], ascending=[True, False])
+    top = f.groupby("user_id", sort=False).head(k)
+    hits = top.groupby("user_id").label.sum().reindex(bought[bought > 0].index, fill_value=0)
+    return {f"precision_at_{k}": float((hits / k).mean()),
+            f"recall_at_{k}": float((hits / bought[bought > 0]).mean())}
+
+
+def calibration_table(y: np.ndarray, p: np.ndarray, bins: int = 10) -> pd.DataFrame:
+    """Mean predicted vs observed rate per equal-count bin of the prediction."""
+    frame = pd.DataFrame({"y": y, "p": p})
+    frame["bin"] = pd.qcut(frame.p.rank(method="first"), q=min(bins, len(frame)), labels=False)
+    return frame.groupby("bin").agg(predicted=("p", "mean"), observed=("y", "mean"), n=("y", "size")).reset_index()
+
+
+def classification_metrics(y: np.ndarray, p: np.ndarray, rank_score: np.ndarray | None = None) -> dict[str, float]:
+    """ROC AUC and PR AUC of ``rank_score`` (default ``p``); Brier and expected calibration
+    error (10 equal-count bins) of the probability ``p``."""
+    from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
+
+    r = p if rank_score is None else rank_score
+    cal = calibration_table(y, p) if len(y) else None
+    ece = float((cal.n * (cal.predicted - cal.observed).abs()).sum() / cal.n.sum()) if cal is not None else float("nan")
+    out = {"brier": float(brier_score_loss(y, p)) if len(y) else float("nan"), "ece": ece}
+    if len(np.unique(y)) < 2:
+        return {"roc_auc": float("nan"), "pr_auc": float("nan"), **out}
+    return {"roc_auc": float(roc_auc_score(y, r)), "pr_auc": float(average_precision_score(y, r)), **out}
+
+
+def evaluate(frame: pd.DataFrame, probability: np.ndarray, bought: pd.Series, k: int = 10,
+             rank_score: np.ndarray | None = None) -> dict[str, float]:
+    """Every metric of one scorer on one evaluation frame. Rankings (AUCs, @k) use
+    ``rank_score`` when given (a baseline's raw score, whose calibration has ties)."""
+    y = frame.label.to_numpy(int)
+    r = probability if rank_score is None else rank_score
+    return {**classification_metrics(y, probability, r), **ranking_at_k(frame, r, bought, k),
+            "base_rate": float(y.mean()) if len(y) else float("nan")}
+
+
+def need_dates(frame: pd.DataFrame, cutoff: pd.Timestamp, horizon: int, default_offset: int) -> tuple[pd.Series, pd.Series]:
+    """Predicted need date and its basis: the user's own cycle for this item (last purchase
+    + mean gap) when there is one, else the category cycle, else cut-off + the typical
+    days-to-purchase learned in training; always within (cut-off, cut-off + H]."""
+    lo, hi = 1, horizon
+    item_due = frame.due_in_item.where(frame.mean_gap_item > 0)
+    cat_due = frame.due_in_cat.where(frame.mean_gap_cat > 0)
+    offset = item_due.fillna(cat_due).fillna(default_offset).clip(lo, hi).round().astype(int)
+    basis = np.where(item_due.notna(), "item cycle", np.where(cat_due.notna(), "category cycle", "typical lead time"))
+    return cutoff + pd.to_timedelta(offset, unit="D"), pd.Series(basis, index=frame.index)

@@ -1,0 +1,137 @@
+"""Need prediction on the `test` demo world (60 days; H = 7): the model beats personal
+top-frequency on recall@10, features see nothing after the cut-off, planted replenishment
+cycles come out with the right need date, the promotion gate keeps a champion that a
+challenger does not beat, and scoring always uses the champion."""
+from __future__ import annotations
+
+import copy
+from datetime import date, timedelta
+
+import pandas as pd
+import pytest
+
+from jobs.core.errors import BundlecastError
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def need_cfg(test_world):
+    cfg = copy.deepcopy(test_world["cfg"])
+    cfg["need"].update(lookback_days=60, train_cutoffs=3, cutoff_step_days=7, model_name="bundlecast-need-test")
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def trained(spark, test_world, need_cfg):
+    from jobs import need
+    return need.run(spark, test_world["date"], "train", "need-1", need_cfg, progress=lambda m: None)
+
+
+def _table(spark, cfg, name):
+    from jobs.core.delta import read_table
+    return read_table(spark, name, cfg).toPandas()
+
+
+def test_model_beats_baselines_and_is_calibrated(trained):
+    t = trained[0]
+    m, top, pop = t.metrics["model"], t.metrics["topfreq"], t.metrics["popularity"]
+    assert m["recall_at_10"] > top["recall_at_10"] and m["recall_at_10"] > pop["recall_at_10"]
+    assert m["pr_auc"] > max(top["pr_auc"], pop["pr_auc"])
+    assert m["roc_auc"] > 0.75
+    assert m["brier"] < m["base_rate"] * (1 - m["base_rate"])  # better than the constant base rate
+    assert m["ece"] < 0.05
+    assert m["need_date_mae_days"] < m["need_date_mae_days_typical_only"]
+    assert t.promoted and t.decision.startswith("recall@10") and "no champion yet" in t.decision
+
+
+def test_features_see_nothing_after_the_cutoff(spark, test_world, need_cfg):
+    from pyspark.sql import functions as F
+
+    from jobs import need
+
+    cutoff = date.fromisoformat(test_world["date"]) - timedelta(days=14)
+    purchases, browsing = need.history(spark, need_cfg)
+    users = need.active_users(spark, need_cfg, purchases, cutoff, need.settings(need_cfg), sample=150)
+    cands = need.candidates(spark, need_cfg, purchases, cutoff, users).localCheckpoint()
+    full = need.features(spark, need_cfg, purchases, browsing, cands, cutoff, 7).toPandas()
+    cut = F.col("day") <= F.lit(cutoff)
+    truncated = need.features(spark, need_cfg, purchases.filter(cut), browsing.filter(cut), cands, cutoff, 7).toPandas()
+    keys = ["user_id", "site_id", "item_id"]
+    full, truncated = (x.sort_values(keys).reset_index(drop=True) for x in (full, truncated))
+    assert len(full) > 1000
+    pd.testing.assert_frame_equal(full, truncated)
+    # Labels come only from the H days after the cut-off.
+    lab = need.labels(purchases, cutoff, 7).toPandas()
+    assert len(lab) and lab.days_to_need.between(1, 7).all()
+
+
+def test_planted_replenishment_is_predicted_with_its_date(spark, test_world, need_cfg, trained):
+    from jobs import need
+
+    dt = date.fromisoformat(test_world["date"])
+    purchases, _ = need.history(spark, need_cfg)
+    p = purchases.toPandas()
+    p["item"] = p.site_id + "|" + p.item_id
+    last = p.groupby(["user_id", "item"]).day.max()
+    planted = pd.DataFrame(test_world["truth"]["replenishment"])
+    planted = planted[planted.cycle_days <= 14]
+    planted["last"] = [last.get((u, i)) for u, i in zip(planted.user_id, planted.item)]
+    planted = planted.dropna(subset=["last"])
+    planted["due"] = pd.to_datetime(planted["last"]) + pd.to_timedelta(planted.cycle_days, unit="D")
+    due = planted[(planted.due > pd.Timestamp(dt)) & (planted.due <= pd.Timestamp(dt + timedelta(days=7)))]
+    assert len(due) > 50
+    pred = _table(spark, need_cfg, "need_predictions")
+    pred["item"] = pred.site_id + "|" + pred.item_id
+    got = due.merge(pred, on=["user_id", "item"], how="left")
+    found = got.probability.notna()
+    assert found.mean() > 0.8, f"only {found.mean():.0%} of the due staples predicted"
+    err = (pd.to_datetime(got.need_date[found]) - got.due[found]).dt.days.abs()
+    assert err.median() <= 1 and (err <= 2).mean() > 0.8
+    # Ranked high: a due staple is among its user's five most probable needs.
+    pred["rank"] = pred.groupby("user_id").probability.rank(ascending=False, method="first")
+    ranks = due.merge(pred, on=["user_id", "item"])["rank"]
+    assert (ranks <= 5).mean() > 0.8
+
+
+def test_gate_keeps_the_champion_and_scoring_uses_it(spark, test_world, need_cfg, trained):
+    import mlflow
+
+    from jobs import need
+    from models import registry
+
+    first_version = trained[0].model_version
+    strict = copy.deepcopy(need_cfg)
+    strict["need"]["gate_margin"] = 0.5  # unreachable: the challenger must not be promoted
+    again = need.run(spark, test_world["date"], "train", "need-2", strict, progress=lambda m: None)
+    assert again[0].model_version != first_version
+    assert again[0].promoted is False and "champion v" + first_version in again[0].decision
+    mlflow.set_tracking_uri(need_cfg["mlflow"]["tracking_uri"])
+    client = mlflow.MlflowClient()
+    name = need_cfg["need"]["model_name"]
+    assert client.get_model_version_by_alias(name, "champion").version == first_version
+    assert client.get_model_version_by_alias(name, "challenger").version == again[0].model_version
+    assert client.get_model_version(name, again[0].model_version).tags["gate"] == "rejected"
+    pred = _table(spark, need_cfg, "need_predictions")
+    assert set(pred.model_version) == {first_version}
+    runs = registry.compare(need_cfg, "need")
+    assert len(runs) >= 2 and {"false", "true"} <= set(runs.promoted)
+
+
+def test_hourly_rescore_touches_only_users_with_new_events(spark, test_world, need_cfg, trained):
+    from jobs import need
+
+    before = _table(spark, need_cfg, "need_predictions")
+    out = need.run(spark, test_world["date"], "rescore", "need-h", need_cfg, progress=lambda m: None)
+    assert out[-1].users_scored == 0  # nothing arrived since the nightly run's watermark
+    after = _table(spark, need_cfg, "need_predictions")
+    assert len(after) == len(before)
+
+
+def test_bad_horizon_is_one_clear_error(spark, test_world, need_cfg):
+    from jobs import need
+
+    bad = copy.deepcopy(need_cfg)
+    bad["need"]["horizon_days"] = 30
+    with pytest.raises(BundlecastError, match="horizon_days"):
+        need.run(spark, test_world["date"], "train", "need-bad", bad, progress=lambda m: None)

@@ -1,0 +1,46 @@
+"""User value on the `test` demo world (horizon shortened to 14 days: the world has 60):
+the model and the "last period repeats" baseline on the same users, the table, the gate."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def value_cfg(test_world):
+    cfg = copy.deepcopy(test_world["cfg"])
+    cfg["value"].update(horizon_days=14, model_name="bundlecast-user-value-test")
+    return cfg
+
+
+def test_user_value_beats_the_baseline_and_is_written(spark, test_world, value_cfg):
+    from jobs import value
+    from jobs.core.delta import read_table
+
+    s = value.run(spark, test_world["date"], "value-1", value_cfg, progress=lambda m: None)
+    m, b = s.metrics["model"], s.metrics["baseline"]
+    assert m["mae"] < b["mae"] and m["spearman"] > b["spearman"]
+    assert s.promoted and "no champion yet" in s.decision
+    rows = read_table(spark, "user_value", value_cfg).toPandas()
+    assert len(rows) == s.users > 100 and rows.user_id.is_unique
+    assert (rows.predicted_value >= 0).all() and set(rows.value_decile) == set(range(1, 11))
+    # The top decile by prediction holds far more of the predicted spend than a tenth.
+    top = rows[rows.value_decile == 10].predicted_value.sum() / rows.predicted_value.sum()
+    assert top > 0.2
+    again = value.run(spark, test_world["date"], "value-2", value_cfg, progress=lambda m: None)
+    assert len(read_table(spark, "user_value", value_cfg).toPandas()) == len(rows)  # same rows for the date
+    assert "champion v" in again.decision
+
+
+def test_too_little_history_is_skipped_with_one_message(spark, test_world, value_cfg):
+    from jobs import value
+
+    cfg = copy.deepcopy(value_cfg)
+    cfg["value"]["horizon_days"] = 90  # 2 x 90 days needed, the world has 60
+    said = []
+    s = value.run(spark, test_world["date"], "value-short", cfg, progress=said.append)
+    assert s.skipped.startswith("too little history") and s.users == 0
+    assert len(said) == 1 and "skipped" in said[0]
