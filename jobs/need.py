@@ -528,7 +528,9 @@ def run(spark, dt: str, mode: str = "train", run_id: str | None = None, cfg: dic
     if mode == "rescore":
         last = (read_table(spark, "need_runs", cfg).orderBy(F.col("finished_at").desc()).select("watermark").first())
         since = last["watermark"] if last else None
-    watermark = read_table(spark, "events", cfg).agg(F.max("event_ts")).first()[0]
+    watermark = max((t for t in (read_table(spark, "events", cfg).agg(F.max("event_ts")).first()[0],
+                                 read_table(spark, "orders", cfg).agg(F.max("order_ts")).first()[0]) if t is not None),
+                    default=None)
     scored = score(spark, dt, run_id, cfg, since)
     out.append(scored)
     progress(render(scored))

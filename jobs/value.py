@@ -111,8 +111,6 @@ def metrics(actual: pd.DataFrame, orders: np.ndarray, spend: np.ndarray) -> dict
 
 def run(spark, dt: str, run_id: str | None = None, cfg: dict | None = None, progress=print) -> ValueSummary:
     import mlflow
-    import mlflow.sklearn
-    from mlflow.models import infer_signature
 
     from models import registry
     from models.tracking import experiment
@@ -151,11 +149,8 @@ def run(spark, dt: str, run_id: str | None = None, cfg: dict | None = None, prog
             mlflow.log_metrics({f"{scorer}.{k}": v for k, v in m.items() if np.isfinite(v)})
         _plot(eval_pd, pred[:, 1])
         example = eval_pd[FEATURES].head(50).astype(float)
-        info = mlflow.sklearn.log_model(final, name="model", input_example=example.head(5),
-                                        signature=infer_signature(example, final.predict(example.to_numpy())),
-                                        registered_model_name=s["model_name"])
-        version = summary.model_version = str(info.registered_model_version)
-        mlflow.MlflowClient().set_registered_model_alias(s["model_name"], "challenger", version)
+        version = summary.model_version = registry.log_and_register(
+            final, example, final.predict(example.to_numpy()), s["model_name"], {"horizon_days": V})
         ours, base = summary.metrics["model"]["mae"], summary.metrics["baseline"]["mae"]
         decision = registry.gate(
             s["model_name"], version, "spend MAE", summary.metrics["model"]["mae"],

@@ -14,14 +14,28 @@ def _client():
     return MlflowClient()
 
 
+# The types our own models are made of, reviewed, that skops (MLflow's sklearn format) does
+# not trust by default: the calibrated gradient boosting of the need model, the boosted
+# regressors of the user value model.
+TRUSTED_TYPES = ["functools.partial", "sklearn.calibration._CalibratedClassifier",
+                 "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+                 "sklearn.utils.validation.check_array"]
+
+
 def log_and_register(model, example: pd.DataFrame, example_output: np.ndarray, name: str, meta: dict) -> str:
     """Log the model (signature, input example) in the active run and register a new
-    version of ``name`` with ``meta`` as version tags. Returns the version."""
+    version of ``name`` with ``meta`` as version tags; it becomes ``challenger``.
+    Returns the version."""
+    import warnings
+
     import mlflow.sklearn
     from mlflow.models import infer_signature
 
-    info = mlflow.sklearn.log_model(model, name="model", signature=infer_signature(example, example_output),
-                                    input_example=example.head(5), registered_model_name=name)
+    with warnings.catch_warnings():  # MLflow checks the example with column names; the model was fitted on arrays
+        warnings.filterwarnings("ignore", message="X has feature names")
+        info = mlflow.sklearn.log_model(model, name="model", signature=infer_signature(example, example_output),
+                                        input_example=example.head(5), registered_model_name=name,
+                                        skops_trusted_types=TRUSTED_TYPES)
     version = str(info.registered_model_version)
     client = _client()
     for k, v in meta.items():

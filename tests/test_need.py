@@ -109,8 +109,8 @@ def test_gate_keeps_the_champion_and_scoring_uses_it(spark, test_world, need_cfg
     mlflow.set_tracking_uri(need_cfg["mlflow"]["tracking_uri"])
     client = mlflow.MlflowClient()
     name = need_cfg["need"]["model_name"]
-    assert client.get_model_version_by_alias(name, "champion").version == first_version
-    assert client.get_model_version_by_alias(name, "challenger").version == again[0].model_version
+    assert str(client.get_model_version_by_alias(name, "champion").version) == first_version
+    assert str(client.get_model_version_by_alias(name, "challenger").version) == again[0].model_version
     assert client.get_model_version(name, again[0].model_version).tags["gate"] == "rejected"
     pred = _table(spark, need_cfg, "need_predictions")
     assert set(pred.model_version) == {first_version}
