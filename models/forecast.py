@@ -31,6 +31,8 @@ class ForecastSettings:
     interval_width: float = 0.8
     seasonality_mode: str = "additive"
     yearly_min_days: int = 365        # yearly seasonality only with at least this much history
+    yearly_fourier: int = 10          # Fourier order of the yearly seasonality (Prophet's default 10)
+    transform: str = "none"           # none | log1p: fit log(1 + y), forecast the back-transformed median
     changepoint_prior_scale: float = 0.05
     uncertainty_samples: int = 200
     country_holidays: str | None = None
@@ -135,7 +137,7 @@ def prophet_forecast(train: pd.DataFrame, future: pd.DataFrame, holidays: pd.Dat
     from prophet import Prophet
 
     model = Prophet(weekly_seasonality=True, daily_seasonality=False,
-                    yearly_seasonality=len(train) >= s.yearly_min_days,
+                    yearly_seasonality=s.yearly_fourier if len(train) >= s.yearly_min_days else False,
                     seasonality_mode=s.seasonality_mode, interval_width=s.interval_width,
                     changepoint_prior_scale=s.changepoint_prior_scale,
                     uncertainty_samples=s.uncertainty_samples,
@@ -146,10 +148,13 @@ def prophet_forecast(train: pd.DataFrame, future: pd.DataFrame, holidays: pd.Dat
             and train[r].notna().all() and future[r].notna().all() and train[r].std() > 0]
     for r in used:
         model.add_regressor(r)
-    model.fit(train[["ds", "y", *used]])
+    fit_on = train[["ds", "y", *used]].copy()
+    if s.transform == "log1p":
+        fit_on["y"] = np.log1p(fit_on.y.clip(lower=0))
+    model.fit(fit_on)
     out = model.predict(future[["ds", *used]])[["ds", "yhat", "yhat_lower", "yhat_upper"]]
     for c in ("yhat", "yhat_lower", "yhat_upper"):
-        out[c] = out[c].clip(lower=0.0)
+        out[c] = (np.expm1(out[c]) if s.transform == "log1p" else out[c]).clip(lower=0.0)
     return out
 
 
