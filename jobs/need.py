@@ -427,7 +427,7 @@ def _log_plots(model, eval_pd, p_model, metrics, bought, s) -> None:
     plt.close(fig)
     mlflow.log_table(cal, "calibration_table.json")
     sample = eval_pd.sample(min(len(eval_pd), 5000), random_state=0)
-    imp = permutation_importance(model, sample[nm.FEATURES].to_numpy(float), sample.label.to_numpy(int),
+    imp = permutation_importance(model, nm.matrix(sample), sample.label.to_numpy(int),
                                  scoring="average_precision", n_repeats=3, random_state=0)
     order = np.argsort(imp.importances_mean)
     fig, ax = plt.subplots(figsize=(7, 8))

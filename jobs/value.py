@@ -27,6 +27,7 @@ from jobs.core import catalog
 from jobs.core.config import config
 from jobs.core.delta import read_table, replace_rows
 from jobs.core.errors import BundlecastError
+from models.need import matrix
 
 EXPERIMENT = "bundlecast-user-value"
 FEATURES = ["orders_30", "orders_90", "orders_365", "spend_30", "spend_90", "spend_365", "days_since_order",
@@ -130,13 +131,13 @@ def run(spark, dt: str, run_id: str | None = None, cfg: dict | None = None, prog
         summary.seconds = round(time.time() - t0, 1)
         progress(f"user value {summary.run_id} for {dt}: skipped, {summary.skipped}")
         return summary
-    model = new_model(int(s.get("seed", 0))).fit(train_pd[FEATURES].to_numpy(float), train_pd[TARGETS].to_numpy(float))
-    pred = model.predict(eval_pd[FEATURES].to_numpy(float))
+    model = new_model(int(s.get("seed", 0))).fit(matrix(train_pd, FEATURES), train_pd[TARGETS].to_numpy(float))
+    pred = model.predict(matrix(eval_pd, FEATURES))
     summary.metrics = {"model": metrics(eval_pd, pred[:, 0], pred[:, 1]),
                        "baseline": metrics(eval_pd, eval_pd.baseline_orders.to_numpy(float),
                                            eval_pd.baseline_spend.to_numpy(float))}
     # For scoring, the same model refitted on the latest complete window.
-    final = new_model(int(s.get("seed", 0))).fit(eval_pd[FEATURES].to_numpy(float), eval_pd[TARGETS].to_numpy(float))
+    final = new_model(int(s.get("seed", 0))).fit(matrix(eval_pd, FEATURES), eval_pd[TARGETS].to_numpy(float))
     now = frame_at(spark, cfg, end, V, with_targets=False)
     experiment(cfg, EXPERIMENT)
     with mlflow.start_run(run_name=f"value-{dt}") as run:
@@ -150,11 +151,11 @@ def run(spark, dt: str, run_id: str | None = None, cfg: dict | None = None, prog
         _plot(eval_pd, pred[:, 1])
         example = eval_pd[FEATURES].head(50).astype(float)
         version = summary.model_version = registry.log_and_register(
-            final, example, final.predict(example.to_numpy()), s["model_name"], {"horizon_days": V})
+            final, example, final.predict(matrix(example, FEATURES)), s["model_name"], {"horizon_days": V})
         ours, base = summary.metrics["model"]["mae"], summary.metrics["baseline"]["mae"]
         decision = registry.gate(
             s["model_name"], version, "spend MAE", summary.metrics["model"]["mae"],
-            lambda champ: metrics(eval_pd, *champ.predict(eval_pd[FEATURES].to_numpy(float)).T)["mae"],
+            lambda champ: metrics(eval_pd, *champ.predict(matrix(eval_pd, FEATURES)).T)["mae"],
             higher_is_better=False, margin=float(s["gate_margin"]),
             checks=[(ours < base, f"spend MAE {ours:.2f} {'<' if ours < base else 'not below'} baseline {base:.2f}")])
         summary.promoted, summary.decision = decision["promoted"], decision["reason"]
@@ -163,7 +164,7 @@ def run(spark, dt: str, run_id: str | None = None, cfg: dict | None = None, prog
     if champ is None:
         raise BundlecastError(f"user value: no champion for {s['model_name']} ({summary.decision})")
     champ_model, champ_version, _ = champ
-    p_now = np.clip(champ_model.predict(now[FEATURES].to_numpy(float)), 0, None) if len(now) else np.zeros((0, 2))
+    p_now = np.clip(champ_model.predict(matrix(now, FEATURES)), 0, None) if len(now) else np.zeros((0, 2))
     out = pd.DataFrame({"user_id": now.user_id, "predicted_orders": p_now[:, 0], "predicted_value": p_now[:, 1],
                         "baseline_value": now.baseline_spend.astype(float), "horizon_days": V,
                         "model_version": str(champ_version), "model_run_id": summary.mlflow_run_id,

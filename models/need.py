@@ -30,6 +30,16 @@ FEATURES = [
 CATEGORICAL = ["segment_code"]
 
 
+def matrix(frame: pd.DataFrame, columns: list[str] = FEATURES) -> np.ndarray:
+    """The feature matrix. Missing values stay NaN (the booster routes them), except in a
+    column that is missing everywhere (e.g. no ages or no weather in this world), which
+    scikit-learn's binning cannot take: that column becomes 0."""
+    x = frame[columns].to_numpy(float)
+    empty = np.isnan(x).all(axis=0) if len(x) else np.zeros(x.shape[1], bool)
+    x[:, empty] = 0.0
+    return x
+
+
 def new_model(seed: int = 0):
     """Gradient boosting, probabilities calibrated by isotonic regression (3-fold)."""
     from sklearn.calibration import CalibratedClassifierCV
@@ -44,12 +54,12 @@ def new_model(seed: int = 0):
 
 def fit(train: pd.DataFrame, seed: int = 0):
     model = new_model(seed)
-    model.fit(train[FEATURES].to_numpy(float), train.label.to_numpy(int), sample_weight=train.weight.to_numpy(float))
+    model.fit(matrix(train), train.label.to_numpy(int), sample_weight=train.weight.to_numpy(float))
     return model
 
 
 def predict(model, frame: pd.DataFrame) -> np.ndarray:
-    return model.predict_proba(frame[FEATURES].to_numpy(float))[:, 1]
+    return model.predict_proba(matrix(frame))[:, 1]
 
 
 # ----------------------------------------------------------------------------- baselines

@@ -1,0 +1,64 @@
+"""Model benchmarks (`make bench`, after the ingestion benchmark has filled the world's
+silver tables): on 2 cores,
+
+* need model: wall time and peak memory of training (examples at every cut-off,
+  evaluation against the baselines, MLflow logging, gate) and of scoring every active user;
+* demand forecast: series per second of the forecast job (backtest + forecast per
+  series) on a fixed sample of item series.
+
+    python tests/benchmarks/bench_models.py --scale medium [--series 400]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+from _common import PeakMemory, bench_world
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--scale", default="medium")
+    parser.add_argument("--series", type=int, default=400, help="forecast series sampled for the throughput")
+    args = parser.parse_args()
+    home = bench_world(args.scale)
+    from jobs import forecast, need
+    from jobs.core import catalog
+    from jobs.core.config import config
+    from jobs.core.spark import get_spark
+
+    cfg = config()
+    if not Path(catalog.table_path("orders", cfg), "_delta_log").is_dir():
+        raise SystemExit(f"no orders table under {home}: run tests/benchmarks/bench_ingestion.py --scale {args.scale} first")
+    dt = cfg["demo"]["date"]
+    spark = get_spark("bundlecast-bench-models")
+    with PeakMemory() as train_mem:
+        t0 = time.time()
+        trained = need.train(spark, dt, "bench-need", cfg)
+        train_s = time.time() - t0
+    print(need.render(trained))
+    with PeakMemory() as score_mem:
+        t0 = time.time()
+        scored = need.score(spark, dt, "bench-need", cfg)
+        score_s = time.time() - t0
+    print(need.render(scored))
+    cfg["forecast"].update(level="item", sample_series=args.series)
+    with PeakMemory() as fc_mem:
+        t0 = time.time()
+        fc = forecast.run(spark, dt, "bench-forecast", cfg)
+        fc_s = time.time() - t0
+    print(f"\nscale={args.scale} cores={os.cpu_count()} driver memory={cfg['spark']['driver_memory']}")
+    print(f"{'':52s}{'seconds':>10s}{'peak RSS MiB':>15s}")
+    print(f"{'need model training (' + f'{trained.train_examples:,} + {trained.eval_examples:,} examples)':52s}"
+          f"{train_s:10.1f}{train_mem.peak / 2**20:15,.0f}")
+    print(f"{'need scoring (' + f'{scored.users_scored:,} users)':52s}{score_s:10.1f}{score_mem.peak / 2**20:15,.0f}")
+    print(f"{'forecast (' + f'{fc.series:,} series, backtest + forecast)':52s}{fc_s:10.1f}{fc_mem.peak / 2**20:15,.0f}")
+    print(f"forecast throughput: {fc.series / fc_s:.2f} series/s ({fc.methods}); "
+          f"need model recall@10 {trained.metrics['model']['recall_at_10']:.4f} vs top-frequency "
+          f"{trained.metrics['topfreq']['recall_at_10']:.4f}")
+
+
+if __name__ == "__main__":
+    main()
