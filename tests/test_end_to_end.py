@@ -19,7 +19,7 @@ def _bundlecast(home: Path, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
     env.update(BUNDLECAST_HOME=str(home), BUNDLECAST_SPARK_MASTER="local[2]")
     return subprocess.run([sys.executable, "-m", "jobs.cli", *args], env=env, capture_output=True, text=True,
-                          timeout=1200)
+                          timeout=2400)
 
 
 @pytest.fixture(scope="module")
