@@ -101,7 +101,7 @@ def export_table(name: str, dt: str, target: str | None = None, fmt: str | None 
 
 
 def export_configured(dt: str, cfg: dict | None = None) -> list[dict]:
-    """Export every table listed in ``exports.tables`` that exists."""
+    """Export every table listed in ``exports.tables`` (a missing table is a clear error)."""
     cfg = cfg or config()
     manifests = []
     for name in cfg["exports"]["tables"]:

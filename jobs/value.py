@@ -128,6 +128,9 @@ def run(spark, dt: str, run_id: str | None = None, cfg: dict | None = None, prog
         # Not an error for the nightly DAG (a young shop has no 2 x V days yet): skipped, said once.
         summary.skipped = (f"too little history: {len(train_pd)} / {len(eval_pd)} users with orders at the training / "
                            f"evaluation cut-offs (need {s['min_users']}, and {2 * V} days of orders); nothing written")
+        # The date's rows are still replaced (by none): a re-run never leaves stale rows.
+        replace_rows(spark, spark.createDataFrame([], catalog.table("user_value").ddl()), "user_value",
+                     f"dt = DATE'{dt}'", cfg)
         summary.seconds = round(time.time() - t0, 1)
         progress(f"user value {summary.run_id} for {dt}: skipped, {summary.skipped}")
         return summary
