@@ -31,7 +31,7 @@ import pandas as pd
 
 from jobs.core import catalog
 from jobs.core.config import config
-from jobs.core.delta import ensure_table, read_table, replace_rows
+from jobs.core.delta import catalog_frame, ensure_table, read_table, replace_rows
 from jobs.core.errors import BundlecastError
 from models import need as nm
 
@@ -537,9 +537,7 @@ def run(spark, dt: str, mode: str = "train", run_id: str | None = None, cfg: dic
     row = dict(run_id=run_id, dt=dt, mode=mode, watermark=watermark, users_since=since,
                users_scored=scored.users_scored, predictions=scored.predictions, model_version=scored.model_version,
                finished_at=datetime.now(timezone.utc).replace(tzinfo=None))
-    ddl = catalog.table("need_runs").ddl().replace("`dt` date", "`dt` string")
-    frame = spark.createDataFrame([row], ddl).withColumn("dt", F.col("dt").cast("date"))
-    replace_rows(spark, frame, "need_runs", f"dt = DATE'{dt}' AND mode = '{mode}'", cfg)
+    replace_rows(spark, catalog_frame(spark, "need_runs", [row]), "need_runs", f"dt = DATE'{dt}' AND mode = '{mode}'", cfg)
     return out
 
 

@@ -42,7 +42,7 @@ import numpy as np
 
 from jobs.core import catalog
 from jobs.core.config import config
-from jobs.core.delta import ensure_table, read_table, replace_rows
+from jobs.core.delta import catalog_frame, ensure_table, read_table, replace_rows
 from jobs.core.errors import BundlecastError
 
 log = logging.getLogger("bundlecast.relationships")
@@ -518,12 +518,9 @@ def text_model_exprs(models: dict[str, dict]):
 
 
 def text_models_frame(spark, models: dict[str, dict], dt: str, run_id: str):
-    from pyspark.sql import functions as F
-
     rows = [dict(dt=dt, target=t, intercept=m["intercept"], weights=m["weights"], n_labelled=int(m["n_labelled"]),
                  n_positive=int(m["n_positive"]), source=m["source"], run_id=run_id) for t, m in models.items()]
-    ddl = catalog.table("relationship_text_models").ddl().replace("`dt` date", "`dt` string")
-    return spark.createDataFrame(rows, ddl).withColumn("dt", F.col("dt").cast("date"))
+    return catalog_frame(spark, "relationship_text_models", rows)
 
 
 def latest_text_models(spark, cfg: dict, dt: str) -> dict[str, dict] | None:
@@ -709,13 +706,6 @@ def _counts_before(spark, cfg: dict, recent_vu, recent_pu, anchor_items):
     return pairs.persist(), items.persist()
 
 
-def weights_frame(spark, table):
-    from pyspark.sql import functions as F
-    ddl = catalog.table("relationship_weights").ddl().replace("`dt` date", "`dt` string")
-    return spark.createDataFrame(table[[c.name for c in catalog.table("relationship_weights").columns]], ddl) \
-        .withColumn("dt", F.col("dt").cast("date"))
-
-
 def latest_weights(spark, cfg: dict, dt: str):
     """The most recent fitted weights on or before ``dt`` (None before the first fit)."""
     from pyspark.sql import functions as F
@@ -760,7 +750,7 @@ def run_full(spark, dt: str, run_id: str, cfg: dict, fit: bool = True) -> RunSum
     if fit:
         with summary.step("fit weights"):
             weights = fit_weights(spark, cfg, dt, run_id, vu, pu, purchases, items_pd)
-            replace_rows(spark, weights_frame(spark, weights), "relationship_weights", f"dt = DATE'{dt}'", cfg)
+            replace_rows(spark, catalog_frame(spark, "relationship_weights", weights), "relationship_weights", f"dt = DATE'{dt}'", cfg)
     vu.unpersist(), pu.unpersist()
     with summary.step("score"):
         pair_state = read_table(spark, "item_pair_counts", cfg)
@@ -870,8 +860,7 @@ def _finish(spark, cfg: dict, summary: RunSummary, rows, t0: float) -> None:
     summary.seconds = round(time.time() - t0, 1)
     row = {k: v for k, v in asdict(summary).items() if k not in ("notes", "timings")}
     row["finished_at"] = datetime.now(timezone.utc).replace(tzinfo=None)
-    ddl = catalog.table("relationship_runs").ddl().replace("`dt` date", "`dt` string")
-    frame = spark.createDataFrame([row], ddl).withColumn("dt", F.col("dt").cast("date"))
+    frame = catalog_frame(spark, "relationship_runs", [row])
     # One row per (date, mode): re-running a date replaces its row (the latest run's watermark counts).
     replace_rows(spark, frame, "relationship_runs", f"dt = DATE'{summary.dt}' AND mode = '{summary.mode}'", cfg)
 

@@ -43,6 +43,19 @@ def replace_rows(spark, df, name: str, where: str | None, cfg: dict) -> None:
     writer.save(ensure_table(spark, name, cfg))
 
 
+def catalog_frame(spark, name: str, rows):
+    """A DataFrame with table ``name``'s catalog schema from ``rows`` (dicts or a pandas
+    frame); ``dt`` may be given as an ISO string."""
+    from pyspark.sql import functions as F
+
+    spec = catalog.table(name)
+    if hasattr(rows, "columns"):  # pandas
+        rows = rows[[c.name for c in spec.columns]]
+    ddl = spec.ddl().replace("`dt` date", "`dt` string")
+    frame = spark.createDataFrame(rows, ddl)
+    return frame.withColumn("dt", F.col("dt").cast("date")) if "dt" in frame.columns else frame
+
+
 def read_table(spark, name: str, cfg: dict):
     """The table as a DataFrame (created empty from the catalog if it does not exist yet)."""
     return spark.read.format("delta").load(ensure_table(spark, name, cfg))
