@@ -6,7 +6,9 @@ orders, order lines, inventory, feedback) landed so far for the day, so the silv
 follow the day as it fills up, folds the new behaviour into the item relationship counts
 (`jobs/relationships.py --mode incremental`: only the touched pairs are rescored, with the
 weights fitted by the last nightly run), rescores the need model's champion for the users
-with new events (`jobs/need.py --mode rescore`), then refreshes the exports. Reference data (sites, items,
+with new events (`jobs/need.py --mode rescore`), re-prices or withdraws the night's offers
+whose stock, competitor price or user behaviour changed (`jobs/offers.py --mode reprice`),
+then refreshes the exports. Reference data (sites, items,
 users, warehouses...) is the nightly run's job.
 
 Idempotent for its date: each run overwrites the day's partitions with everything landed
@@ -18,7 +20,8 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import dag
 
-from jobs.core.orchestration import export_task, need_task, relationships_task, spark_submit_operator, table_assets
+from jobs.core.orchestration import (export_task, need_task, offers_task, relationships_task, spark_submit_operator,
+                                     table_assets)
 
 HOURLY = ["events", "orders", "order_lines", "inventory", "feedback"]
 
@@ -38,7 +41,8 @@ def bundlecast_hourly():
         "ingest_hourly", "ingest", ["--date", "{{ ds }}", "--datasets", ",".join(HOURLY), "--run-id", "{{ run_id }}"],
         outlets=table_assets(HOURLY + ["ingestion_audit"]))
 
-    ingest >> relationships_task("incremental") >> need_task("rescore") >> export_task()
+    ingest >> relationships_task("incremental") >> need_task("rescore") >> offers_task("reprice") \
+        >> export_task()
 
 
 bundlecast_hourly()

@@ -209,6 +209,52 @@ def cmd_eval(args) -> None:
     print(f"logged to MLflow ({config()['mlflow']['tracking_uri']}), experiment {name}")
 
 
+def cmd_bundles(args) -> None:
+    from jobs import bundles
+    from jobs.core.spark import get_spark
+
+    bundles.run(get_spark("bundlecast-bundles"), args.date)
+
+
+def cmd_bundle(args) -> None:
+    from jobs.bundles import generate_bundle
+
+    b = generate_bundle(args.user, args.item, args.site)
+    if args.json:
+        print(json.dumps(b, default=str))
+        return
+    if not b.get("bundle_price"):
+        print(f"no bundle for {args.user} looking at {b['anchor']}: {b.get('reason') or b.get('price_reason')}")
+        return
+    print(f"best bundle for {b['user_id']} looking at {b['anchor']}: {' + '.join(b['items'])}")
+    print(f"  list {b['list_price']:.2f} -> bundle price {b['bundle_price']:.2f} ({b['discount_share']:.1%} off; "
+          f"competitor reference {b['competitor_reference']:.2f}); expected acceptance {b['expected_acceptance']:.1%}, "
+          f"expected margin {b['expected_margin']:.2f} ({b['price_reason']})")
+    for why in b["why"]:
+        print(f"  - {why}")
+    if b["filtered_out_recently_bought"]:
+        print(f"  ({b['filtered_out_recently_bought']} related items left out: bought recently)")
+
+
+def cmd_offers(args) -> None:
+    from jobs import offers
+    from jobs.core.spark import get_spark
+
+    offers.run(get_spark("bundlecast-offers"), args.date, args.mode)
+
+
+def cmd_experiments(args) -> None:
+    from jobs import experiments
+
+    if args.action == "analyse":
+        from jobs.core.spark import get_spark
+        if not args.date:
+            raise BundlecastError("experiments analyse needs --date")
+        experiments.run(get_spark("bundlecast-experiments"), args.date)
+    else:
+        print(experiments.report(args.date, args.experiment))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bundlecast", description="Anticipatory-commerce batch pipeline.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -283,6 +329,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", nargs="?", default="need", choices=["need", "forecast", "value"])
     p.add_argument("--n", type=int, default=10)
     p.set_defaults(func=cmd_models)
+    p = sub.add_parser("bundles", help="need bundles and priced product bundles (no Airflow)")
+    p.add_argument("--date", type=_date, required=True)
+    p.set_defaults(func=cmd_bundles)
+    p = sub.add_parser("bundle", help="the best bundle for one user looking at one item, and why")
+    p.add_argument("user")
+    p.add_argument("item")
+    p.add_argument("--site", help="site of the item (ids are unique per site)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bundle)
+    p = sub.add_parser("offers", help="personalised offers: nightly allocation, or hourly re-pricing")
+    p.add_argument("--date", type=_date, required=True)
+    p.add_argument("--mode", choices=["nightly", "reprice"], default="nightly")
+    p.set_defaults(func=cmd_offers)
+    p = sub.add_parser("experiments", help="A/B tests: the latest analysis, or analyse now")
+    p.add_argument("action", choices=["report", "analyse"])
+    p.add_argument("--date", type=_date)
+    p.add_argument("--experiment")
+    p.set_defaults(func=cmd_experiments)
     sub.add_parser("contract", help="print the input data contract (Markdown)").set_defaults(func=cmd_contract)
     sub.add_parser("summary", help="tables, exports and where to look").set_defaults(func=cmd_summary)
     return parser

@@ -177,6 +177,26 @@ def value_task():
                                  outlets=table_assets(["user_value"]))
 
 
+def bundles_task():
+    """Need bundles and priced product bundles (nightly)."""
+    return spark_submit_operator("bundles", "bundles", ["--date", "{{ ds }}", "--run-id", "{{ run_id }}"],
+                                 outlets=table_assets(["need_bundles", "bundles", "offer_runs"]))
+
+
+def offers_task(mode: str):
+    """Offers: ``nightly`` (allocation, experiments' assignment) or ``reprice`` (hourly)."""
+    outlets = ["offers", "experiment_exposures", "offer_runs"] if mode == "nightly" else ["offers", "offer_runs"]
+    return spark_submit_operator("offers" if mode == "nightly" else "offers_reprice", "offers",
+                                 ["--date", "{{ ds }}", "--mode", mode, "--run-id", "{{ run_id }}"],
+                                 outlets=table_assets(outlets))
+
+
+def experiments_task():
+    """Experiment analysis (nightly)."""
+    return spark_submit_operator("experiments", "experiments", ["--date", "{{ ds }}", "--run-id", "{{ run_id }}"],
+                                 outlets=table_assets(["experiment_results"]))
+
+
 def export_task():
     """The export step both DAGs end with: snapshots of ``exports.tables`` plus manifests."""
     from airflow.sdk import task

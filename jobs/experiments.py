@@ -1,0 +1,152 @@
+"""Experiment analysis: conversion, revenue and margin per user per variant.
+
+    spark-submit jobs/experiments.py --date 2026-11-27
+    bundlecast experiments report [--date D] [--experiment NAME]
+
+For each configured experiment, every user exposed (``experiment_exposures``, control
+included) whose attribution window (first exposure + ``attribution_days``) has ended by the
+run date counts once, in the variant of the first exposure. Outcomes in the window: any
+non-cancelled order (conversion), its revenue after discounts, and its margin (revenue -
+item cost - the cash cost of redeemed offer incentives, from ``feedback`` offer_redeem).
+Per variant and metric: the estimate with a 95% interval (Wilson for conversion), the
+difference to control with a Welch interval and p-value, the sample-ratio-mismatch check,
+and the winner per metric. Writes ``experiment_results`` (the run date's rows).
+"""
+from __future__ import annotations
+
+import argparse
+import uuid
+from datetime import date, timedelta
+
+import numpy as np
+import pandas as pd
+
+from jobs.core.config import config
+from jobs.core.delta import catalog_frame, read_table, replace_rows
+from models import experiments as X
+
+
+def per_user(spark, cfg: dict, exp: dict, dt: str) -> pd.DataFrame:
+    """One row per exposed user with a finished window: variant, conversion, revenue, margin."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    A = int(exp["attribution_days"])
+    last_start = date.fromisoformat(dt) - timedelta(days=A)
+    first = Window.partitionBy("user_id").orderBy("exposed_at", "dt")
+    exp_rows = (read_table(spark, "experiment_exposures", cfg).filter(F.col("experiment") == exp["name"])
+                .withColumn("_r", F.row_number().over(first)).filter("_r = 1")
+                .filter(F.to_date("exposed_at") <= F.lit(last_start))
+                .select("user_id", "variant", "offer_id", F.col("exposed_at").alias("t0")))
+    orders = (read_table(spark, "orders", cfg).filter(F.col("status") != "cancelled")
+              .select("order_id", "user_id", "order_ts"))
+    lines = read_table(spark, "order_lines", cfg)
+    items = read_table(spark, "items", cfg).select("site_id", "item_id", "cost")
+    amounts = (lines.join(items, ["site_id", "item_id"], "left")
+               .select("order_id", (F.col("quantity") * F.col("unit_price") * (1 - F.coalesce("discount", F.lit(0.0)))).alias("rev"),
+                       (F.col("quantity") * F.coalesce("cost", F.lit(0.0))).alias("cogs"))
+               .groupBy("order_id").agg(F.sum("rev").alias("rev"), F.sum("cogs").alias("cogs")))
+    window_end = F.col("t0") + F.make_interval(days=F.lit(A))
+    outcome = (exp_rows.join(orders, "user_id").filter((F.col("order_ts") >= F.col("t0")) & (F.col("order_ts") < window_end))
+               .join(amounts, "order_id").groupBy("user_id")
+               .agg(F.lit(1).alias("conversion"), F.sum("rev").alias("revenue"), F.sum("cogs").alias("cogs")))
+    offers = read_table(spark, "offers", cfg).select("offer_id", "offer_type", "incentive_value")
+    redeem = (read_table(spark, "feedback", cfg).filter(F.col("kind") == "offer_redeem")
+              .select(F.col("reference_id").alias("offer_id"), "feedback_ts").join(offers, "offer_id"))
+    incentive = (exp_rows.join(redeem, "offer_id")
+                 .filter((F.col("feedback_ts") >= F.col("t0")) & (F.col("feedback_ts") < window_end))
+                 .groupBy("user_id").agg(F.sum(F.when(F.col("offer_type") == "loyalty_points",
+                                                      F.col("incentive_value") * float(cfg["incentives"]["loyalty_cost_share"]))
+                                               .when(F.col("offer_type").isin("percent_discount", "fixed_discount", "instant_rebate",
+                                                                              "early_bird"), F.lit(0.0))
+                                               .otherwise(F.col("incentive_value"))).alias("extra_cost")))
+    # Price incentives are already in the order's revenue (the user paid less); the others cost on top.
+    out = (exp_rows.join(outcome, "user_id", "left").join(incentive, "user_id", "left")
+           .na.fill(0, subset=["conversion", "revenue", "cogs", "extra_cost"])
+           .select("user_id", "variant", F.to_date("t0").alias("first_exposure"), F.col("conversion").cast("int").alias("conversion"),
+                   F.col("revenue").alias("revenue_per_user"),
+                   (F.col("revenue") - F.col("cogs") - F.col("extra_cost")).alias("margin_per_user"))).toPandas()
+    return out
+
+
+def run(spark, dt: str, run_id: str | None = None, cfg: dict | None = None, progress=print) -> pd.DataFrame:
+    cfg = cfg or config()
+    run_id = run_id or f"experiments-{dt}-{uuid.uuid4().hex[:8]}"
+    results = []
+    for exp in cfg.get("experiments") or []:
+        X.validate(exp)
+        users = per_user(spark, cfg, exp, dt)
+        if users.empty:
+            progress(f"experiment {exp['name']}: no exposure with a finished {exp['attribution_days']}-day window by {dt}")
+            continue
+        r = X.analyse(users, exp)
+        r["experiment"] = exp["name"]
+        r["window_start"] = str(users.first_exposure.min())
+        r["window_end"] = dt
+        results.append(r)
+    out = pd.concat(results, ignore_index=True) if results else pd.DataFrame()
+    if len(out):
+        out["dt"], out["run_id"] = dt, run_id
+        out = out.replace({np.nan: None})
+        frame = catalog_frame(spark, "experiment_results", out)
+    else:
+        from jobs.core import catalog
+        frame = spark.createDataFrame([], catalog.table("experiment_results").ddl())
+    replace_rows(spark, frame, "experiment_results", f"dt = DATE'{dt}'", cfg)
+    progress(render(out, cfg))
+    return out
+
+
+def report(dt: str | None = None, experiment: str | None = None, cfg: dict | None = None, spark=None) -> str:
+    """The latest analysis (or that of ``dt``) as text."""
+    from pyspark.sql import functions as F
+
+    cfg = cfg or config()
+    if spark is None:
+        from jobs.core.spark import get_spark
+        spark = get_spark("bundlecast-experiments")
+    res = read_table(spark, "experiment_results", cfg)
+    if experiment:
+        res = res.filter(F.col("experiment") == experiment)
+    day = dt or res.agg(F.max("dt")).first()[0]
+    if day is None:
+        return "no experiment results yet (the nightly DAG's experiments task writes them)"
+    return render(res.filter(F.col("dt") == F.lit(str(day)).cast("date")).toPandas(), cfg)
+
+
+def render(out: pd.DataFrame, cfg: dict) -> str:
+    if out is None or out.empty:
+        return "experiments: nothing to analyse yet"
+    primary = {e["name"]: e.get("primary_metric", "margin_per_user") for e in cfg.get("experiments") or []}
+    lines = []
+    for name, g in out.groupby("experiment"):
+        srm = g.srm_p_value.iloc[0]
+        lines.append(f"experiment {name} (analysed {g.dt.iloc[0] if 'dt' in g else ''}; primary metric "
+                     f"{primary.get(name, '?')}; sample-ratio p = {srm:.3f}{'  <- MISMATCH: check assignment/logging' if srm is not None and srm < 0.001 else ''})")
+        lines.append(f"  {'metric':17s} {'variant':10s} {'users':>7s} {'estimate':>10s} {'95% CI':>21s} "
+                     f"{'vs control':>11s} {'95% CI':>21s} {'p':>7s}")
+        for r in g.sort_values(["metric", "variant"]).itertuples():
+            ci = f"[{r.ci_low:.4f}, {r.ci_high:.4f}]"
+            dci = "" if r.diff_vs_control is None or pd.isna(r.diff_vs_control) else f"[{r.diff_ci_low:.4f}, {r.diff_ci_high:.4f}]"
+            d = "" if not dci else f"{r.diff_vs_control:+.4f}"
+            p = "" if not dci else f"{r.p_value:.3f}"
+            lines.append(f"  {r.metric:17s} {r.variant:10s} {r.users:7,d} {r.estimate:10.4f} {ci:>21s} {d:>11s} {dci:>21s} "
+                         f"{p:>7s}{'  WINNER' if r.winner else ''}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from jobs.core.cli_support import run_main
+    parser = argparse.ArgumentParser(description="Analyse the configured experiments")
+    parser.add_argument("--date", required=True)
+    parser.add_argument("--run-id")
+    args = parser.parse_args(argv)
+
+    def body():
+        from jobs.core.spark import get_spark
+        run(get_spark("bundlecast-experiments"), args.date, args.run_id)
+    return run_main(body)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,185 @@
+"""Acceptance as a function of price, bundle price optimisation, and the global offer
+allocation (OR-Tools CP-SAT).
+
+Acceptance model: ``logit(a) = logit(base) + beta * discount_share - gamma * max(0, price / reference - 1)``,
+where ``base`` is the chance of acceptance at list price (the need probability for a need
+bundle, the historical purchase rate for a product bundle), ``reference`` what the items
+cost elsewhere (competitor prices where known, else ours). ``beta`` is fitted on past offers
+and their redemptions (``offers`` x ``feedback``) when there are enough of them with varying
+discounts; otherwise the configured prior is used and the run says so.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+
+def _logit(p):
+    p = np.clip(np.asarray(p, float), 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
+def _sigmoid(x):
+    return 1 / (1 + np.exp(-np.asarray(x, float)))
+
+
+@dataclass
+class Acceptance:
+    beta: float               # log-odds per unit of discount share (0.10 off -> +0.1 * beta)
+    gamma: float              # log-odds lost per unit of price above the reference
+    source: str               # "fitted on N offers" or "prior: <why>"
+    offers: int = 0
+
+    def __call__(self, base, discount_share, price=None, reference=None) -> np.ndarray:
+        x = _logit(base) + self.beta * np.asarray(discount_share, float)
+        if price is not None and reference is not None:
+            ref = np.asarray(reference, float)
+            over = np.where(ref > 0, np.clip(np.asarray(price, float) / np.where(ref > 0, ref, 1) - 1, 0, None), 0.0)
+            x = x - self.gamma * over
+        return _sigmoid(x)
+
+
+def fit_acceptance(history: pd.DataFrame, cfg: dict) -> Acceptance:
+    """Fit ``beta`` from past offers (columns ``discount_share``, ``redeemed`` 0/1, and
+    ``base``, the offer's acceptance at list price as predicted then). Falls back to the
+    prior when there are fewer than ``min_offers`` offers, the discounts barely vary, or
+    the fit says discounts hurt (a sign of confounding, not of customers)."""
+    prior = Acceptance(float(cfg["prior_beta"]), float(cfg["gamma"]), "prior", 0)
+    n = len(history)
+    if n < int(cfg["min_offers"]):
+        prior.source = f"prior (only {n} past offers with an outcome, need {cfg['min_offers']})"
+        return prior
+    d = history.discount_share.to_numpy(float)
+    if np.std(d) < 0.01:
+        prior.source = f"prior (past discounts do not vary: sd {np.std(d):.3f})"
+        return prior
+    # The base rate enters as an offset; beta is the one free coefficient (Newton's method).
+    y = history.redeemed.to_numpy(int)
+    offset = _logit(history.base.to_numpy(float))
+    beta = 0.0
+    for _ in range(25):
+        p = _sigmoid(offset + beta * d)
+        grad, hess = np.sum((y - p) * d), np.sum(p * (1 - p) * d * d) + 1e-9
+        step = grad / hess
+        beta += step
+        if abs(step) < 1e-6:
+            break
+    if not np.isfinite(beta) or beta <= 0:
+        prior.source = f"prior (fitted beta {beta:.2f} on {n} offers is not positive)"
+        return prior
+    return Acceptance(float(beta), float(cfg["gamma"]), f"fitted on {n} past offers", n)
+
+
+def optimise_price(list_price, cost, base, reference, acceptance: Acceptance, cfg: dict) -> pd.DataFrame:
+    """Per bundle, the discount share on a grid (0 .. ``max_discount``) that maximises
+    expected profit ``a(price) * (price - cost)`` subject to ``price - cost >= min_margin * price``.
+    Returns discount_share, bundle_price, acceptance, expected_margin (profit per offer) and
+    a reason. A bundle with no feasible price (cost too high) gets NaN and reason ``no_margin``."""
+    lp, c = np.asarray(list_price, float)[:, None], np.asarray(cost, float)[:, None]
+    grid = np.arange(0, float(cfg["max_discount"]) + 1e-9, float(cfg["price_step"]))[None, :]
+    price = np.round(lp * (1 - grid), 2)
+    feasible = price - c >= float(cfg["min_margin"]) * price
+    a = acceptance(np.asarray(base, float)[:, None], grid, price, np.asarray(reference, float)[:, None])
+    profit = np.where(feasible, a * (price - c), -np.inf)
+    best = np.argmax(profit, axis=1)
+    rows = np.arange(len(best))
+    ok = np.isfinite(profit[rows, best])
+    ref = np.asarray(reference, float)
+    reason = np.where(~ok, "no_margin",
+                      np.where(grid[0, best] == 0, "list price maximises expected margin",
+                               np.where(price[rows, best] <= ref + 1e-9,
+                                        "discount maximises expected margin", "discount towards competitor price")))
+    return pd.DataFrame({"discount_share": np.where(ok, grid[0, best], np.nan),
+                         "bundle_price": np.where(ok, price[rows, best], np.nan),
+                         "acceptance": np.where(ok, a[rows, best], np.nan),
+                         "expected_margin": np.where(ok, profit[rows, best], np.nan), "reason": reason})
+
+
+@dataclass
+class Allocation:
+    chosen: np.ndarray        # bool per candidate
+    objective: float          # expected profit of the chosen offers
+    greedy_objective: float   # the greedy baseline's, same candidates and constraints
+    bound: float              # CP-SAT's upper bound on the optimum
+    status: str
+    binding_items: int        # items whose candidate demand exceeded stock
+    seconds: float
+
+
+def allocate(cand: pd.DataFrame, stock: dict, budget: float, cfg: dict) -> Allocation:
+    """Choose offers across all users at once. ``cand``: one row per (user, candidate offer)
+    with ``user_id``, ``items`` (list of item keys), ``profit`` (expected, after incentive)
+    and ``spend`` (expected incentive cost). Constraints: at most ``max_offers_per_user`` per
+    user; per item, offers containing it <= ``stock[item]`` (an offer promises its stock:
+    never promise a unit twice); total ``spend`` <= ``budget``. Maximises total profit.
+
+    A greedy pass (best profit first while stock and budget last) is the baseline and the
+    CP-SAT hint, so the solver's answer is never worse. Items whose candidate demand fits
+    in their stock need no constraint and are left out of the model."""
+    import time
+
+    from ortools.sat.python import cp_model
+
+    t0 = time.time()
+    n = len(cand)
+    profit = np.round(cand.profit.to_numpy(float) * 100).astype(np.int64)
+    # Spend rounds up to the cent, so the budget holds in currency, not just in cents.
+    spend = np.ceil(cand.spend.to_numpy(float) * 100 - 1e-9).astype(np.int64)
+    budget_c = int(np.floor(budget * 100)) if np.isfinite(budget) else None
+    per_user = int(cfg["max_offers_per_user"])
+    users = cand.user_id.to_numpy()
+    # Item -> candidate rows, only for items where demand can exceed stock.
+    exploded = cand[["items"]].explode("items").dropna()
+    demand = exploded.groupby("items").size()
+    binding = {k: int(stock.get(k, 0)) for k, d in demand.items() if d > stock.get(k, 0)}
+    rows_of = exploded[exploded["items"].isin(binding)].groupby("items").groups
+
+    greedy = _greedy(profit, spend, users, cand["items"].tolist(), stock, budget_c, per_user)
+    model = cp_model.CpModel()
+    x = [model.NewBoolVar("") for _ in range(n)]
+    for idx in pd.Series(np.arange(n)).groupby(users).groups.values():
+        if len(idx) > per_user:
+            model.Add(sum(x[i] for i in idx) <= per_user)
+    for item, idx in rows_of.items():
+        model.Add(sum(x[i] for i in idx) <= binding[item])
+    if budget_c is not None and spend.sum() > budget_c:
+        model.Add(sum(int(spend[i]) * x[i] for i in range(n) if spend[i]) <= budget_c)
+    model.Maximize(sum(int(profit[i]) * x[i] for i in range(n) if profit[i]))
+    for i in range(n):
+        model.AddHint(x[i], bool(greedy[i]))
+    solver = cp_model.CpSolver()
+    solver.parameters.max_time_in_seconds = float(cfg["time_limit_s"])
+    solver.parameters.num_workers = int(cfg.get("workers", 2))
+    solver.parameters.random_seed = 0
+    status = solver.Solve(model)
+    if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        chosen = np.array([solver.BooleanValue(v) for v in x], dtype=bool)
+        if profit[chosen].sum() < profit[greedy].sum():
+            chosen = greedy
+        bound = solver.BestObjectiveBound() / 100
+    else:
+        chosen, bound = greedy, float("nan")
+    return Allocation(chosen, float(profit[chosen].sum() / 100), float(profit[greedy].sum() / 100), float(bound),
+                      solver.StatusName(status), len(binding), round(time.time() - t0, 2))
+
+
+def _greedy(profit, spend, users, items, stock, budget_c, per_user) -> np.ndarray:
+    left = dict(stock)
+    taken: dict[str, int] = {}
+    budget_left = budget_c if budget_c is not None else np.inf
+    chosen = np.zeros(len(profit), dtype=bool)
+    for i in np.argsort(-profit, kind="stable"):
+        if profit[i] <= 0:
+            break
+        if taken.get(users[i], 0) >= per_user or spend[i] > budget_left:
+            continue
+        if any(left.get(k, 0) < 1 for k in items[i]):
+            continue
+        for k in items[i]:
+            left[k] = left.get(k, 0) - 1
+        taken[users[i]] = taken.get(users[i], 0) + 1
+        budget_left -= spend[i]
+        chosen[i] = True
+    return chosen
