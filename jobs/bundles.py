@@ -85,6 +85,16 @@ def available_stock(spark, cfg: dict):
             .agg(F.sum(F.greatest(F.col("on_hand") - F.col("reserved"), F.lit(0))).cast("long").alias("available")))
 
 
+def user_warehouses(spark, cfg: dict):
+    """user_id -> the warehouse of the user's region (the first by id where a region has
+    several); users whose region has none get null (counted where used)."""
+    from pyspark.sql import functions as F
+
+    warehouses = read_table(spark, "warehouses", cfg).groupBy("region").agg(F.min("warehouse_id").alias("warehouse_id"))
+    return read_table(spark, "users", cfg).select("user_id", "region").join(F.broadcast(warehouses), "region", "left") \
+        .select("user_id", "warehouse_id")
+
+
 def competitor_reference(spark, cfg: dict, counts: dict) -> pd.Series:
     """Cheapest competitor price per item over the last observations (<= 0 ignored, counted)."""
     from pyspark.sql import functions as F
@@ -117,11 +127,8 @@ def need_bundles(spark, cfg: dict, dt: str, run_id: str, prices: pd.DataFrame, c
            .withColumn("rk", F.row_number().over(w)).filter(F.col("rk") <= int(s["max_items"]))
            .withColumn("top_p", F.max("probability").over(Window.partitionBy("user_id")))
            .withColumn("main", F.col("probability") >= F.col("top_p") * float(s["main_share"])))
-    users = read_table(spark, "users", cfg).select("user_id", "region")
-    warehouses = (read_table(spark, "warehouses", cfg).groupBy("region")
-                  .agg(F.min("warehouse_id").alias("warehouse_id")))
     stock = available_stock(spark, cfg)
-    top = (top.join(users, "user_id", "left").join(F.broadcast(warehouses), "region", "left")
+    top = (top.join(user_warehouses(spark, cfg), "user_id", "left")
            .join(stock, ["warehouse_id", "key"], "left").na.fill(0, subset=["available"]))
     srt = F.array_sort(F.collect_list(F.struct(F.col("rk"), F.col("key"), F.col("probability"))))
     out = top.groupBy("user_id").agg(
@@ -165,8 +172,8 @@ def product_bundles(rel: pd.DataFrame, prices: pd.DataFrame, network_stock: pd.S
     floor = float(cfg["pricing"]["min_bundle_acceptance"])
     built = []
 
-    def take(frame, col, k, kind, base_of, why):
-        picked = frame[frame[col] >= float(b["min_score"])].groupby("a", sort=False).head(k)
+    def take(frame, col, k, kind, base_of, why, threshold=float(b["min_score"])):
+        picked = frame[frame[col] >= threshold].groupby("a", sort=False).head(k)
         grouped = picked.groupby("a", sort=False)
         for anchor, g in grouped:
             built.append((kind, anchor, [anchor, *g.b.tolist()], base_of(g), why(g)))
@@ -180,12 +187,15 @@ def product_bundles(rel: pd.DataFrame, prices: pd.DataFrame, network_stock: pd.S
     take(alt, "alternative_score", int(b["alternative_k"]), "alternative",
          lambda g: max(floor, float((g.view_one_bought_support / g.co_view_support.clip(lower=1)).fillna(0).mean())),
          lambda g: f"same need, other price points: alternative score {g.alternative_score.mean():.2f}")
-    val = rel[rel.relation != "alternative"].copy()
-    val["_s"] = val.score.fillna(0)
+    # Value: the anchor's best non-alternative neighbours by combined score (a fitted chance
+    # of a later co-purchase, so no absolute threshold), at least two of them.
+    val = rel[(rel.relation != "alternative") & (rel.score.fillna(0) > 0)].copy()
+    val["_s"] = val.score
     val = val[val.groupby("a").b.transform("size") >= 2]
     take(val, "_s", int(b["value_k"]), "value",
          lambda g: max(floor, float(g.co_purchase_rate.fillna(0).mean())),
-         lambda g: f"often bought with the anchor: combined score {g._s.mean():.2f}; sold at a bundle price")
+         lambda g: f"often bought with the anchor: combined score {g._s.mean():.2f}; sold at a bundle price",
+         threshold=0.0)
     if not built:
         return pd.DataFrame()
     out = pd.DataFrame(built, columns=["kind", "anchor", "items", "base", "why"])

@@ -81,8 +81,8 @@ def run(spark, dt: str, run_id: str | None = None, cfg: dict | None = None, prog
             continue
         r = X.analyse(users, exp)
         r["experiment"] = exp["name"]
-        r["window_start"] = str(users.first_exposure.min())
-        r["window_end"] = dt
+        r["window_start"] = users.first_exposure.min()
+        r["window_end"] = date.fromisoformat(dt)
         results.append(r)
     out = pd.concat(results, ignore_index=True) if results else pd.DataFrame()
     if len(out):

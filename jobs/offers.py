@@ -39,7 +39,7 @@ from datetime import date, datetime, timedelta, timezone
 import numpy as np
 import pandas as pd
 
-from jobs.bundles import available_stock, competitor_reference, item_prices, record, stable_id
+from jobs.bundles import available_stock, competitor_reference, item_prices, record, stable_id, user_warehouses
 from jobs.core.config import config
 from jobs.core.delta import catalog_frame, read_table, replace_rows
 from jobs.core.errors import BundlecastError
@@ -81,7 +81,7 @@ def candidates(spark, cfg: dict, dt: str, counts: dict) -> pd.DataFrame:
                           "acceptance": nb.confidence, "warehouse_id": nb.warehouse_id})]
     if len(pb) and len(need):
         joined = need.merge(pb, on="anchor")
-        wh = nb.set_index("user_id").warehouse_id
+        wh = _pd(user_warehouses(spark, cfg)).set_index("user_id").warehouse_id
         rows.append(pd.DataFrame({"user_id": joined.user_id, "bundle_id": joined.bundle_id, "bundle_kind": joined.kind,
                                   "items": joined["items"], "list_price": joined.list_price,
                                   "bundle_price": joined.bundle_price, "cost": joined.cost,
@@ -205,10 +205,11 @@ def build(spark, cfg: dict, dt: str, run_id: str, summary: OfferSummary) -> tupl
             f["offer_type"] = I.choose_type(f, proactive_ok, g.value_decile, g.bundle_price, inc_cfg, vs.get("policy", "auto"))
             parts.append(f)
         f = pd.concat(parts).reindex(cand.index)
-        cand["offer_type"], cand["incentive_value"] = f.offer_type, f["value"]
-        # Stay within the maximum discount counting the bundle discount too.
+        # Stay within the maximum discount counting the bundle's own discount too.
         room = np.clip(cand.bundle_price - cand.list_price * (1 - float(cfg["pricing"]["max_discount"])), 0, None)
-        cand["incentive_value"] = np.round(np.minimum(cand.incentive_value, room), 2)
+        f["bound_by"] = np.where(f["value"] > room + 1e-9, "max_discount", f.bound_by)
+        f["value"] = np.round(np.minimum(f["value"], room), 2)
+        cand["offer_type"], cand["incentive_value"] = f.offer_type, f["value"]
         is_price = cand.offer_type.isin(PRICE_TYPES).to_numpy()
         cand["price"] = np.where(is_price, cand.bundle_price - cand.incentive_value, cand.bundle_price)
         cash = I.cash_cost(cand.offer_type, cand.incentive_value, cfg["incentives"])
@@ -301,8 +302,7 @@ def reprice(spark, cfg: dict, dt: str, summary: OfferSummary) -> None:
     now = datetime.now(timezone.utc).replace(tzinfo=None)
     stock = _pd(available_stock(spark, cfg))
     stock_map = dict(zip(stock.warehouse_id + "|" + stock.key, stock.available.astype(int)))
-    nb = _pd(read_table(spark, "need_bundles", cfg).filter(F.col("dt") == F.lit(last)).select("user_id", "warehouse_id"))
-    wh = nb.set_index("user_id").warehouse_id
+    wh = _pd(user_warehouses(spark, cfg)).set_index("user_id").warehouse_id
     # Stock: offers on each warehouse item, in order of expected profit, while it lasts.
     o = offers[active].sort_values("expected_profit", ascending=False)
     used: dict[str, int] = {}
