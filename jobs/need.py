@@ -464,20 +464,20 @@ def score(spark, dt: str, run_id: str, cfg: dict, users_since: datetime | None =
                                       .select("user_id"))
         users = users.join(touched.distinct(), "user_id", "left_semi").localCheckpoint()
     cands = candidates(spark, cfg, purchases, cutoff, users, with_table=_has_rows(spark, cfg, "item_relationships"))
-    frame = features(spark, cfg, purchases, browsing, cands, cutoff, H).toPandas()
-    summary.users_scored = int(frame.user_id.nunique())
-    rows = pd.DataFrame(columns=[c.name for c in catalog.table("need_predictions").columns])
-    if len(frame):
-        frame["probability"] = nm.predict(model, frame)
-        frame = frame[frame.probability >= float(s["min_probability"])]
-        frame = frame.sort_values(["user_id", "probability"], ascending=[True, False]) \
-            .groupby("user_id").head(int(s["max_per_user"]))
-        need_date, basis = nm.need_dates(frame, pd.Timestamp(cutoff), H, int(meta.get("typical_days_to_need", H // 2)))
-        rows = pd.DataFrame({
-            "user_id": frame.user_id, "site_id": frame.site_id, "item_id": frame.item_id, "category": frame.category,
-            "probability": frame.probability.astype(float), "need_date": need_date.dt.date, "need_date_basis": basis,
-            "horizon_days": H, "model_name": s["model_name"], "model_version": str(version),
-            "scored_at": datetime.now(timezone.utc).replace(tzinfo=None), "dt": cutoff, "run_id": run_id})
+    feats = features(spark, cfg, purchases, browsing, cands, cutoff, H).persist()
+    n_rows = feats.count()
+    # Scored in hash batches of users, so the driver never holds every candidate at once
+    # (on the medium world the whole frame is over 1 GB).
+    batches = max(1, -(-n_rows // int(s.get("score_batch_rows") or 500_000)))
+    parts, summary.users_scored = [], 0
+    for b in range(batches):
+        frame = (feats if batches == 1 else feats.filter(F.pmod(F.hash("user_id"), F.lit(batches)) == b)).toPandas()
+        summary.users_scored += int(frame.user_id.nunique())
+        if len(frame):
+            parts.append(_top_predictions(frame, model, version, meta, s, cutoff, H, run_id))
+    feats.unpersist()
+    rows = (pd.concat(parts, ignore_index=True) if parts
+            else pd.DataFrame(columns=[c.name for c in catalog.table("need_predictions").columns]))
     summary.predictions = len(rows)
     out = spark.createDataFrame(rows, catalog.table("need_predictions").ddl()) if len(rows) else \
         spark.createDataFrame([], catalog.table("need_predictions").ddl())
@@ -489,6 +489,22 @@ def score(spark, dt: str, run_id: str, cfg: dict, users_since: datetime | None =
     summary.model_version = str(version)
     summary.seconds = round(time.time() - t0, 1)
     return summary
+
+
+def _top_predictions(frame: pd.DataFrame, model, version, meta: dict, s: dict, cutoff: date, H: int,
+                     run_id: str) -> pd.DataFrame:
+    """``need_predictions`` rows of one batch of users: the most likely candidates per user
+    (at most ``max_per_user``, probability >= ``min_probability``) with their need dates."""
+    frame["probability"] = nm.predict(model, frame)
+    frame = frame[frame.probability >= float(s["min_probability"])]
+    frame = frame.sort_values(["user_id", "probability"], ascending=[True, False]) \
+        .groupby("user_id").head(int(s["max_per_user"]))
+    need_date, basis = nm.need_dates(frame, pd.Timestamp(cutoff), H, int(meta.get("typical_days_to_need", H // 2)))
+    return pd.DataFrame({
+        "user_id": frame.user_id, "site_id": frame.site_id, "item_id": frame.item_id, "category": frame.category,
+        "probability": frame.probability.astype(float), "need_date": need_date.dt.date, "need_date_basis": basis,
+        "horizon_days": H, "model_name": s["model_name"], "model_version": str(version),
+        "scored_at": datetime.now(timezone.utc).replace(tzinfo=None), "dt": cutoff, "run_id": run_id})
 
 
 def _replace_users(spark, cfg: dict, out, users, dt: str) -> None:

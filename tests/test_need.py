@@ -118,6 +118,21 @@ def test_gate_keeps_the_champion_and_scoring_uses_it(spark, test_world, need_cfg
     assert len(runs) >= 2 and {"false", "true"} <= set(runs.promoted)
 
 
+def test_scoring_in_user_batches_gives_the_same_predictions(spark, test_world, need_cfg, trained):
+    from jobs import need
+
+    whole = _table(spark, need_cfg, "need_predictions")
+    batched = copy.deepcopy(need_cfg)
+    batched["need"]["score_batch_rows"] = 2_000  # several batches on this world
+    s = need.score(spark, test_world["date"], "need-batched", batched)
+    again = _table(spark, need_cfg, "need_predictions")
+    key = ["user_id", "site_id", "item_id"]
+    a = whole.sort_values(key).reset_index(drop=True)
+    b = again.sort_values(key).reset_index(drop=True)
+    assert s.users_scored >= whole.user_id.nunique()
+    pd.testing.assert_frame_equal(a[key + ["probability", "need_date"]], b[key + ["probability", "need_date"]])
+
+
 def test_hourly_rescore_touches_only_users_with_new_events(spark, test_world, need_cfg, trained):
     from jobs import need
 

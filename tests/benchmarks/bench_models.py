@@ -22,9 +22,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--scale", default="medium")
     parser.add_argument("--series", type=int, default=400, help="forecast series sampled for the throughput")
+    parser.add_argument("--parts", default="forecast,train,score",
+                        help="which of forecast,train,score to run (score needs a champion from an earlier train)")
     args = parser.parse_args()
     home = bench_world(args.scale)
-    from jobs import forecast, need
+    from jobs import need
     from jobs.core import catalog
     from jobs.core.config import config
     from jobs.core.spark import get_spark
@@ -43,31 +45,42 @@ def main() -> None:
         ingest.run(spark, dt, missing, cfg=cfg, progress=print)
     print(f"scale={args.scale} cores={os.cpu_count()} driver memory={cfg['spark']['driver_memory']}")
     # Forecast first (the quickest); each figure is printed as soon as it is measured.
-    cfg["forecast"].update(level="item", sample_series=args.series)
+    parts = set(args.parts.split(","))
+    if "forecast" in parts:
+        _forecast(spark, cfg, dt, args.series)
+    if "train" in parts:
+        with PeakMemory() as train_mem:
+            t0 = time.time()
+            trained = need.train(spark, dt, "bench-need", cfg)
+            train_s = time.time() - t0
+        print(need.render(trained))
+        _row(f"need model training ({trained.train_examples:,} + {trained.eval_examples:,} examples)", train_s, train_mem)
+        print(f"need model recall@10 {trained.metrics['model']['recall_at_10']:.4f} vs top-frequency "
+              f"{trained.metrics['topfreq']['recall_at_10']:.4f}")
+    if "score" in parts:
+        with PeakMemory() as score_mem:
+            t0 = time.time()
+            scored = need.score(spark, dt, "bench-need", cfg)
+            score_s = time.time() - t0
+        print(need.render(scored))
+        _row(f"need scoring ({scored.users_scored:,} users, {scored.predictions:,} predictions)", score_s, score_mem)
+
+
+def _forecast(spark, cfg: dict, dt: str, series: int) -> None:
+    from jobs import forecast
+
+    cfg["forecast"].update(level="item", sample_series=series)
     with PeakMemory() as fc_mem:
         t0 = time.time()
         fc = forecast.run(spark, dt, "bench-forecast", cfg)
         fc_s = time.time() - t0
     _row(f"forecast ({fc.series:,} series, backtest + forecast)", fc_s, fc_mem)
     print(f"forecast throughput: {fc.series / fc_s:.2f} series/s ({fc.methods})", flush=True)
-    with PeakMemory() as train_mem:
-        t0 = time.time()
-        trained = need.train(spark, dt, "bench-need", cfg)
-        train_s = time.time() - t0
-    print(need.render(trained))
-    _row(f"need model training ({trained.train_examples:,} + {trained.eval_examples:,} examples)", train_s, train_mem)
-    with PeakMemory() as score_mem:
-        t0 = time.time()
-        scored = need.score(spark, dt, "bench-need", cfg)
-        score_s = time.time() - t0
-    print(need.render(scored))
-    _row(f"need scoring ({scored.users_scored:,} users)", score_s, score_mem)
-    print(f"need model recall@10 {trained.metrics['model']['recall_at_10']:.4f} vs top-frequency "
-          f"{trained.metrics['topfreq']['recall_at_10']:.4f}")
 
 
 def _row(label: str, seconds: float, mem: PeakMemory) -> None:
     print(f"BENCH {label:60s}{seconds:10.1f} s{mem.peak / 2**20:12,.0f} MiB peak RSS", flush=True)
+
 
 if __name__ == "__main__":
     main()
