@@ -106,6 +106,7 @@ class Allocation:
     status: str
     binding_items: int        # items whose candidate demand exceeded stock
     seconds: float
+    model_candidates: int = 0  # candidates in the CP-SAT model (the core)
 
 
 def allocate(cand: pd.DataFrame, stock: dict, budget: float, cfg: dict) -> Allocation:
@@ -115,14 +116,16 @@ def allocate(cand: pd.DataFrame, stock: dict, budget: float, cfg: dict) -> Alloc
     user; per item, offers containing it <= ``stock[item]`` (an offer promises its stock:
     never promise a unit twice); total ``spend`` <= ``budget``. Maximises total profit.
 
-    A greedy pass (best profit first while stock and budget last) is the baseline and the
-    CP-SAT hint, so the solver's answer is never worse. Items whose candidate demand fits
+    A greedy pass (best profit first, or best profit per unit of spend when the budget
+    binds, while stock and budget last) is the baseline and the CP-SAT hint, so the
+    solver's answer is never worse. Items whose candidate demand fits
     in their stock need no constraint and are left out of the model."""
     import time
 
     from ortools.sat.python import cp_model
 
     t0 = time.time()
+    cand = cand.reset_index(drop=True)
     n = len(cand)
     profit = np.round(cand.profit.to_numpy(float) * 100).astype(np.int64)
     # Spend rounds up to the cent, so the budget holds in currency, not just in cents.
@@ -136,18 +139,34 @@ def allocate(cand: pd.DataFrame, stock: dict, budget: float, cfg: dict) -> Alloc
     binding = {k: int(stock.get(k, 0)) for k, d in demand.items() if d > stock.get(k, 0)}
     rows_of = exploded[exploded["items"].isin(binding)].groupby("items").groups
 
-    greedy = _greedy(profit, spend, users, cand["items"].tolist(), stock, budget_c, per_user)
+    items = cand["items"].tolist()
+    binds = budget_c is not None and spend.sum() > budget_c
+    # With a binding budget, the greedy goes by profit per unit of spend (knapsack order).
+    order = np.argsort(-(profit / (spend + 1.0)) if binds else -profit, kind="stable")
+    greedy = _greedy(profit, spend, users, items, stock, budget_c, per_user, order)
+    # The model holds the "core": candidates by that order up to core_spend_factor x the
+    # budget (at most max_model_candidates); the rest cannot compete for a binding budget.
+    core = np.arange(n)
+    if binds or n > int(cfg.get("max_model_candidates", 50_000)):
+        cum = np.cumsum(spend[order])
+        keep = cum <= float(cfg.get("core_spend_factor", 3.0)) * budget_c if binds else np.ones(n, bool)
+        core = np.sort(order[keep][: int(cfg.get("max_model_candidates", 50_000))])
+        core = np.union1d(core, np.flatnonzero(greedy))
+    in_core = np.zeros(n, bool)
+    in_core[core] = True
     model = cp_model.CpModel()
-    x = [model.NewBoolVar("") for _ in range(n)]
-    for idx in pd.Series(np.arange(n)).groupby(users).groups.values():
+    x = {i: model.NewBoolVar("") for i in core}
+    for idx in pd.Series(core).groupby(users[core]).groups.values():
         if len(idx) > per_user:
-            model.Add(sum(x[i] for i in idx) <= per_user)
+            model.Add(sum(x[core[j]] for j in idx) <= per_user)
     for item, idx in rows_of.items():
-        model.Add(sum(x[i] for i in idx) <= binding[item])
-    if budget_c is not None and spend.sum() > budget_c:
-        model.Add(sum(int(spend[i]) * x[i] for i in range(n) if spend[i]) <= budget_c)
-    model.Maximize(sum(int(profit[i]) * x[i] for i in range(n) if profit[i]))
-    for i in range(n):
+        idx = [i for i in idx if in_core[i]]
+        if len(idx) > binding[item]:
+            model.Add(sum(x[i] for i in idx) <= binding[item])
+    if binds and spend[core].sum() > budget_c:
+        model.Add(sum(int(spend[i]) * x[i] for i in core if spend[i]) <= budget_c)
+    model.Maximize(sum(int(profit[i]) * x[i] for i in core if profit[i]))
+    for i in core:
         model.AddHint(x[i], bool(greedy[i]))
     solver = cp_model.CpSolver()
     solver.parameters.max_time_in_seconds = float(cfg["time_limit_s"])
@@ -155,24 +174,25 @@ def allocate(cand: pd.DataFrame, stock: dict, budget: float, cfg: dict) -> Alloc
     solver.parameters.random_seed = 0
     status = solver.Solve(model)
     if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-        chosen = np.array([solver.BooleanValue(v) for v in x], dtype=bool)
+        chosen = np.zeros(n, bool)
+        chosen[core] = [solver.BooleanValue(x[i]) for i in core]
         if profit[chosen].sum() < profit[greedy].sum():
             chosen = greedy
         bound = solver.BestObjectiveBound() / 100
     else:
         chosen, bound = greedy, float("nan")
     return Allocation(chosen, float(profit[chosen].sum() / 100), float(profit[greedy].sum() / 100), float(bound),
-                      solver.StatusName(status), len(binding), round(time.time() - t0, 2))
+                      solver.StatusName(status), len(binding), round(time.time() - t0, 2), len(core))
 
 
-def _greedy(profit, spend, users, items, stock, budget_c, per_user) -> np.ndarray:
+def _greedy(profit, spend, users, items, stock, budget_c, per_user, order) -> np.ndarray:
     left = dict(stock)
     taken: dict[str, int] = {}
     budget_left = budget_c if budget_c is not None else np.inf
     chosen = np.zeros(len(profit), dtype=bool)
-    for i in np.argsort(-profit, kind="stable"):
+    for i in order:
         if profit[i] <= 0:
-            break
+            continue
         if taken.get(users[i], 0) >= per_user or spend[i] > budget_left:
             continue
         if any(left.get(k, 0) < 1 for k in items[i]):

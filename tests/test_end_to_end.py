@@ -44,7 +44,8 @@ def test_both_dags_fill_the_tables(e2e_home):
     for name, rows in truth["rows"].items():
         assert tables[name]["rows"] == rows, name
     assert tables["ingestion_audit"]["rows"] == len(truth["rows"])
-    for gold in ("item_relationships", "relationship_weights", "demand_forecast", "forecast_metrics"):
+    for gold in ("item_relationships", "relationship_weights", "demand_forecast", "forecast_metrics",
+                 "need_predictions", "need_bundles", "bundles", "offers", "experiment_exposures", "offer_runs"):
         assert tables[gold]["rows"] > 0, gold
     assert (e2e_home / "airflow" / "airflow.db").exists()
     assert (e2e_home / "metastore" / "metastore_db").exists()

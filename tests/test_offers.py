@@ -16,6 +16,11 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
+def catalog_path(cfg, name):
+    from jobs.core import catalog
+    return catalog.table_path(name, cfg)
+
+
 def _table(spark, cfg, name, dt=None):
     from pyspark.sql import functions as F
 
@@ -42,6 +47,11 @@ def world(spark, test_world):
     from jobs import ingest
     ingest.run(spark, dt, ["competitor_prices", "routes", "feedback"], cfg=cfg, with_expectations=False,
                progress=lambda m: None)
+    # Bad input: a competitor price of zero must be ignored (and counted), never followed.
+    from jobs.core.delta import read_table as rt
+    comp = rt(spark, "competitor_prices", cfg)
+    comp.limit(1).withColumn("price", F.lit(0.0)).withColumn("competitor", F.lit("broken-feed")) \
+        .write.format("delta").mode("append").save(catalog_path(cfg, "competitor_prices"))
     b = bundles.run(spark, dt, "bundles-1", cfg, progress=lambda m: None)
     o = offers.run(spark, dt, "nightly", "offers-1", cfg, progress=lambda m: None)
     return dict(cfg=cfg, dt=dt, bundles=b, offers=o, truth=test_world["truth"])
@@ -62,6 +72,7 @@ def test_need_bundles_group_the_likely_needs_with_confidence_and_stock(spark, wo
         assert set(r.main_items) <= set(r.items)
         assert r.stock_ok == (len(r.short_items) == 0 and r.warehouse_id is not None)
     assert world["bundles"].counts["need_bundles"] == len(nb)
+    assert world["bundles"].counts["competitor_prices_ignored_not_positive"] == 1
 
 
 def test_product_bundles_are_priced_within_margin_and_discount_and_ids_are_stable(spark, world):
@@ -71,6 +82,7 @@ def test_product_bundles_are_priced_within_margin_and_discount_and_ids_are_stabl
     assert {"complementary", "alternative", "value"} <= set(pb.kind)
     p = cfg["pricing"]
     assert ((pb.bundle_price - pb.cost) >= p["min_margin"] * pb.bundle_price - 1e-6).all()
+    assert (pb.competitor_price > 0).all()
     assert (pb.discount_share <= p["max_discount"] + 1e-9).all() and (pb.discount_share >= 0).all()
     assert np.allclose(pb.expected_margin, pb.expected_acceptance * (pb.bundle_price - pb.cost), rtol=1e-6)
     # Cross-site bundles exist (the planted complements are cross-site).
