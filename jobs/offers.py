@@ -230,7 +230,7 @@ def build(spark, cfg: dict, dt: str, run_id: str, summary: OfferSummary) -> tupl
         alloc = allocate(cand.assign(items=cand.stock_keys), stock_map, float(cfg["offers"]["budget"]), alloc_cfg)
         chosen = cand[alloc.chosen].copy()
         summary.figures.update(expected_profit=alloc.objective, greedy_expected_profit=alloc.greedy_objective,
-                               cp_sat_bound=alloc.bound, allocation_seconds=alloc.seconds,
+                               upper_bound=alloc.bound, allocation_seconds=alloc.seconds,
                                binding_items=alloc.binding_items, model_candidates=alloc.model_candidates)
         summary.notes += f"; allocation {alloc.status}"
     else:
@@ -364,7 +364,8 @@ def render(s: OfferSummary) -> str:
     return (f"offers {s.run_id} for {s.dt}: {c['offers']:,} offers to {c.get('candidate_users', 0):,} candidate users "
             f"({c.get('control_users', 0):,} in control, no offer); {types}\n"
             f"  expected profit {f.get('expected_profit', 0):,.2f} (greedy baseline {f.get('greedy_expected_profit', 0):,.2f}, "
-            f"CP-SAT bound {f.get('cp_sat_bound', float('nan')):,.2f} on {f.get('model_candidates', 0):,.0f} candidates); incentive cost {f.get('incentive_cost', 0):,.2f} "
+            f"upper bound {f.get('upper_bound', float('nan')):,.2f} on {f.get('model_candidates', 0):,.0f} "
+            f"candidates); incentive cost {f.get('incentive_cost', 0):,.2f} "
             f"of budget {f.get('budget', 0):,.2f}; {f.get('seconds', 0):.0f} s\n  {s.notes}")
 
 

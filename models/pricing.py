@@ -116,6 +116,10 @@ def allocate(cand: pd.DataFrame, stock: dict, budget: float, cfg: dict) -> Alloc
     user; per item, offers containing it <= ``stock[item]`` (an offer promises its stock:
     never promise a unit twice); total ``spend`` <= ``budget``. Maximises total profit.
 
+    Up to ``cp_sat_max_candidates`` candidates in the model, CP-SAT solves it (proved
+    optimal on small instances); above, the LP relaxation with rounding (``_lp_round``),
+    which scales to every user of the medium world and still gives an upper bound.
+
     A greedy pass (best profit first, or best profit per unit of spend when the budget
     binds, while stock and budget last) is the baseline and the CP-SAT hint, so the
     solver's answer is never worse. Items whose candidate demand fits
@@ -154,6 +158,13 @@ def allocate(cand: pd.DataFrame, stock: dict, budget: float, cfg: dict) -> Alloc
         core = np.union1d(core, np.flatnonzero(greedy))
     in_core = np.zeros(n, bool)
     in_core[core] = True
+    if len(core) > int(cfg.get("cp_sat_max_candidates", 20_000)):
+        chosen, bound, status_name = _lp_round(core, profit, spend, users, items, rows_of, binding, binds, budget_c,
+                                               per_user, stock, order, float(cfg["time_limit_s"]))
+        if profit[chosen].sum() < profit[greedy].sum():
+            chosen = greedy
+        return Allocation(chosen, float(profit[chosen].sum() / 100), float(profit[greedy].sum() / 100), bound,
+                          status_name, len(binding), round(time.time() - t0, 2), len(core))
     model = cp_model.CpModel()
     x = {i: model.NewBoolVar("") for i in core}
     for idx in pd.Series(core).groupby(users[core]).groups.values():
@@ -183,6 +194,41 @@ def allocate(cand: pd.DataFrame, stock: dict, budget: float, cfg: dict) -> Alloc
         chosen, bound = greedy, float("nan")
     return Allocation(chosen, float(profit[chosen].sum() / 100), float(profit[greedy].sum() / 100), float(bound),
                       solver.StatusName(status), len(binding), round(time.time() - t0, 2), len(core))
+
+
+def _lp_round(core, profit, spend, users, items, rows_of, binding, binds, budget_c, per_user, stock, order,
+              time_limit_s: float):
+    """Large instances: the LP relaxation of the same model (OR-Tools GLOP) gives an upper
+    bound, and its solution, rounded by filling candidates in order of their LP value
+    (then the greedy order) while stock, budget and the per-user limit last, a feasible
+    allocation. A basic LP solution has at most as many fractional values as binding
+    constraints, so the rounding loses little. Returns (chosen, bound, status)."""
+    from ortools.linear_solver import pywraplp
+
+    solver = pywraplp.Solver.CreateSolver("GLOP")
+    solver.SetTimeLimit(int(time_limit_s * 1000))
+    x = {i: solver.NumVar(0.0, 1.0, "") for i in core}
+    for idx in pd.Series(core).groupby(users[core]).groups.values():
+        if len(idx) > per_user:
+            solver.Add(solver.Sum([x[core[j]] for j in idx]) <= per_user)
+    for item, idx in rows_of.items():
+        idx = [i for i in idx if i in x]
+        if len(idx) > binding[item]:
+            solver.Add(solver.Sum([x[i] for i in idx]) <= binding[item])
+    if binds and spend[core].sum() > budget_c:
+        solver.Add(solver.Sum([float(spend[i]) * x[i] for i in core if spend[i]]) <= budget_c)
+    solver.Maximize(solver.Sum([float(profit[i]) * x[i] for i in core if profit[i]]))
+    status = solver.Solve()
+    if status not in (pywraplp.Solver.OPTIMAL, pywraplp.Solver.FEASIBLE):
+        return _greedy(profit, spend, users, items, stock, budget_c, per_user, order), float("nan"), "LP failed: greedy"
+    value = np.zeros(len(profit))
+    value[core] = [x[i].solution_value() for i in core]
+    rank = np.empty(len(profit))
+    rank[order] = np.arange(len(profit))
+    lp_order = np.lexsort((rank, -np.round(value, 6)))
+    chosen = _greedy(profit, spend, users, items, stock, budget_c, per_user, lp_order[value[lp_order] > 1e-6])
+    status_name = "LP relaxation (GLOP) + rounding" + ("" if status == pywraplp.Solver.OPTIMAL else ", LP not optimal")
+    return chosen, solver.Objective().Value() / 100 if status == pywraplp.Solver.OPTIMAL else float("nan"), status_name
 
 
 def _greedy(profit, spend, users, items, stock, budget_c, per_user, order) -> np.ndarray:

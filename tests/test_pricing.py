@@ -115,6 +115,16 @@ def test_allocation_is_global_never_oversells_and_keeps_the_budget(conf):
     assert all(used[k] <= stock[k] for k in used.index)
     assert chosen.spend.sum() <= 150 + 1e-6
     assert r.objective >= r.greedy_objective - 1e-6
+    # The same instance through the LP-relaxation path (used above cp_sat_max_candidates):
+    # feasible, never below greedy, and within its own upper bound.
+    lp = allocate(big, stock, budget=150, cfg=dict(cfg["offers"], cp_sat_max_candidates=10))
+    assert lp.status.startswith("LP relaxation")
+    lchosen = big[lp.chosen]
+    assert lchosen.user_id.value_counts().max() <= 1 and lchosen.spend.sum() <= 150 + 1e-6
+    lused = lchosen["items"].explode().value_counts()
+    assert all(lused[k] <= stock[k] for k in lused.index)
+    assert lp.greedy_objective - 1e-6 <= lp.objective <= lp.bound + 1e-6
+    assert lp.objective >= 0.97 * r.bound   # the rounding loses little against CP-SAT's bound
 
 
 def test_assignment_is_deterministic_balanced_and_salted(conf):

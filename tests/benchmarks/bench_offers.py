@@ -55,7 +55,7 @@ def main() -> None:
     print(f"{c.get('need_bundles_read', 0):,} need bundles, {c.get('candidates', 0):,} candidates for "
           f"{c.get('candidate_users', 0):,} users -> {c.get('offers', 0):,} offers; allocation "
           f"{f.get('allocation_seconds', 0):.1f} s, expected profit {f.get('expected_profit', 0):,.2f} vs greedy "
-          f"{f.get('greedy_expected_profit', 0):,.2f} (CP-SAT bound {f.get('cp_sat_bound', float('nan')):,.2f})")
+          f"{f.get('greedy_expected_profit', 0):,.2f} (upper bound {f.get('upper_bound', float('nan')):,.2f})")
 
 
 if __name__ == "__main__":
