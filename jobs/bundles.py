@@ -40,7 +40,8 @@ from jobs.core.errors import BundlecastError
 
 
 @dataclass
-class BundleSummary:
+class StepSummary:
+    """What a bundle or offer step built and skipped (``offer_runs``)."""
     dt: str
     run_id: str
     counts: dict[str, int] = field(default_factory=dict)
@@ -226,11 +227,11 @@ def product_bundles(rel: pd.DataFrame, prices: pd.DataFrame, network_stock: pd.S
     return out.reset_index(drop=True)
 
 
-def run(spark, dt: str, run_id: str | None = None, cfg: dict | None = None, progress=print) -> BundleSummary:
+def run(spark, dt: str, run_id: str | None = None, cfg: dict | None = None, progress=print) -> StepSummary:
     from pyspark.sql import functions as F
 
     cfg = cfg or config()
-    summary = BundleSummary(dt, run_id or f"bundles-{dt}-{uuid.uuid4().hex[:8]}")
+    summary = StepSummary(dt, run_id or f"bundles-{dt}-{uuid.uuid4().hex[:8]}")
     t0 = time.time()
     c = summary.counts
     prices = item_prices(spark, cfg, c)
@@ -271,7 +272,7 @@ def record(spark, cfg: dict, dt: str, step: str, summary) -> None:
                  f"dt = DATE'{dt}' AND step = '{step}'", cfg)
 
 
-def render(s: BundleSummary) -> str:
+def render(s: StepSummary) -> str:
     c = s.counts
     skipped = {k: v for k, v in c.items() if ("skipped" in k or "without" in k or "ignored" in k or "negative" in k) and v}
     return (f"bundles {s.run_id} for {s.dt}: {c.get('need_bundles', 0):,} need bundles "

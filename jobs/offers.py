@@ -33,13 +33,13 @@ import argparse
 import json
 import time
 import uuid
-from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 
 import numpy as np
 import pandas as pd
 
-from jobs.bundles import available_stock, competitor_reference, item_prices, record, stable_id, user_warehouses
+from jobs.bundles import (StepSummary, available_stock, competitor_reference, item_prices, record, stable_id,
+                          user_warehouses)
 from jobs.core.config import config
 from jobs.core.delta import catalog_frame, read_table, replace_rows
 from jobs.core.errors import BundlecastError
@@ -48,15 +48,6 @@ from models import incentives as I
 from models.pricing import Acceptance, allocate, fit_acceptance
 
 PRICE_TYPES = {"percent_discount", "fixed_discount", "instant_rebate", "early_bird"}
-
-
-@dataclass
-class OfferSummary:
-    dt: str
-    run_id: str
-    counts: dict[str, int] = field(default_factory=dict)
-    figures: dict[str, float] = field(default_factory=dict)
-    notes: str = ""
 
 
 def _pd(df) -> pd.DataFrame:
@@ -102,7 +93,8 @@ def candidates(spark, cfg: dict, dt: str, counts: dict) -> pd.DataFrame:
     return cand
 
 
-def context(spark, cfg: dict, dt: str, cand: pd.DataFrame, counts: dict) -> pd.DataFrame:
+def context(spark, cfg: dict, dt: str, cand: pd.DataFrame, counts: dict, stock: pd.DataFrame,
+            prices: pd.DataFrame) -> pd.DataFrame:
     """Per candidate: user value, opt-in, consolidation with the next day's routes,
     inventory cost and stock-out risk of its items, carbon."""
     from pyspark.sql import functions as F
@@ -139,7 +131,6 @@ def context(spark, cfg: dict, dt: str, cand: pd.DataFrame, counts: dict) -> pd.D
     out["saving"] = out.user_id.map(cons.saving).fillna(0.0).to_numpy()
     out["co2_kg"] = out.user_id.map(cons.co2_saved_kg).fillna(0.0).to_numpy()
     # Inventory: per item at the user's warehouse, against the network forecast share.
-    stock = _pd(available_stock(spark, cfg))
     fc = read_table(spark, "demand_forecast", cfg).filter(F.col("dt") <= F.lit(dt).cast("date"))
     fc_last = fc.agg(F.max("dt")).first()[0]
     fc_units = (_pd(fc.filter(F.col("dt") == F.lit(fc_last)).groupBy(F.concat_ws("|", "site_id", "item_id").alias("key"))
@@ -150,7 +141,6 @@ def context(spark, cfg: dict, dt: str, cand: pd.DataFrame, counts: dict) -> pd.D
     ex = ex.merge(stock, on=["warehouse_id", "key"], how="left")
     ex["available"] = ex.available.fillna(0)
     ex["units"] = ex.key.map(fc_units).fillna(0.0) / n_wh
-    prices = item_prices(spark, cfg, {})
     ex["unit_cost"] = ex.key.map(prices.cost).fillna(0.0)
     ex["holding"], ex["risk"] = I.inventory_factor(ex.available, ex.units, ex.unit_cost, cfg["incentives"])
     g = ex.groupby("index")
@@ -176,7 +166,7 @@ def past_offers(spark, cfg: dict, dt: str) -> pd.DataFrame:
                          "base": base}).dropna()
 
 
-def build(spark, cfg: dict, dt: str, run_id: str, summary: OfferSummary) -> tuple[pd.DataFrame, pd.DataFrame]:
+def build(spark, cfg: dict, dt: str, run_id: str, summary: StepSummary) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Offers and exposures of run date ``dt`` (pandas)."""
     c = summary.counts
     cand = candidates(spark, cfg, dt, c)
@@ -193,9 +183,10 @@ def build(spark, cfg: dict, dt: str, run_id: str, summary: OfferSummary) -> tupl
     c["control_users"] = int(cand[in_control].user_id.nunique())
     cand = cand[~in_control].reset_index(drop=True)
     acc = fit_acceptance(past_offers(spark, cfg, dt), cfg["pricing"])
+    stock = _pd(available_stock(spark, cfg))
     summary.notes = f"price response: {acc.source} (beta {acc.beta:.2f})"
     if len(cand):
-        cand = context(spark, cfg, dt, cand, c)
+        cand = context(spark, cfg, dt, cand, c, stock, item_prices(spark, cfg, {}))
         inc_cfg = {**cfg["incentives"], **cfg["pricing"]}
         parts = []
         for v, g in cand.groupby("variant", sort=True):
@@ -223,11 +214,9 @@ def build(spark, cfg: dict, dt: str, run_id: str, summary: OfferSummary) -> tupl
                            for js, b in zip(I.factors_json(f), cand.acceptance)]
         cand = cand[cand.profit > 0].reset_index(drop=True)
     c["offer_candidates"] = len(cand)
-    stock = _pd(available_stock(spark, cfg))
     stock_map = dict(zip(stock.warehouse_id + "|" + stock.key, stock.available.astype(int)))
-    alloc_cfg = {**cfg["offers"]}
     if len(cand):
-        alloc = allocate(cand.assign(items=cand.stock_keys), stock_map, float(cfg["offers"]["budget"]), alloc_cfg)
+        alloc = allocate(cand.assign(items=cand.stock_keys), stock_map, float(cfg["offers"]["budget"]), cfg["offers"])
         chosen = cand[alloc.chosen].copy()
         summary.figures.update(expected_profit=alloc.objective, greedy_expected_profit=alloc.greedy_objective,
                                upper_bound=alloc.bound, allocation_seconds=alloc.seconds,
@@ -264,11 +253,11 @@ def build(spark, cfg: dict, dt: str, run_id: str, summary: OfferSummary) -> tupl
 
 
 def run(spark, dt: str, mode: str = "nightly", run_id: str | None = None, cfg: dict | None = None,
-        progress=print) -> OfferSummary:
+        progress=print) -> StepSummary:
     cfg = cfg or config()
     if mode not in ("nightly", "reprice"):
         raise BundlecastError(f"unknown offers mode {mode!r}: nightly or reprice")
-    summary = OfferSummary(dt, run_id or f"offers-{dt}-{uuid.uuid4().hex[:8]}")
+    summary = StepSummary(dt, run_id or f"offers-{dt}-{uuid.uuid4().hex[:8]}")
     t0 = time.time()
     if mode == "reprice":
         reprice(spark, cfg, dt, summary)
@@ -288,7 +277,7 @@ def _frame(spark, name: str, rows: pd.DataFrame):
     return catalog_frame(spark, name, rows) if len(rows) else spark.createDataFrame([], catalog.table(name).ddl())
 
 
-def reprice(spark, cfg: dict, dt: str, summary: OfferSummary) -> None:
+def reprice(spark, cfg: dict, dt: str, summary: StepSummary) -> None:
     """Withdraw or re-price the active offers of the latest nightly run on or before ``dt``."""
     from pyspark.sql import functions as F
 
@@ -355,7 +344,7 @@ def reprice(spark, cfg: dict, dt: str, summary: OfferSummary) -> None:
         replace_rows(spark, _frame(spark, "offers", offers), "offers", f"dt = DATE'{last}'", cfg)
 
 
-def render(s: OfferSummary) -> str:
+def render(s: StepSummary) -> str:
     c, f = s.counts, s.figures
     if "offers" not in c:
         return (f"offers reprice {s.run_id} for {s.dt}: {c.get('offers_checked', 0):,} checked, "
