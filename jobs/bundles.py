@@ -73,17 +73,26 @@ def usable_prices(items: pd.DataFrame, counts: dict) -> pd.DataFrame:
     return items[~no_price & ~negative].set_index("key")
 
 
-def available_stock(spark, cfg: dict):
+def available_stock(spark, cfg: dict, subtract_reservations: bool = True):
     """Latest snapshot per warehouse: available = on_hand - reserved (>= 0), per
-    (warehouse_id, key). Reservations made by proactive shipping are subtracted too."""
+    (warehouse_id, key), less the active proactive-shipping reservations
+    (``inventory_reservations``) unless ``subtract_reservations`` is False."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     inv = read_table(spark, "inventory", cfg)
     latest = Window.partitionBy("warehouse_id")
-    return (inv.withColumn("_last", F.max("snapshot_ts").over(latest)).filter(F.col("snapshot_ts") == F.col("_last"))
+    stock = (inv.withColumn("_last", F.max("snapshot_ts").over(latest)).filter(F.col("snapshot_ts") == F.col("_last"))
+             .groupBy("warehouse_id", F.concat_ws("|", "site_id", "item_id").alias("key"))
+             .agg(F.sum(F.greatest(F.col("on_hand") - F.col("reserved"), F.lit(0))).cast("long").alias("available")))
+    if not subtract_reservations:
+        return stock
+    held = (read_table(spark, "inventory_reservations", cfg).filter(F.col("status") == "active")
             .groupBy("warehouse_id", F.concat_ws("|", "site_id", "item_id").alias("key"))
-            .agg(F.sum(F.greatest(F.col("on_hand") - F.col("reserved"), F.lit(0))).cast("long").alias("available")))
+            .agg(F.sum("quantity").alias("_held")))
+    return (stock.join(held, ["warehouse_id", "key"], "left")
+            .select("warehouse_id", "key", F.greatest(F.col("available") - F.coalesce(F.col("_held"), F.lit(0)), F.lit(0))
+                    .cast("long").alias("available")))
 
 
 def user_warehouses(spark, cfg: dict):

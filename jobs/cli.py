@@ -8,6 +8,7 @@
     bundlecast tables [--json]
     bundlecast sql "SELECT * FROM bundlecast.orders LIMIT 5"
     bundlecast export TABLE --date D [--target URI] [--format parquet|jsonl]
+    bundlecast routing bench --instances DIR [--time-limit S]  (Solomon VRPTW, OR-Tools vs PyVRP)
     bundlecast contract                                   (print the contract as Markdown)
     bundlecast summary                                    (what `make run` prints at the end)
 
@@ -255,6 +256,17 @@ def cmd_experiments(args) -> None:
         print(experiments.report(args.date, args.experiment))
 
 
+def cmd_routing(args) -> None:
+    from jobs import routing_bench
+
+    out = Path(args.out) if args.out else Path(config()["home"]) / "bench" / "routing"
+    bks = Path(args.bks) if args.bks else Path(args.instances).resolve().parent / "solomon_100_bks.csv"
+    frame = routing_bench.run(Path(args.instances), args.time_limit, args.solvers.split(","), out, bks,
+                              args.only.split(",") if args.only else None)
+    print(routing_bench.render(routing_bench.summarise(frame, args.time_limit)))
+    print(f"per instance: {out / 'results.csv'}; routes: {out / 'routes'}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bundlecast", description="Anticipatory-commerce batch pipeline.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -347,6 +359,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--date", type=_date)
     p.add_argument("--experiment")
     p.set_defaults(func=cmd_experiments)
+    p = sub.add_parser("routing", help="route solver: benchmark on Solomon VRPTW instances vs PyVRP")
+    p.add_argument("action", choices=["bench"])
+    p.add_argument("--instances", required=True, help="a Solomon instance file, or a folder of them")
+    p.add_argument("--time-limit", type=float, default=10.0, help="seconds per instance and solver")
+    p.add_argument("--solvers", default="ortools,pyvrp")
+    p.add_argument("--only", help="comma-separated instance names")
+    p.add_argument("--bks", help="best-known solutions CSV (default: solomon_100_bks.csv next to the folder)")
+    p.add_argument("--out", help="results folder (default: $BUNDLECAST_HOME/bench/routing)")
+    p.set_defaults(func=cmd_routing)
     sub.add_parser("contract", help="print the input data contract (Markdown)").set_defaults(func=cmd_contract)
     sub.add_parser("summary", help="tables, exports and where to look").set_defaults(func=cmd_summary)
     return parser

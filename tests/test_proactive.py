@@ -1,0 +1,323 @@
+"""Proactive shipping: routing, packaging and the job's guarantees.
+
+The pure parts (VRPTW solver and checker, insertion, bin packing) run on small problems.
+The job runs on a `tiny` world of its own (own state directory and catalog database) whose
+need bundles are planted, so every guarantee is checked against known users: opted out,
+in cool-down, below threshold, scarce stock, feedback.
+"""
+import copy
+import threading
+from datetime import date, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from models import packaging, routing
+
+SOLOMON = Path(__file__).resolve().parents[2] / "shared" / "data" / "solomon_vrptw" / "instances"
+DT = "2026-11-20"
+DELIVERY = date(2026, 11, 21)
+
+
+# --------------------------------------------------------------------------- pure: routing
+
+def _square(n_planned=6, seed=0):
+    """A depot at the origin, two vehicles with planned stops on a ring, wide windows."""
+    rng = np.random.default_rng(seed)
+    angles = np.linspace(0, 2 * np.pi, n_planned, endpoint=False)
+    xy = np.vstack([[0, 0], np.column_stack([10 * np.cos(angles), 10 * np.sin(angles)]),
+                    [[10.5, 0.5], [60, 60]]])  # a stop next to a planned one, and a far one
+    n = len(xy)
+    d = routing.euclidean(xy)
+    ready = np.zeros(n)
+    due = np.full(n, 500.0)
+    due[1] = 40.0  # a tight planned window
+    p = routing.Problem(name="ring", dist=d, travel=d, load=np.ones((n, 1)), ready=ready, due=due,
+                        service=np.full(n, 2.0), capacity=np.full((2, 1), 20.0), xy=xy,
+                        required=np.array([True] * (n_planned + 1) + [False, False]),
+                        penalty=np.array([0.0] * (n_planned + 1) + [50.0, 50.0]),
+                        vehicle_of=np.array([-1] + [k % 2 for k in range(n_planned)] + [-1, -1]))
+    planned = [[k for k in range(1, n_planned + 1) if (k - 1) % 2 == v] for v in range(2)]
+    del rng
+    return p, planned
+
+
+def test_solver_and_independent_checker_on_a_solomon_instance():
+    if not SOLOMON.exists():
+        pytest.skip("shared data not present")
+    p = routing.load_solomon(SOLOMON / "C101.txt")
+    assert p.n == 101 and p.vehicles == 25 and p.capacity[0, 0] == 200
+    solved = routing.solve(p, "ortools", 2)
+    assert routing.check(p, solved.routes) == []
+    assert routing.distance(p, solved.routes) < 828.94 * 1.10  # best known 828.94
+    # The checker is independent of the solver: it finds planted violations.
+    bad = [list(r) for r in solved.routes]
+    first = next(r for r in bad if r)
+    assert any("visited twice" in v for v in routing.check(p, bad + [[first[0]]]))
+    assert any("not served" in v for v in routing.check(p, [r[1:] if r else r for r in bad]))
+    late = sorted(range(1, p.n), key=lambda i: -p.ready[i])[:3]
+    assert any("after its window" in v for v in routing.check(p, [late] + [[x for x in r if x not in late] for r in bad]))
+
+
+def test_solomon_loader_gives_one_line_errors(tmp_path):
+    f = tmp_path / "bad.txt"
+    f.write_text("not an instance\n")
+    with pytest.raises(routing.RoutingError, match="not a Solomon instance"):
+        routing.load_solomon(f)
+
+
+def test_insertion_keeps_planned_stops_and_drops_the_uneconomic_one():
+    p, planned = _square()
+    solved = routing.insert(p, planned, time_limit=5, solution_limit=100)
+    assert routing.check(p, solved.routes) == []
+    for v, route in enumerate(solved.routes):
+        assert [n for n in route if p.required[n]] == planned[v]  # same vehicle, same order
+    served = {n for r in solved.routes for n in r}
+    assert 7 in served          # next to a planned stop: cheap
+    assert 8 not in served      # 85 units away and back for a value of 50: dropped
+    # the marginal cost of each stop alone, on the planned routes
+    costs = routing.insertion_costs(p, planned, [7, 8])
+    assert costs[0] < 2 and costs[1] > 100
+
+
+# --------------------------------------------------------------------------- pure: packaging
+
+PACK_CFG = {"fill_share": 0.9, "heavy_kg": 3.0, "solve_seconds": 5, "boxes": [
+    {"name": "S", "volume_l": 6, "max_kg": 5, "weight_kg": 0.2, "insulated": False, "cost": 0.3},
+    {"name": "M", "volume_l": 15, "max_kg": 12, "weight_kg": 0.4, "insulated": False, "cost": 0.5},
+    {"name": "cool-S", "volume_l": 8, "max_kg": 6, "weight_kg": 0.5, "insulated": True, "cost": 1.5}]}
+
+
+def _item(key, v, w, perishable=False, fragile=False):
+    return {"key": key, "volume_l": v, "weight_kg": w, "perishable": perishable, "fragile": fragile}
+
+
+def test_packing_minimises_volume_and_respects_perishables_and_fragile_items():
+    two_small = packaging.pack([_item("a", 2, 1), _item("b", 2, 1)], PACK_CFG["boxes"], PACK_CFG)
+    assert [b["box"] for b in two_small.boxes] == ["S"] and two_small.volume_l == 6
+    cold = packaging.pack([_item("milk", 1, 1, perishable=True), _item("soap", 1, 0.5)], PACK_CFG["boxes"], PACK_CFG)
+    milk_box = next(b for b in cold.boxes if "milk" in b["items"])
+    assert milk_box["insulated"] and cold.insulated
+    split = packaging.pack([_item("glass", 1, 0.5, fragile=True), _item("iron", 1, 4)], PACK_CFG["boxes"], PACK_CFG)
+    assert len(split.boxes) == 2
+    assert isinstance(packaging.pack([_item("sofa", 500, 40)], PACK_CFG["boxes"], PACK_CFG), str)
+
+
+# --------------------------------------------------------------------------- the job
+
+@pytest.fixture(scope="module")
+def pworld(spark, tmp_path_factory):
+    """A tiny world: ingested dimensions, stock, routes and feedback; planted need bundles."""
+    from jobs import ingest
+    from jobs.core.config import load_config
+    from jobs.core.delta import read_table
+    from jobs.demo_world import generate
+
+    home = tmp_path_factory.mktemp("proactive")
+    cfg = load_config(state_home=home)
+    cfg["storage"]["database"] = "bundlecast_proactive"
+    spark.sql("CREATE DATABASE IF NOT EXISTS bundlecast_proactive")
+    generate(Path(cfg["storage"]["raw"]), home / "truth.json", "tiny", 5, DT, progress=lambda m: None)
+    ingest.run(spark, DT, ["sites", "warehouses", "items", "users", "inventory", "routes", "feedback"], cfg=cfg,
+               with_expectations=False, progress=lambda m: None)
+    users = read_table(spark, "users", cfg).toPandas().sort_values("user_id").reset_index(drop=True)
+    items = read_table(spark, "items", cfg).toPandas()
+    items = items[items.price > items.cost].copy()
+    items["key"] = items.site_id + "|" + items.item_id
+    light = items[(items.volume_l < 3) & (~items.perishable.astype(bool))].key.tolist()
+    opted_in = users[users.proactive_opt_in.astype(bool)].user_id.tolist()
+    opted_out = users[~users.proactive_opt_in.astype(bool)].user_id.tolist()
+    cool = opted_in[-1]
+    picks = dict(ship=opted_in[:12], out=opted_out[:2], cool=[cool], low=[opted_in[12]])
+    rows = []
+    for k, u in enumerate(picks["ship"] + picks["out"] + picks["cool"] + picks["low"]):
+        conf = 0.2 if u in picks["low"] else 0.95 - 0.01 * k
+        its = [light[(2 * k) % len(light)], light[(2 * k + 1) % len(light)]]
+        rows.append({"bundle_id": f"NB{k}", "user_id": u, "items": its, "main_items": its, "probabilities": [0.97, 0.97],
+                     "need_date": DELIVERY + timedelta(days=1), "confidence": conf, "list_price": 10.0, "cost": 5.0,
+                     "volume_l": 2.0, "weight_kg": 1.0, "warehouse_id": None, "stock_ok": True, "short_items": [],
+                     "dt": date.fromisoformat(DT), "run_id": "planted"})
+    from jobs.core.delta import catalog_frame, replace_rows
+    replace_rows(spark, catalog_frame(spark, "need_bundles", rows), "need_bundles", f"dt = DATE'{DT}'", cfg)
+    # the cool-down user cancelled a proactive shipment three days ago
+    fb = pd.DataFrame([{"feedback_id": "FCOOL", "feedback_ts": datetime(2026, 11, 17, 10), "user_id": cool,
+                        "kind": "shipment_cancel", "reference_id": "SH-old", "postpone_days": None,
+                        "dt": date.fromisoformat(DT), "_source_file": "planted"}])
+    _append(spark, cfg, "feedback", fb)
+    return dict(cfg=cfg, picks=picks, items=items)
+
+
+def _append(spark, cfg, name, frame):
+    from jobs.core import catalog
+    from jobs.core.delta import read_table
+    target = read_table(spark, name, cfg).schema
+    df = spark.createDataFrame(frame[[f.name for f in target.fields]], target)
+    df.write.format("delta").mode("append").save(catalog.table_path(name, cfg))
+
+
+def _t(spark, cfg, name):
+    from jobs.core.delta import read_table
+    return read_table(spark, name, cfg).toPandas()
+
+
+@pytest.fixture(scope="module")
+def nightly(spark, pworld):
+    from jobs import proactive
+    s = proactive.run(spark, DT, "nightly", "pro-1", pworld["cfg"], progress=lambda m: None)
+    return s
+
+
+def test_decision_honours_opt_out_cooldown_and_threshold(spark, pworld, nightly):
+    ships = _t(spark, pworld["cfg"], "proactive_shipments")
+    shipped = set(ships.user_id)
+    picks = pworld["picks"]
+    assert not shipped & set(picks["out"]), "shipped to a user who opted out"
+    assert not shipped & set(picks["cool"]), "shipped to a user in cool-down"
+    assert not shipped & set(picks["low"])
+    assert shipped <= set(picks["ship"]) and len(shipped) >= 6
+    c = nightly.counts
+    assert c["skipped_opted_out"] == 2 and c["skipped_cooldown"] >= 1 and c["skipped_below_threshold"] == 1
+    assert ships.shipment_id.is_unique and (pd.to_datetime(ships.delivery_date).dt.date == DELIVERY).all()
+    assert ships.packaging.str.contains('"box"').all() and (ships.volume_l > 0).all()
+
+
+def test_routes_keep_every_planned_stop_in_order_and_window(spark, pworld, nightly):
+    from jobs.core.delta import read_table
+    cfg = pworld["cfg"]
+    feed = read_table(spark, "routes", cfg).toPandas()
+    feed = feed[pd.to_datetime(feed.route_date).dt.date == DELIVERY]
+    stops = _t(spark, cfg, "route_stops")
+    stops = stops[pd.to_datetime(stops.route_date).dt.date == DELIVERY]
+    planned = stops[stops.stop_type == "planned"]
+    assert len(planned) == len(feed), "a planned stop was dropped"
+    for rid, g in planned.sort_values("sequence").groupby("route_id"):
+        assert g.planned_seq.tolist() == sorted(feed[feed.route_id == rid].stop_seq.tolist())  # same route, same order
+    assert (planned.planned_arrival <= planned.window_end).all()
+    proactive = stops[stops.stop_type == "proactive"]
+    ships = _t(spark, cfg, "proactive_shipments").set_index("shipment_id")
+    assert len(proactive) == nightly.counts["proactive_stops_routed"] > 0
+    assert (proactive.planned_arrival >= proactive.window_start).all() and (proactive.planned_arrival <= proactive.window_end).all()
+    assert set(proactive.shipment_id) == set(ships[ships.status == "notified"].index)
+    plans = _t(spark, cfg, "route_plans")
+    assert (plans.km_after >= plans.km_before - 1e-6).all() and plans.proactive_stops.sum() == len(proactive)
+    notes = _t(spark, cfg, "notifications")
+    assert set(notes[notes.kind == "heads_up"].shipment_id) == set(proactive.shipment_id)
+    assert notes.token.str.len().eq(32).all() and (notes.incentive_type == "early_bird").all()
+
+
+def test_reservations_match_shipments_and_rerun_changes_nothing(spark, pworld, nightly):
+    from jobs import proactive
+    cfg = pworld["cfg"]
+    names = ["proactive_shipments", "inventory_reservations", "route_stops", "route_plans", "notifications"]
+    key_cols = {"proactive_shipments": ["shipment_id", "status", "route_id", "planned_arrival"],
+                "inventory_reservations": ["reservation_id", "status", "quantity"],
+                "route_stops": ["route_id", "sequence", "stop_type", "shipment_id", "order_id", "planned_arrival"],
+                "route_plans": ["route_id", "km_after", "proactive_stops"], "notifications": ["notification_id"]}
+    before = {n: _t(spark, cfg, n)[key_cols[n]].sort_values(key_cols[n][:2]).reset_index(drop=True) for n in names}
+    res = before["inventory_reservations"]
+    active = _t(spark, cfg, "inventory_reservations").query("status == 'active'")
+    ships = _t(spark, cfg, "proactive_shipments")
+    live = ships[ships.status.isin(["planned", "notified"])]
+    assert sorted(active.shipment_id.unique()) == sorted(live.shipment_id)
+    assert len(active) == sum(len(x) for x in live["items"])
+    proactive.run(spark, DT, "nightly", "pro-1", cfg, progress=lambda m: None)
+    after = {n: _t(spark, cfg, n)[key_cols[n]].sort_values(key_cols[n][:2]).reset_index(drop=True) for n in names}
+    for n in names:
+        pd.testing.assert_frame_equal(before[n], after[n], obj=n)
+    assert len(res)
+
+
+def test_concurrent_reservations_never_oversell(spark, pworld, nightly):
+    """Two runs plan on the same ledger version (a barrier makes sure) for more units than
+    the warehouse has: one commit wins, the other conflicts, re-reads and re-plans."""
+    from jobs import proactive
+    from jobs.bundles import StepSummary
+    cfg = pworld["cfg"]
+    stock = proactive.stock_by_warehouse(spark, cfg)
+    held = _t(spark, cfg, "inventory_reservations").query("status == 'active'")
+    wid, key = stock.warehouse_id.iloc[0], stock.key.iloc[0]
+    already = int(((held.warehouse_id == wid) & (held.site_id + "|" + held.item_id == key)).sum())
+    available = int(stock[(stock.warehouse_id == wid) & (stock.key == key)].available.iloc[0]) - already
+    want = available // 2 + 2  # each run wants more than half: together more than there is
+    barrier = threading.Barrier(2)
+    summaries = [StepSummary(DT, f"race-{i}") for i in range(2)]
+    got, errors = [0, 0], []
+
+    def plan_for(i):
+        first = [True]
+
+        def plan(active):
+            mine = int(((active.warehouse_id == wid) & (active.site_id + "|" + active.item_id == key)).sum())
+            free = max(available + already - mine, 0)
+            n = min(want, free)
+            rows = pd.DataFrame([{"shipment_id": f"RACE{i}-{k}", "user_id": f"race{i}", "warehouse_id": wid,
+                                  "items": [key]} for k in range(n)])
+            if first[0]:
+                first[0] = False
+                barrier.wait(timeout=120)  # both have read the same version before either commits
+            return proactive.reservation_rows(rows, DT, f"race{i}", f"race-{i}") if n else None, n
+        return plan
+
+    def worker(i):
+        try:
+            got[i] = proactive.commit_reservations(spark, cfg, plan_for(i), summaries[i])
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
+    [t.start() for t in threads]
+    [t.join(600) for t in threads]
+    assert not errors, errors
+    active = _t(spark, cfg, "inventory_reservations").query("status == 'active'")
+    now_held = int(((active.warehouse_id == wid) & (active.site_id + "|" + active.item_id == key)).sum())
+    assert now_held <= available + already, "oversold"
+    assert sum(got) == min(2 * want, available) and now_held == already + sum(got)
+    assert sum(s.counts.get("reservation_conflicts_retried", 0) for s in summaries) >= 1
+
+
+def test_feedback_cancel_releases_and_unroutes_postpone_moves(spark, pworld, nightly):
+    from jobs import proactive
+    cfg = pworld["cfg"]
+    ships = _t(spark, cfg, "proactive_shipments")
+    routed = ships[ships.status == "notified"].sort_values("shipment_id")
+    cancel, postpone = routed.iloc[0], routed.iloc[1]
+    fb = pd.DataFrame([
+        {"feedback_id": "FX-C", "feedback_ts": datetime(2026, 11, 20, 20), "user_id": cancel.user_id,
+         "kind": "shipment_cancel", "reference_id": cancel.shipment_id, "postpone_days": None},
+        {"feedback_id": "FX-P", "feedback_ts": datetime(2026, 11, 20, 20, 5), "user_id": postpone.user_id,
+         "kind": "shipment_postpone", "reference_id": postpone.shipment_id, "postpone_days": 1}])
+    _append(spark, cfg, "feedback", fb.assign(dt=date.fromisoformat(DT), _source_file="planted"))
+    s = proactive.run(spark, DT, "hourly", "pro-h1", cfg, progress=lambda m: None)
+    assert s.counts["feedback_cancelled"] == 1 and s.counts["feedback_postponed"] == 1
+    after = _t(spark, cfg, "proactive_shipments").set_index("shipment_id")
+    assert after.loc[cancel.shipment_id, "status"] == "cancelled"
+    assert after.loc[postpone.shipment_id, "status"] == "postponed"
+    assert pd.Timestamp(after.loc[postpone.shipment_id, "delivery_date"]).date() == DELIVERY + timedelta(days=1)
+    res = _t(spark, cfg, "inventory_reservations")
+    assert (res[res.shipment_id == cancel.shipment_id].status == "released").all()
+    assert (res[res.shipment_id == postpone.shipment_id].status == "active").all()
+    stops = _t(spark, cfg, "route_stops")
+    today = stops[pd.to_datetime(stops.route_date).dt.date == DELIVERY]
+    assert cancel.shipment_id not in set(today.shipment_id) and postpone.shipment_id not in set(today.shipment_id)
+    moved = stops[pd.to_datetime(stops.route_date).dt.date == DELIVERY + timedelta(days=1)]
+    assert postpone.shipment_id in set(moved.shipment_id)
+    notes = _t(spark, cfg, "notifications")
+    assert {"cancelled", "postponed"} <= set(notes[notes.shipment_id.isin([cancel.shipment_id, postpone.shipment_id])].kind)
+
+
+def test_consolidation_potential_is_the_exact_insertion_cost(spark, pworld, nightly):
+    from jobs import proactive
+    from jobs.core.delta import read_table
+    cfg = pworld["cfg"]
+    stops = _t(spark, cfg, "route_stops")
+    stops = stops[(pd.to_datetime(stops.route_date).dt.date == DELIVERY) & (stops.stop_type == "planned")]
+    one = stops.iloc[0]
+    wh = read_table(spark, "warehouses", cfg).toPandas().set_index("warehouse_id")
+    day = pd.Timestamp(DELIVERY)
+    pts = pd.DataFrame({"lat": [one.lat + 0.001, float(wh.lat[one.depot_id]) + 1.5],
+                        "lon": [one.lon, float(wh.lon[one.depot_id])], "window_start": [day + pd.Timedelta(hours=7)] * 2,
+                        "window_end": [day + pd.Timedelta(hours=19)] * 2, "warehouse_id": [one.depot_id] * 2,
+                        "weight_kg": [1.0, 1.0], "volume_l": [2.0, 2.0]})
+    out = proactive.consolidation_potential(spark, cfg, str(DELIVERY), pts)
+    assert out.added_km.iloc[0] < 1.0 < out.added_km.iloc[1]
