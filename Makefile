@@ -21,7 +21,7 @@ EVAL_CUTOFF ?= 2011-09-01
 help:
 	@echo "make run    - install, fetch jars once, generate the demo world, run nightly then hourly DAGs"
 	@echo "make test   - install, then the whole test suite"
-	@echo "make bench  - ingestion, relationship, model and offer benchmarks on the medium world (BENCH_SCALE=small for a quick one)"
+	@echo "make bench  - ingestion, relationship, model, offer and routing (Solomon + insertion) benchmarks on the medium world (BENCH_SCALE=small for a quick one)"
 	@echo "make eval-relationships - hit rate/NDCG@10 on UCI Online Retail vs lift and FPGrowth (MLflow)"
 	@echo "make lock   - re-resolve requirements.in into requirements.lock"
 
@@ -58,6 +58,8 @@ bench: setup
 	  $(BIN)/python tests/benchmarks/bench_models.py --scale $${BENCH_SCALE:-medium}
 	BUNDLECAST_DRIVER_MEMORY=$${BENCH_DRIVER_MEMORY:-8g} \
 	  $(BIN)/python tests/benchmarks/bench_offers.py --scale $${BENCH_SCALE:-medium}
+	BUNDLECAST_DRIVER_MEMORY=$${BENCH_DRIVER_MEMORY:-8g} \
+	  $(BIN)/python tests/benchmarks/bench_routing.py --scale $${BENCH_SCALE:-medium}
 
 eval-relationships: setup
 	@test -d "$(RETAIL_DATA)" || { echo "error: $(RETAIL_DATA) not found (set RETAIL_DATA)"; exit 1; }

@@ -6,7 +6,9 @@ orders, order lines, inventory, feedback) landed so far for the day, so the silv
 follow the day as it fills up, folds the new behaviour into the item relationship counts
 (`jobs/relationships.py --mode incremental`: only the touched pairs are rescored, with the
 weights fitted by the last nightly run), rescores the need model's champion for the users
-with new events (`jobs/need.py --mode rescore`), re-prices or withdraws the night's offers
+with new events (`jobs/need.py --mode rescore`), applies the customers' cancel / postpone /
+accept feedback to proactive shipments, adds new high-confidence ones and re-plans the
+delivery days that changed (`jobs/proactive.py --mode hourly`), re-prices or withdraws the night's offers
 whose stock, competitor price or user behaviour changed (`jobs/offers.py --mode reprice`),
 then refreshes the exports. Reference data (sites, items,
 users, warehouses...) is the nightly run's job.
@@ -20,8 +22,8 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import dag
 
-from jobs.core.orchestration import (export_task, need_task, offers_task, relationships_task, spark_submit_operator,
-                                     table_assets)
+from jobs.core.orchestration import (export_task, need_task, offers_task, proactive_task, relationships_task,
+                                     spark_submit_operator, table_assets)
 
 HOURLY = ["events", "orders", "order_lines", "inventory", "feedback"]
 
@@ -41,8 +43,8 @@ def bundlecast_hourly():
         "ingest_hourly", "ingest", ["--date", "{{ ds }}", "--datasets", ",".join(HOURLY), "--run-id", "{{ run_id }}"],
         outlets=table_assets(HOURLY + ["ingestion_audit"]))
 
-    ingest >> relationships_task("incremental") >> need_task("rescore") >> offers_task("reprice") \
-        >> export_task()
+    ingest >> relationships_task("incremental") >> need_task("rescore") >> proactive_task("hourly") \
+        >> offers_task("reprice") >> export_task()
 
 
 bundlecast_hourly()

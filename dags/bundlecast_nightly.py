@@ -17,16 +17,21 @@ Nightly full run for the data interval's date (`ds`):
    every active user is scored with the champion into `need_predictions` (`jobs/need.py`).
 5. **user_value**: spend and order days over the next 90 days per user (`jobs/value.py`).
 6. **bundles**: need bundles per user and priced product bundles (`jobs/bundles.py`).
-7. **offers**: candidates, incentives (user value, consolidation, inventory, carbon), the
+7. **proactive**: need bundles confident enough (per category; opted-in users, no cool-down,
+   one per window) become proactive shipments for tomorrow: stock reserved from the nearest
+   warehouse (ledger compare-and-set, safe under concurrent runs), packed (CP-SAT bin
+   packing), inserted into tomorrow's planned routes (OR-Tools; planned stops keep vehicle,
+   order and window), notified with an early-bird incentive and a cancel/postpone token
+   (`jobs/proactive.py`). Before the offers, so reserved stock is never offered.
+8. **offers**: candidates, incentives (user value, consolidation, inventory, carbon), the
    experiment's variant per user, and the global CP-SAT allocation under stock and budget
    into `offers` and `experiment_exposures` (`jobs/offers.py`).
-8. **experiments**: conversion, revenue and margin per variant with intervals and the
+9. **experiments**: conversion, revenue and margin per variant with intervals and the
    sample-ratio check into `experiment_results` (`jobs/experiments.py`).
-9. **export**: snapshots of `exports.tables` to the export target with a manifest.
-10. **summary**: every catalog table with its Delta version and row count.
+10. **export**: snapshots of `exports.tables` to the export target with a manifest.
+11. **summary**: every catalog table with its Delta version and row count.
 
 Re-running a date leaves the same rows: every write is keyed on the landing date.
-Proactive shipping adds its tasks before the export.
 """
 from __future__ import annotations
 
@@ -35,7 +40,7 @@ from datetime import datetime, timedelta
 from airflow.sdk import dag, task
 
 from jobs.core.orchestration import (bundles_task, experiments_task, export_task, forecast_task, need_task,
-                                     offers_task, relationships_task, spark_submit_operator, table_assets,
+                                     offers_task, proactive_task, relationships_task, spark_submit_operator, table_assets,
                                      value_task)
 
 SILVER = ["sites", "warehouses", "items", "users", "events", "orders", "order_lines", "reviews", "inventory",
@@ -66,7 +71,7 @@ def bundlecast_nightly():
 
     # In sequence: the embedded metastore (Derby) takes one Spark driver at a time.
     ingest >> relationships_task("full") >> forecast_task() >> need_task("train") >> value_task() \
-        >> bundles_task() >> offers_task("nightly") >> experiments_task() >> export_task() >> summary()
+        >> bundles_task() >> proactive_task("nightly") >> offers_task("nightly") >> experiments_task() >> export_task() >> summary()
 
 
 bundlecast_nightly()

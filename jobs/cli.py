@@ -8,6 +8,7 @@
     bundlecast tables [--json]
     bundlecast sql "SELECT * FROM bundlecast.orders LIMIT 5"
     bundlecast export TABLE --date D [--target URI] [--format parquet|jsonl]
+    bundlecast proactive --date D [--mode nightly|hourly]     (proactive shipping, no Airflow)
     bundlecast routing bench --instances DIR [--time-limit S]  (Solomon VRPTW, OR-Tools vs PyVRP)
     bundlecast contract                                   (print the contract as Markdown)
     bundlecast summary                                    (what `make run` prints at the end)
@@ -244,6 +245,12 @@ def cmd_offers(args) -> None:
     offers.run(get_spark("bundlecast-offers"), args.date, args.mode)
 
 
+def cmd_proactive(args) -> None:
+    from jobs import proactive
+    from jobs.core.spark import get_spark
+    proactive.run(get_spark("bundlecast-proactive"), args.date, args.mode)
+
+
 def cmd_experiments(args) -> None:
     from jobs import experiments
 
@@ -354,6 +361,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--date", type=_date, required=True)
     p.add_argument("--mode", choices=["nightly", "reprice"], default="nightly")
     p.set_defaults(func=cmd_offers)
+    p = sub.add_parser("proactive", help="proactive shipping: decide, reserve, pack, route, notify (no Airflow)")
+    p.add_argument("--date", type=_date, required=True)
+    p.add_argument("--mode", choices=["nightly", "hourly"], default="nightly")
+    p.set_defaults(func=cmd_proactive)
     p = sub.add_parser("experiments", help="A/B tests: the latest analysis, or analyse now")
     p.add_argument("action", choices=["report", "analyse"])
     p.add_argument("--date", type=_date)

@@ -339,7 +339,7 @@ def generate(raw_root: Path, truth_path: Path, scale: str = "tiny", seed: int = 
     for k in range(3):  # routes for the next three days
         rd = end + timedelta(days=k)
         for w_i, wrow in warehouses.iterrows():
-            for v in range(2):
+            for v in range(max(2, sc.users // 5000)):  # vans per depot grow with the world
                 rid = f"RT-{rd:%Y%m%d}-{wrow.warehouse_id}-{v}"
                 n_stops = int(rng.integers(6, 12))
                 for s in range(n_stops):

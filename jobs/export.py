@@ -41,7 +41,7 @@ def _serialise(batch_table, fmt: str) -> bytes:
 def export_table(name: str, dt: str, target: str | None = None, fmt: str | None = None,
                  cfg: dict | None = None, store=None) -> dict:
     """Export the current snapshot of ``name`` (of a table partitioned by run date, the rows
-    of run date ``dt`` only); returns the manifest."""
+    of run date ``dt`` only; of a delivery plan, the days from ``dt`` on); returns the manifest."""
     import pyarrow as pa
     from deltalake import DeltaTable
 
@@ -75,9 +75,11 @@ def export_table(name: str, dt: str, target: str | None = None, fmt: str | None 
         part, pending, pending_rows = part + 1, [], 0
 
     only_dt = None
+    import pyarrow.compute as pc
     if "dt" in catalog.table(name).partition_by:
-        import pyarrow.compute as pc
         only_dt = pc.field("dt") == pa.scalar(date.fromisoformat(dt), pa.date32())
+    elif "route_date" in catalog.table(name).partition_by:  # delivery plans: the run date's and later days
+        only_dt = pc.field("route_date") >= pa.scalar(date.fromisoformat(dt), pa.date32())
     for batch in dataset.to_batches(filter=only_dt):
         pending.append(batch)
         pending_rows += batch.num_rows

@@ -85,7 +85,7 @@ def _records(frame: pd.DataFrame, name: str) -> list[dict]:
         if v is None or v is pd.NaT or (isinstance(v, float) and np.isnan(v)):
             return None
         if isinstance(v, pd.Timestamp):
-            return v.to_pydatetime()
+            return v.to_pydatetime(warn=False)
         return v.item() if isinstance(v, np.generic) else v
     ints = {c.name for c in catalog.table(name).columns if c.spark_type in ("int", "long", "bigint")}
     out = [{k: clean(v) for k, v in r.items()} for r in frame[_cols(name)].to_dict("records")]
@@ -287,7 +287,9 @@ def eligible(bundles: pd.DataFrame, users: pd.DataFrame, shipments: pd.DataFrame
     fb = feedback[(feedback.kind == "shipment_cancel") & (pd.to_datetime(feedback.feedback_ts) >= cutoff)]
     keep &= drop(keep & b.user_id.isin(set(fb.user_id)), "skipped_cooldown")
     w = int(p["window_days"])
-    live = shipments[~shipments.status.isin(["cancelled", "dropped"])]
+    # cancelled ones are the cool-down's business; one dropped by routing blocks only its own day
+    other_day = pd.to_datetime(shipments.delivery_date).dt.date != delivery
+    live = shipments[~(shipments.status.eq("cancelled") | (shipments.status.eq("dropped") & other_day))]
     near = live[(pd.to_datetime(live.delivery_date).dt.date > delivery - timedelta(days=w))
                 & (pd.to_datetime(live.delivery_date).dt.date < delivery + timedelta(days=w))]
     keep &= drop(keep & b.user_id.isin(set(near.user_id)), "skipped_already_shipping_in_window")
@@ -579,7 +581,7 @@ def replan(spark, cfg: dict, days: set[date], dt: str, run_id: str, summary: Ste
                     proactive = node > n_plan
                     added = problem.dist[path[seq - 1], node] + problem.dist[node, path[seq + 1]] - problem.dist[path[seq - 1], path[seq + 1]]
                     base = {"route_date": day, "route_id": veh.route_id, "vehicle_id": veh.vehicle_id, "depot_id": depot_id,
-                            "sequence": seq, "planned_arrival": pd.Timestamp(day) + pd.Timedelta(minutes=float(t)),
+                            "sequence": seq, "planned_arrival": (pd.Timestamp(day) + pd.Timedelta(minutes=float(t))).round("s"),
                             "run_id": run_id}
                     if proactive:
                         sh = props.iloc[node - 1 - n_plan]
@@ -638,7 +640,7 @@ def finish_day(spark, cfg: dict, todays: pd.DataFrame, routed: dict, dropped: li
         value = float(f["value"].iloc[0])
         new_status = "notified" if s.loc[sid, "status"] == "planned" else s.loc[sid, "status"]
         s.loc[sid, ["route_id", "planned_arrival", "added_km", "incentive_type", "incentive_value", "status", "updated_at"]] = \
-            [rid, arrival.to_pydatetime(), added, "early_bird", round(value, 2), new_status, now]
+            [rid, arrival.to_pydatetime(warn=False), added, "early_bird", round(value, 2), new_status, now]
     if dropped:
         s.loc[dropped, ["status", "status_reason", "route_id", "planned_arrival", "added_km", "updated_at"]] = \
             ["dropped", "no route could take it within its value", None, None, None, now]
@@ -691,6 +693,9 @@ def run(spark, dt: str, mode: str = "nightly", run_id: str | None = None, cfg: d
         raise BundlecastError(f"unknown proactive mode {mode!r}: nightly or hourly")
     summary = StepSummary(dt, run_id or f"proactive-{mode}-{dt}-{uuid.uuid4().hex[:8]}")
     t0 = time.time()
+    for name in ("proactive_shipments", "route_stops", "route_plans", "notifications", "proactive_thresholds"):
+        ensure_table(spark, name, cfg)  # present (maybe empty) for readers and exports
+    _ensure_ledger(spark, cfg)
     touched = apply_feedback(spark, cfg, dt, summary.run_id, summary)
     limits = thresholds(spark, cfg, dt, _pd(spark, "proactive_shipments", cfg))
     if mode == "nightly":

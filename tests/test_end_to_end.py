@@ -45,7 +45,8 @@ def test_both_dags_fill_the_tables(e2e_home):
         assert tables[name]["rows"] == rows, name
     assert tables["ingestion_audit"]["rows"] == len(truth["rows"])
     for gold in ("item_relationships", "relationship_weights", "demand_forecast", "forecast_metrics",
-                 "need_predictions", "need_bundles", "bundles", "offers", "experiment_exposures", "offer_runs"):
+                 "need_predictions", "need_bundles", "bundles", "offers", "experiment_exposures", "offer_runs",
+                 "route_stops", "route_plans", "proactive_thresholds", "inventory_reservations"):
         assert tables[gold]["rows"] > 0, gold
     assert (e2e_home / "airflow" / "airflow.db").exists()
     assert (e2e_home / "metastore" / "metastore_db").exists()
@@ -54,16 +55,20 @@ def test_both_dags_fill_the_tables(e2e_home):
 
 def test_exports_have_manifests(e2e_home):
     cfg = load_config("local", e2e_home, environ={})
+    may_be_empty = {"proactive_shipments", "notifications"}  # the tiny world's confidence may pass no threshold
     for name in cfg["exports"]["tables"]:
         manifest = json.loads((e2e_home / "exports" / name / f"dt={DATE}" / "_manifest.json").read_text())
-        assert manifest["row_count"] > 0 and manifest["files"]
+        assert name in may_be_empty or (manifest["row_count"] > 0 and manifest["files"]), name
 
 
-def test_rerunning_the_nightly_dag_leaves_the_same_rows(e2e_home):
+def test_rerunning_the_hourly_dag_leaves_the_same_rows(e2e_home):
+    """The hourly DAG is the one that re-runs for the same date all day long. (The nightly
+    jobs' own re-runs are tested in their modules; re-running the whole nightly DAG here
+    cost a quarter of the suite.)"""
     before = {k: v["rows"] for k, v in _tables(e2e_home).items()}
-    done = _bundlecast(e2e_home, "run", "nightly", "--date", DATE)
+    done = _bundlecast(e2e_home, "run", "hourly", "--date", DATE, "--summary")
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "bundlecast_nightly" in done.stdout and "ingestion_audit" in done.stdout  # the summary
+    assert "bundlecast_hourly" in done.stdout and "ingestion_audit" in done.stdout  # the summary
     after = {k: v["rows"] for k, v in _tables(e2e_home).items()}
     assert before == after
 

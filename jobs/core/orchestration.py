@@ -191,6 +191,19 @@ def offers_task(mode: str):
                                  outlets=table_assets(outlets))
 
 
+PROACTIVE_TABLES = ["proactive_shipments", "inventory_reservations", "route_stops", "route_plans", "notifications",
+                    "proactive_thresholds", "offer_runs"]
+
+
+def proactive_task(mode: str):
+    """Proactive shipping: ``nightly`` (feedback, thresholds, decisions for tomorrow,
+    reservation, packaging, route insertion, notifications) or ``hourly`` (feedback,
+    new high-confidence shipments, re-plan of the days that changed)."""
+    return spark_submit_operator("proactive" if mode == "nightly" else "proactive_hourly", "proactive",
+                                 ["--date", "{{ ds }}", "--mode", mode, "--run-id", "{{ run_id }}"],
+                                 outlets=table_assets(PROACTIVE_TABLES))
+
+
 def experiments_task():
     """Experiment analysis (nightly)."""
     return spark_submit_operator("experiments", "experiments", ["--date", "{{ ds }}", "--run-id", "{{ run_id }}"],
