@@ -241,7 +241,7 @@ def pick_warehouses(cands: pd.DataFrame, stock: pd.DataFrame, active: pd.DataFra
 
 # --------------------------------------------------------------------------- decision
 
-def thresholds(spark, cfg: dict, dt: str, shipments: pd.DataFrame) -> pd.DataFrame:
+def thresholds(cfg: dict, dt: str, shipments: pd.DataFrame) -> pd.DataFrame:
     """Per category: cancellation rate of notified shipments in the lookback and the threshold
     it leads to (``cancel_rule``)."""
     p, rule = cfg["proactive"], cfg["proactive"]["cancel_rule"]
@@ -552,12 +552,12 @@ def replan(spark, cfg: dict, days: set[date], dt: str, run_id: str, summary: Ste
             continue
         stops_all = feed.filter(F.col("dt") == F.lit(latest)).toPandas().sort_values(["route_id", "stop_seq"])
         stop_rows, plan_rows, routed, dropped = [], [], {}, []
+        located = todays.merge(read_users(spark, cfg, todays), on="user_id", how="left")
         for depot_id, stops in stops_all.groupby("depot_id", sort=True):
             vehicles = stops.groupby("route_id", sort=True).agg(
                 vehicle_id=("vehicle_id", "first"), capacity_kg=("capacity_kg", "first"),
                 shift_start=("shift_start", "first"), shift_end=("shift_end", "first")).reset_index()
-            props = todays[todays.warehouse_id == depot_id].merge(
-                read_users(spark, cfg, todays), on="user_id", how="left").sort_values("shipment_id").reset_index(drop=True)
+            props = located[located.warehouse_id == depot_id].sort_values("shipment_id").reset_index(drop=True)
             depot = (float(warehouses.lat.get(depot_id, stops.lat.mean())), float(warehouses.lon.get(depot_id, stops.lon.mean())))
             problem, planned, widened = day_problem(depot, stops.reset_index(drop=True), props, vehicles, day, cfg)
             c["planned_windows_widened"] = c.get("planned_windows_widened", 0) + widened
@@ -569,7 +569,7 @@ def replan(spark, cfg: dict, days: set[date], dt: str, run_id: str, summary: Ste
             if solved.status != "ok" or routing.check(problem, solved.routes):
                 status, solved = "as_planned", routing.Solved(planned, solved.seconds, "ortools")
                 c["route_days_kept_as_planned"] = c.get("route_days_kept_as_planned", 0) + 1
-            n_plan = int(problem.required.sum()) - 0
+            n_plan = len(stops)
             depot_dropped = [int(k) for k in range(1 + n_plan, problem.n) if k not in {x for r in solved.routes for x in r}]
             dropped += [props.shipment_id.iloc[k - 1 - n_plan] for k in depot_dropped]
             for v, route in enumerate(solved.routes):
@@ -697,7 +697,7 @@ def run(spark, dt: str, mode: str = "nightly", run_id: str | None = None, cfg: d
         ensure_table(spark, name, cfg)  # present (maybe empty) for readers and exports
     _ensure_ledger(spark, cfg)
     touched = apply_feedback(spark, cfg, dt, summary.run_id, summary)
-    limits = thresholds(spark, cfg, dt, _pd(spark, "proactive_shipments", cfg))
+    limits = thresholds(cfg, dt, _pd(spark, "proactive_shipments", cfg))
     if mode == "nightly":
         replace_rows(spark, _frame(spark, "proactive_thresholds", limits), "proactive_thresholds", f"dt = DATE'{dt}'", cfg)
     elif (latest := read_table(spark, "proactive_thresholds", cfg).filter(f"dt <= DATE'{dt}'")).count():

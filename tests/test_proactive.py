@@ -23,9 +23,8 @@ DELIVERY = date(2026, 11, 21)
 
 # --------------------------------------------------------------------------- pure: routing
 
-def _square(n_planned=6, seed=0):
+def _square(n_planned=6):
     """A depot at the origin, two vehicles with planned stops on a ring, wide windows."""
-    rng = np.random.default_rng(seed)
     angles = np.linspace(0, 2 * np.pi, n_planned, endpoint=False)
     xy = np.vstack([[0, 0], np.column_stack([10 * np.cos(angles), 10 * np.sin(angles)]),
                     [[10.5, 0.5], [60, 60]]])  # a stop next to a planned one, and a far one
@@ -40,7 +39,6 @@ def _square(n_planned=6, seed=0):
                         penalty=np.array([0.0] * (n_planned + 1) + [50.0, 50.0]),
                         vehicle_of=np.array([-1] + [k % 2 for k in range(n_planned)] + [-1, -1]))
     planned = [[k for k in range(1, n_planned + 1) if (k - 1) % 2 == v] for v in range(2)]
-    del rng
     return p, planned
 
 
@@ -80,6 +78,43 @@ def test_insertion_keeps_planned_stops_and_drops_the_uneconomic_one():
     # the marginal cost of each stop alone, on the planned routes
     costs = routing.insertion_costs(p, planned, [7, 8])
     assert costs[0] < 2 and costs[1] > 100
+
+
+def test_routing_bench_command_writes_checked_results_and_routes(tmp_path):
+    if not SOLOMON.exists():
+        pytest.skip("shared data not present")
+    import json
+
+    from jobs import routing_bench
+    frame = routing_bench.run(SOLOMON, 1.0, ["ortools", "pyvrp"], tmp_path, SOLOMON.parent / "solomon_100_bks.csv",
+                              only=["C101", "R201"], progress=lambda m: None)
+    assert len(frame) == 4 and frame.feasible.all() and (frame.gap_pct > -0.01).all()
+    routes = json.loads((tmp_path / "routes" / "ortools" / "C101.json").read_text())
+    served = sorted(c for r in routes["routes"] for c in r)
+    assert served == list(range(1, 101))  # the instance's customer numbers, each once
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["ortools"]["feasible"] == 2 and "mean_gap_pct" in summary["pyvrp"]
+
+
+def test_cancellations_raise_a_category_threshold():
+    from jobs.core.config import load_config
+    from jobs.proactive import thresholds
+    cfg = load_config(state_home=Path("/nonexistent"), environ={})
+    rule = cfg["proactive"]["cancel_rule"]
+    n = int(rule["min_shipments"])
+    cancelled = int(n * 0.5)
+    ships = pd.DataFrame({"shipment_id": [f"S{i}" for i in range(2 * n)],
+                          "category": ["home/garden"] * n + ["grocery/dairy"] * n,
+                          "status": ["cancelled"] * cancelled + ["delivered"] * (n - cancelled) + ["delivered"] * n,
+                          "dt": [date(2026, 11, 10)] * (2 * n)})
+    out = thresholds(cfg, DT, ships).set_index("category")
+    base = cfg["proactive"]["threshold"]
+    assert out.loc["home/garden", "threshold"] == pytest.approx(min(base + rule["raise_by"], rule["max_threshold"]))
+    assert out.loc["home/garden", "cancel_rate"] == pytest.approx(cancelled / n)
+    assert out.loc["grocery/dairy", "threshold"] == cfg["proactive"]["category_thresholds"]["grocery/dairy"]
+    # too few shipments: no change, however many were cancelled
+    few = thresholds(cfg, DT, ships.head(n - 1)).set_index("category")
+    assert few.loc["home/garden", "threshold"] == base
 
 
 # --------------------------------------------------------------------------- pure: packaging
