@@ -297,9 +297,12 @@ def eligible(bundles: pd.DataFrame, users: pd.DataFrame, shipments: pd.DataFrame
     keep &= drop(keep & (need > delivery + timedelta(days=int(p["max_days_before_need"]))), "skipped_need_too_far")
     keep &= drop(keep & b.lat.isna(), "skipped_user_without_location")
     out = b[keep].sort_values(["confidence", "user_id"], ascending=[False, True])
-    if len(out) > int(p["max_shipments"]):
-        counts["skipped_over_max_shipments"] = int(len(out) - int(p["max_shipments"]))
-        out = out.head(int(p["max_shipments"]))
+    # The cap is per delivery day, whatever ran before (nightly, hourly, a re-run): the
+    # day's shipments so far use it up, so re-running a run never adds more.
+    room = max(0, int(p["max_shipments"]) - int((pd.to_datetime(shipments.delivery_date).dt.date == delivery).sum()))
+    if len(out) > room:
+        counts["skipped_over_max_shipments"] = int(len(out) - room)
+        out = out.head(room)
     return out
 
 
@@ -565,6 +568,9 @@ def replan(spark, cfg: dict, days: set[date], dt: str, run_id: str, summary: Ste
             solved = routing.insert(problem, planned, float(p["solve_seconds"]), int(p["solution_limit"])) if len(props) \
                 else routing.Solved(planned, 0.0, "ortools")
             summary.figures["routing_seconds"] = round(summary.figures.get("routing_seconds", 0) + time.perf_counter() - t0, 2)
+            if len(props) and solved.seconds >= 0.95 * float(p["solve_seconds"]):
+                # the safety cap, not the solution limit, ended the search: a re-run may differ
+                c["route_solves_at_time_cap"] = c.get("route_solves_at_time_cap", 0) + 1
             status = "ok"
             if solved.status != "ok" or routing.check(problem, solved.routes):
                 status, solved = "as_planned", routing.Solved(planned, solved.seconds, "ortools")

@@ -117,6 +117,35 @@ def test_cancellations_raise_a_category_threshold():
     assert few.loc["home/garden", "threshold"] == base
 
 
+
+def test_shipment_cap_is_per_delivery_day_so_a_rerun_adds_nothing():
+    from jobs.core.config import load_config
+    from jobs.proactive import eligible
+    cfg = load_config(state_home=Path("/nonexistent"), environ={})
+    cfg["proactive"]["max_shipments"] = 3
+    n = 6
+    bundles = pd.DataFrame({"user_id": [f"U{i}" for i in range(n)], "items": [["s1|a"]] * n,
+                            "confidence": np.linspace(0.99, 0.94, n), "need_date": [DELIVERY] * n})
+    users = pd.DataFrame({"user_id": bundles.user_id, "proactive_opt_in": True, "delivery_window_start": 8,
+                          "delivery_window_end": 10, "lat": 51.5, "lon": -0.1})
+    none = pd.DataFrame({"user_id": pd.Series(dtype=str), "status": pd.Series(dtype=str),
+                         "delivery_date": pd.Series(dtype="datetime64[ns]")})
+    feedback = pd.DataFrame({"user_id": pd.Series(dtype=str), "kind": pd.Series(dtype=str),
+                             "feedback_ts": pd.Series(dtype="datetime64[ns]")})
+    limits = pd.DataFrame({"category": ["home"], "threshold": [0.5]})
+    categories = pd.Series({"s1|a": "home"})
+    counts = {}
+    first = eligible(bundles, users, none, feedback, categories, limits, cfg, DT, DELIVERY, counts)
+    assert list(first.user_id) == ["U0", "U1", "U2"] and counts["skipped_over_max_shipments"] == 3
+    # the same day again (a re-run, or the hourly run), after routing dropped one of them: nothing new
+    made = pd.DataFrame({"user_id": first.user_id, "status": ["planned", "planned", "dropped"],
+                         "delivery_date": pd.to_datetime([DELIVERY] * 3)})
+    assert eligible(bundles, users, made, feedback, categories, limits, cfg, DT, DELIVERY, {}).empty
+    # another day has its own cap
+    later = DELIVERY + timedelta(days=7)
+    again = eligible(bundles.assign(need_date=later), users, made, feedback, categories, limits, cfg, DT, later, {})
+    assert len(again) == 3
+
 # --------------------------------------------------------------------------- pure: packaging
 
 PACK_CFG = {"fill_share": 0.9, "heavy_kg": 3.0, "solve_seconds": 5, "boxes": [

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -49,6 +50,7 @@ def insertion(scale: str) -> None:
     from jobs import ingest, proactive
     from jobs.core import catalog
     from jobs.core.config import config
+    from jobs.core.orchestration import PROACTIVE_TABLES
     from jobs.core.delta import read_table
     from jobs.core.spark import get_spark
 
@@ -60,6 +62,11 @@ def insertion(scale: str) -> None:
     missing = [d for d in ("inventory", "routes", "feedback") if not Path(catalog.table_path(d, cfg), "_delta_log").is_dir()]
     if missing:
         ingest.run(spark, dt, missing, cfg=cfg, with_expectations=False, progress=print)
+    # Measure a first decision for the day: forget earlier benchmark runs' proactive state.
+    for name in PROACTIVE_TABLES:
+        if name != "offer_runs":
+            spark.sql(f"DROP TABLE IF EXISTS {catalog.qualified_name(name, cfg)}")
+            shutil.rmtree(catalog.table_path(name, cfg), ignore_errors=True)
     print(f"scale={scale} cores={os.cpu_count()} driver memory={cfg['spark']['driver_memory']}")
     with PeakMemory() as mem:
         t0 = time.time()
@@ -73,6 +80,16 @@ def insertion(scale: str) -> None:
           f"{c.get('proactive_stops_routed', 0):,} routed, {c.get('proactive_stops_dropped', 0):,} dropped; "
           f"{c.get('planned_windows_widened', 0):,} planned windows widened; "
           f"{c.get('reservation_conflicts_retried', 0)} reservation conflicts retried")
+    print(f"route solves ended by the {cfg['proactive']['solve_seconds']} s cap (not the solution limit): "
+          f"{c.get('route_solves_at_time_cap', 0)}")
+    key = ["route_date", "route_id", "sequence"]
+    stops = read_table(spark, "route_stops", cfg).drop("run_id").toPandas().sort_values(key).reset_index(drop=True)
+    t0 = time.time()
+    again = proactive.run(spark, dt, "nightly", f"bench-proactive-rerun-{int(t0)}", cfg)
+    restops = read_table(spark, "route_stops", cfg).drop("run_id").toPandas().sort_values(key).reset_index(drop=True)
+    print(f"BENCH proactive nightly re-run (same date, new run id){'':12s}{time.time() - t0:10.1f} s: "
+          f"{again.counts.get('shipments_planned', 0)} new shipments, route stops "
+          f"{'identical' if stops.equals(restops) else 'CHANGED'} ({len(restops):,})")
     plans = read_table(spark, "route_plans", cfg).toPandas()
     if len(plans):
         print(f"routes: {len(plans):,}, planned stops {int(plans.planned_stops.sum()):,}, km {plans.km_before.sum():,.1f} -> "
