@@ -442,6 +442,7 @@ def _log_plots(model, eval_pd, p_model, metrics, bought, s) -> None:
 def score(spark, dt: str, run_id: str, cfg: dict, users_since: datetime | None = None) -> NeedSummary:
     """Score with the champion: every active user (nightly) or those with events since
     ``users_since`` (hourly). Replaces those users' rows for the run date."""
+    import mlflow
     from pyspark.sql import functions as F
 
     from models import registry
@@ -450,10 +451,9 @@ def score(spark, dt: str, run_id: str, cfg: dict, users_since: datetime | None =
     H = int(s["horizon_days"])
     summary = NeedSummary(dt, "score", run_id)
     t0 = time.time()
-    champion = registry.champion(cfg, s["model_name"])
-    if champion is None:
+    mlflow.set_tracking_uri(cfg["mlflow"]["tracking_uri"])
+    if registry.champion_version(s["model_name"]) is None:
         raise BundlecastError(f"no champion for model {s['model_name']}: run `bundlecast need --mode train` first")
-    model, version, meta = champion
     cutoff = date.fromisoformat(dt)
     purchases, browsing = history(spark, cfg)
     purchases, browsing = purchases.persist(), browsing.persist()
@@ -463,6 +463,12 @@ def score(spark, dt: str, run_id: str, cfg: dict, users_since: datetime | None =
         touched = touched.unionByName(read_table(spark, "orders", cfg).filter(F.col("order_ts") > F.lit(users_since))
                                       .select("user_id"))
         users = users.join(touched.distinct(), "user_id", "left_semi").localCheckpoint()
+        if users.isEmpty():  # nothing arrived since the last run: no model to load, no candidates to build
+            purchases.unpersist(), browsing.unpersist()
+            summary.model_version = str(registry.champion_version(s["model_name"]).version)
+            summary.seconds = round(time.time() - t0, 1)
+            return summary
+    model, version, meta = registry.champion(cfg, s["model_name"])
     cands = candidates(spark, cfg, purchases, cutoff, users, with_table=_has_rows(spark, cfg, "item_relationships"))
     feats = features(spark, cfg, purchases, browsing, cands, cutoff, H).persist()
     n_rows = feats.count()

@@ -45,7 +45,7 @@ from jobs.core.delta import catalog_frame, read_table, replace_rows
 from jobs.core.errors import BundlecastError
 from models import experiments as X
 from models import incentives as I
-from models.pricing import Acceptance, allocate, fit_acceptance
+from models.pricing import allocate, fit_acceptance
 
 PRICE_TYPES = {"percent_discount", "fixed_discount", "instant_rebate", "early_bird"}
 

@@ -16,10 +16,12 @@ Each run, in order:
 3. **decision**: need bundles (nightly: the ``need_bundles`` table; hourly: rebuilt from the
    re-scored predictions) whose confidence passes their category's threshold, for opted-in
    users not in cool-down and without a proactive shipment in the window, delivered no
-   later than the need date; highest confidence first.
+   later than the need date; highest confidence first, at most ``max_shipments`` per
+   delivery day (whatever ran before counts, so a re-run adds nothing).
 4. **reservation**: from the nearest warehouse whose stock (on hand - reserved - active
-   reservations) covers every item, committed through the ledger's compare-and-set so
-   concurrent runs never oversell (``inventory_reservations``).
+   reservations) covers every item and whose routes that day still have room
+   (``max_stops_per_vehicle`` per van, ``route_room``), committed through the ledger's
+   compare-and-set so concurrent runs never oversell (``inventory_reservations``).
 5. **packaging**: boxes by bin packing (``models.packaging``).
 6. **routes**: every active shipment of the delivery day inserted into that day's planned
    routes (``models.routing.insert``); planned stops keep vehicle, order and window;
@@ -210,33 +212,67 @@ def stock_by_warehouse(spark, cfg: dict) -> pd.DataFrame:
 
 
 def pick_warehouses(cands: pd.DataFrame, stock: pd.DataFrame, active: pd.DataFrame, warehouses: pd.DataFrame,
-                    counts: dict) -> pd.DataFrame:
+                    counts: dict, room: dict[str, int] | None = None) -> pd.DataFrame:
     """Greedy in the candidates' order (highest confidence first): the nearest warehouse
-    whose remaining stock covers every item, decremented as it goes."""
+    whose remaining stock covers every item, decremented as it goes. With ``room`` (the
+    proactive stops each depot's routes can still take, see ``route_room``), a shipment
+    whose warehouse has none left is not reserved at all: the router would only drop it."""
     left = stock.set_index(["warehouse_id", "key"]).available.astype(int).to_dict()
     for r in active.itertuples():
         k = (r.warehouse_id, f"{r.site_id}|{r.item_id}")
         left[k] = left.get(k, 0) - int(r.quantity)
+    room = None if room is None else dict(room)
     chosen, dist = [], []
     for r in cands.itertuples():
         km = I.haversine_km(r.lat, r.lon, warehouses.lat.to_numpy(), warehouses.lon.to_numpy())
-        pick = None
+        pick, reason = None, "skipped_no_stock"
         for w in np.argsort(km, kind="stable"):
             wid = warehouses.warehouse_id.iloc[w]
             if all(left.get((wid, key), 0) >= 1 for key in r.items):
                 pick = (wid, float(km[w]))
                 break
+        if pick is not None and room is not None and room.get(pick[0], 0) <= 0:
+            reason = "skipped_routes_full" if pick[0] in room else "skipped_no_routes_that_day"
+            pick = None
         if pick is None:
-            counts["skipped_no_stock"] = counts.get("skipped_no_stock", 0) + 1
+            counts[reason] = counts.get(reason, 0) + 1
             chosen.append(None)
             dist.append(np.nan)
             continue
         for key in r.items:
             left[(pick[0], key)] -= 1
+        if room is not None:
+            room[pick[0]] -= 1
         chosen.append(pick[0])
         dist.append(pick[1])
     out = cands.assign(warehouse_id=chosen, distance_km=dist)
     return out[out.warehouse_id.notna()]
+
+
+def route_room(day_stops: pd.DataFrame | None, shipments: pd.DataFrame, delivery: date, per_vehicle: int) -> dict[str, int]:
+    """Proactive stops each depot's planned routes can still take on ``delivery``: a planning
+    estimate (``per_vehicle`` per van) less the day's shipments from that depot that were not
+    cancelled (one the router dropped keeps its place, so a re-run does not fill it again).
+    The router decides exactly; this only keeps the decision from reserving stock for far
+    more shipments than the vans can carry. A depot without routes that day has no entry."""
+    if day_stops is None or not len(day_stops):
+        return {}
+    vans = day_stops.groupby("depot_id").route_id.nunique()
+    day = shipments[(pd.to_datetime(shipments.delivery_date).dt.date == delivery) & (shipments.status != "cancelled")]
+    taken = day.groupby("warehouse_id").size()
+    return {depot: int(n) * int(per_vehicle) - int(taken.get(depot, 0)) for depot, n in vans.items()}
+
+
+def day_routes(spark, cfg: dict, day: date, routes=None) -> pd.DataFrame | None:
+    """The planned stops of ``day`` from the latest routes feed that has that day, or None."""
+    from pyspark.sql import functions as F
+
+    feed = (routes if routes is not None else read_table(spark, "routes", cfg)) \
+        .filter(F.col("route_date") == F.lit(str(day)).cast("date"))
+    latest = feed.agg(F.max("dt")).first()[0]
+    if latest is None:
+        return None
+    return feed.filter(F.col("dt") == F.lit(latest)).toPandas().sort_values(["route_id", "stop_seq"])
 
 
 # --------------------------------------------------------------------------- decision
@@ -376,9 +412,11 @@ def decide(spark, cfg: dict, dt: str, origin: str, run_id: str, limits: pd.DataF
     warehouses = read_table(spark, "warehouses", cfg).select("warehouse_id", "lat", "lon").toPandas() \
         .sort_values("warehouse_id").reset_index(drop=True)
 
+    room = route_room(day_routes(spark, cfg, delivery), shipments, delivery, int(p["max_stops_per_vehicle"]))
+
     def plan(active):
         counts = {}
-        picks = pick_warehouses(cands, stock, active, warehouses, counts)
+        picks = pick_warehouses(cands, stock, active, warehouses, counts, room)
         return reservation_rows(picks, dt, origin, run_id), (picks, counts)
     picks, skipped = commit_reservations(spark, cfg, plan, summary)
     for k, v in skipped.items():
@@ -431,7 +469,7 @@ def apply_feedback(spark, cfg: dict, dt: str, run_id: str, summary: StepSummary)
     if not len(shipments):
         return set()
     s = shipments.set_index("shipment_id")
-    touched_days, cancelled, notes = set(), [], []
+    touched_days, cancelled = set(), []
     now = _now()
     for r in fb.itertuples():
         row = s.loc[r.reference_id]
@@ -540,20 +578,16 @@ def day_problem(depot: tuple[float, float], stops: pd.DataFrame, props: pd.DataF
 def replan(spark, cfg: dict, days: set[date], dt: str, run_id: str, summary: StepSummary) -> None:
     """Re-plan each delivery day: planned routes of the latest routes feed for that day plus
     every active shipment of the day, per depot."""
-    from pyspark.sql import functions as F
-
     c, p = summary.counts, cfg["proactive"]
     routes_all = read_table(spark, "routes", cfg)
     shipments = _pd(spark, "proactive_shipments", cfg)
     warehouses = read_table(spark, "warehouses", cfg).select("warehouse_id", "lat", "lon").toPandas().set_index("warehouse_id")
     for day in sorted(days):
-        feed = routes_all.filter(F.col("route_date") == F.lit(str(day)).cast("date"))
-        latest = feed.agg(F.max("dt")).first()[0]
+        stops_all = day_routes(spark, cfg, day, routes_all)
         todays = shipments[(pd.to_datetime(shipments.delivery_date).dt.date == day) & shipments.status.isin(ACTIVE)].copy()
-        if latest is None:
+        if stops_all is None:
             c["days_without_routes"] = c.get("days_without_routes", 0) + 1
             continue
-        stops_all = feed.filter(F.col("dt") == F.lit(latest)).toPandas().sort_values(["route_id", "stop_seq"])
         stop_rows, plan_rows, routed, dropped = [], [], {}, []
         located = todays.merge(read_users(spark, cfg, todays), on="user_id", how="left")
         for depot_id, stops in stops_all.groupby("depot_id", sort=True):

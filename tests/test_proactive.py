@@ -5,7 +5,6 @@ The job runs on a `tiny` world of its own (own state directory and catalog datab
 need bundles are planted, so every guarantee is checked against known users: opted out,
 in cool-down, below threshold, scarce stock, feedback.
 """
-import copy
 import threading
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -145,6 +144,30 @@ def test_shipment_cap_is_per_delivery_day_so_a_rerun_adds_nothing():
     later = DELIVERY + timedelta(days=7)
     again = eligible(bundles.assign(need_date=later), users, made, feedback, categories, limits, cfg, DT, later, {})
     assert len(again) == 3
+
+
+def test_decision_reserves_only_what_the_days_routes_can_take():
+    from jobs.proactive import pick_warehouses, route_room
+    stops = pd.DataFrame({"depot_id": ["A", "A", "A", "B"], "route_id": ["A-0", "A-0", "A-1", "B-0"]})
+    ships = pd.DataFrame({"warehouse_id": ["A", "A", "A", "B"], "status": ["notified", "dropped", "cancelled", "planned"],
+                          "delivery_date": pd.to_datetime([DELIVERY] * 3 + [DELIVERY - timedelta(days=1)])})
+    room = route_room(stops, ships, DELIVERY, 3)
+    # one dropped by the router keeps its place (a re-run must not refill it); a cancelled
+    # one and another day's take none
+    assert room == {"A": 2 * 3 - 2, "B": 3}
+    room = {"A": 3, "B": 2}
+    assert route_room(None, ships, DELIVERY, 2) == {}
+    # five users next to A, one next to C (a depot without routes that day); stock everywhere
+    warehouses = pd.DataFrame({"warehouse_id": ["A", "B", "C"], "lat": [51.5, 53.5, 55.0], "lon": [-0.1, -2.2, -3.0]})
+    stock = pd.DataFrame([{"warehouse_id": w, "key": "s1|a", "available": 100} for w in "ABC"])
+    cands = pd.DataFrame({"user_id": [f"U{i}" for i in range(6)], "items": [["s1|a"]] * 6,
+                          "lat": [51.5] * 5 + [55.0], "lon": [-0.1] * 5 + [-3.0]})
+    active = pd.DataFrame(columns=["warehouse_id", "site_id", "item_id", "quantity"])
+    counts = {}
+    picks = pick_warehouses(cands, stock, active, warehouses, counts, room)
+    assert list(picks.user_id) == ["U0", "U1", "U2"] and set(picks.warehouse_id) == {"A"}
+    assert counts == {"skipped_routes_full": 2, "skipped_no_routes_that_day": 1}
+    assert len(pick_warehouses(cands, stock, active, warehouses, {})) == 6  # no room given: stock decides
 
 # --------------------------------------------------------------------------- pure: packaging
 

@@ -43,7 +43,7 @@ def main() -> None:
     print(f"scale={args.scale} cores={os.cpu_count()} driver memory={cfg['spark']['driver_memory']}")
     with PeakMemory() as b_mem:
         t0 = time.time()
-        b = bundles.run(spark, dt, "bench-bundles", cfg)
+        bundles.run(spark, dt, "bench-bundles", cfg)
         b_s = time.time() - t0
     print(f"BENCH bundle generation{'':37s}{b_s:10.1f} s{b_mem.peak / 2**20:12,.0f} MiB peak RSS", flush=True)
     with PeakMemory() as o_mem:
