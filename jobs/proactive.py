@@ -6,10 +6,13 @@ delivery route that already passes nearby.
 
 Each run, in order:
 
-1. **feedback** (``feedback`` kinds shipment_cancel / shipment_postpone / shipment_accept,
-   ``reference_id`` = shipment id): cancel releases the reservation and takes the stop off
-   the next plan; postpone moves the delivery day; accept confirms. Past delivery days are
-   closed (routed: delivered, reservation fulfilled; not routed: dropped, released).
+1. **feedback** (``feedback``, ``reference_id`` = shipment id). The customer's
+   shipment_cancel releases the reservation and takes the stop off the next plan,
+   shipment_postpone moves the delivery day, shipment_accept confirms; after the delivery
+   day they are too late (counted). Dispatch's proof of delivery: shipment_delivered fulfils
+   the reservation, shipment_failed releases it. Past delivery days are closed: a routed
+   shipment without proof after ``proof_grace_days`` counts as delivered; one never routed
+   is dropped and its stock released.
 2. **thresholds**: per category, the share of notified shipments cancelled over the
    lookback; above the rule's limit the category's confidence threshold is raised
    (``proactive_thresholds``).
@@ -58,7 +61,10 @@ from models import packaging, routing
 
 LEDGER = "__ledger__"
 ACTIVE = ("planned", "notified", "confirmed", "postponed")
-NOTIFIED = ("notified", "confirmed", "cancelled", "postponed", "delivered")
+FINAL = ("cancelled", "delivered", "failed", "dropped")
+NOTIFIED = ("notified", "confirmed", "cancelled", "postponed", "delivered", "failed")
+CUSTOMER_KINDS = ("shipment_cancel", "shipment_postpone", "shipment_accept")
+PROOF_KINDS = ("shipment_delivered", "shipment_failed")  # dispatch's proof of delivery
 
 
 def _now() -> datetime:
@@ -140,7 +146,9 @@ def commit_reservations(spark, cfg: dict, plan, summary: StepSummary):
     for attempt in range(retries + 1):
         table = DeltaTable.forPath(spark, path)
         version = table.history(1).select("version").first()[0]
-        snap = spark.read.format("delta").option("versionAsOf", version).load(path).toPandas()
+        # only the rows a plan can use: released and fulfilled history never comes back
+        snap = (spark.read.format("delta").option("versionAsOf", version).load(path)
+                .where(F.col("status").isin("active", "ledger")).toPandas())
         ledger = snap[snap.reservation_id == LEDGER]
         if len(ledger) != 1:
             raise BundlecastError(f"inventory_reservations has {len(ledger)} ledger rows (expected 1)")
@@ -451,38 +459,63 @@ def write_shipments(spark, cfg: dict, rows: pd.DataFrame) -> None:
 
 # --------------------------------------------------------------------------- feedback
 
+def unapplied(fb: pd.DataFrame, shipments: pd.DataFrame) -> pd.Series:
+    """Which feedback rows come after the last one applied to their shipment (by time, then
+    id). A shipment whose last applied feedback is not among ``fb`` (state from a later run
+    date) takes none."""
+    seen = fb.set_index("feedback_id").feedback_ts
+    last = {sid: ((seen[f], f) if f in seen.index else (pd.Timestamp.max, ""))
+            for sid, f in shipments[["shipment_id", "feedback_id"]].dropna().itertuples(index=False)}
+    floor = (pd.Timestamp.min, "")
+    return pd.Series([(pd.Timestamp(r.feedback_ts), r.feedback_id) > last.get(r.reference_id, floor)
+                      for r in fb.itertuples()], index=fb.index, dtype=bool)
+
+
 def apply_feedback(spark, cfg: dict, dt: str, run_id: str, summary: StepSummary) -> set[date]:
-    """Cancel / postpone / accept from ``feedback`` up to the end of ``dt``, and close past
-    delivery days. Returns the delivery days whose plan changed."""
+    """Customers' cancel / postpone / accept and dispatch's proof of delivery (delivered /
+    failed) from ``feedback`` up to the end of ``dt``, then close past delivery days.
+    Returns the delivery days whose plan changed.
+
+    Each shipment remembers the last feedback applied to it; only later feedback (by time,
+    then id) is applied, so a re-run applies nothing twice, whatever the order of kinds."""
     from pyspark.sql import functions as F
 
-    c = summary.counts
+    c, p = summary.counts, cfg["proactive"]
     shipments = _pd(spark, "proactive_shipments", cfg)
     fb = read_table(spark, "feedback", cfg).filter(
-        F.col("kind").isin("shipment_cancel", "shipment_postpone", "shipment_accept")
+        F.col("kind").isin(*CUSTOMER_KINDS, *PROOF_KINDS)
         & (F.col("feedback_ts") < F.lit(str(_day(dt) + timedelta(days=1))).cast("timestamp"))).toPandas()
     known = fb.reference_id.isin(set(shipments.shipment_id))
     c["feedback_unknown_shipment"] = int((~known).sum())
     fb = fb[known].sort_values(["feedback_ts", "feedback_id"])
-    applied = set(shipments.feedback_id.dropna())
-    fb = fb[~fb.feedback_id.isin(applied)]
     if not len(shipments):
         return set()
+    fb = fb[unapplied(fb, shipments)]
     s = shipments.set_index("shipment_id")
-    touched_days, cancelled = set(), []
+    touched_days, cancelled, failed, proven = set(), [], [], []
     now = _now()
     for r in fb.itertuples():
         row = s.loc[r.reference_id]
-        if row.status in ("cancelled", "delivered", "dropped"):
+        if row.status in FINAL:
             c["feedback_after_final_status"] = c.get("feedback_after_final_status", 0) + 1
             continue
         day = _day(row.delivery_date)
-        touched_days.add(day)
-        if r.kind == "shipment_cancel":
+        if r.kind in PROOF_KINDS:  # the van was there: the plan of the day is history
+            ok = r.kind == "shipment_delivered"
+            s.loc[r.reference_id, ["status", "status_reason"]] = \
+                ["delivered", "proof of delivery"] if ok else ["failed", "delivery failed (dispatch)"]
+            (proven if ok else failed).append(r.reference_id)
+            c["proof_delivered" if ok else "proof_failed"] = c.get("proof_delivered" if ok else "proof_failed", 0) + 1
+        elif pd.Timestamp(r.feedback_ts).date() > day:
+            c["feedback_after_delivery_day"] = c.get("feedback_after_delivery_day", 0) + 1
+            continue
+        elif r.kind == "shipment_cancel":
+            touched_days.add(day)
             s.loc[r.reference_id, ["status", "status_reason"]] = ["cancelled", "user cancelled"]
             cancelled.append(r.reference_id)
             c["feedback_cancelled"] = c.get("feedback_cancelled", 0) + 1
         elif r.kind == "shipment_postpone":
+            touched_days.add(day)
             days = int(r.postpone_days) if pd.notna(r.postpone_days) and int(r.postpone_days) > 0 else 1
             new_day = day + timedelta(days=days)
             ws, we = pd.Timestamp(row.window_start) + pd.Timedelta(days=days), pd.Timestamp(row.window_end) + pd.Timedelta(days=days)
@@ -492,22 +525,30 @@ def apply_feedback(spark, cfg: dict, dt: str, run_id: str, summary: StepSummary)
             touched_days.add(new_day)
             c["feedback_postponed"] = c.get("feedback_postponed", 0) + 1
         else:
+            touched_days.add(day)
             s.loc[r.reference_id, ["status", "status_reason"]] = ["confirmed", "user accepted"]
             c["feedback_confirmed"] = c.get("feedback_confirmed", 0) + 1
         s.loc[r.reference_id, ["feedback_id", "updated_at"]] = [r.feedback_id, now]
-    # close past delivery days
-    past = (pd.to_datetime(s.delivery_date).dt.date < _day(dt)) & s.status.isin(ACTIVE)
-    delivered = past & s.route_id.notna() & s.status.isin(["notified", "confirmed"])
-    expired = past & ~delivered
-    s.loc[delivered, ["status", "status_reason", "updated_at"]] = ["delivered", "route ran (no proof-of-delivery feed)", now]
+    # close past delivery days: a routed shipment waits ``proof_grace_days`` for dispatch's
+    # proof (its stock stays reserved), then counts as delivered; one never routed is dropped
+    day_of = pd.to_datetime(s.delivery_date).dt.date
+    grace = int(p["proof_grace_days"])
+    past = (day_of < _day(dt)) & s.status.isin(ACTIVE)
+    routed = past & s.route_id.notna() & s.status.isin(["notified", "confirmed"])
+    assumed = routed & (day_of < _day(dt) - timedelta(days=grace))
+    expired = past & ~routed
+    s.loc[assumed, ["status", "status_reason", "updated_at"]] = \
+        ["delivered", f"no proof of delivery within {grace} day(s): taken as delivered", now]
     s.loc[expired, ["status", "status_reason", "updated_at"]] = ["dropped", "delivery day passed without a route", now]
-    c["shipments_delivered"] = int(delivered.sum())
+    c["shipments_delivered_assumed"] = int(assumed.sum())
+    c["shipments_awaiting_proof"] = int((routed & ~assumed).sum())
     c["shipments_expired"] = int(expired.sum())
-    changed = s.index.isin(set(fb.reference_id)) | delivered.to_numpy() | expired.to_numpy()
+    changed = s.index.isin(set(fb.reference_id)) | assumed.to_numpy() | expired.to_numpy()
     write_shipments(spark, cfg, s[changed].reset_index()[_cols("proactive_shipments")])
     release(spark, cfg, cancelled, "cancelled", summary)
+    release(spark, cfg, failed, "delivery_failed", summary)
     release(spark, cfg, s.index[expired], "expired", summary)
-    release(spark, cfg, s.index[delivered], "delivered", summary)
+    release(spark, cfg, proven + list(s.index[assumed]), "delivered", summary)
     if cancelled:
         notify(spark, cfg, s.loc[cancelled].reset_index(), "cancelled", dt, run_id)
     postponed = [r.reference_id for r in fb.itertuples() if r.kind == "shipment_postpone"

@@ -408,3 +408,54 @@ def test_consolidation_potential_is_the_exact_insertion_cost(spark, pworld, nigh
                         "weight_kg": [1.0, 1.0], "volume_l": [2.0, 2.0]})
     out = proactive.consolidation_potential(spark, cfg, str(DELIVERY), pts)
     assert out.added_km.iloc[0] < 1.0 < out.added_km.iloc[1]
+
+
+def test_proof_of_delivery_closes_shipments_and_feedback_applies_once_in_order(spark, pworld, nightly):
+    """Dispatch's proof closes a routed shipment (delivered: stock fulfilled; failed: stock
+    released); a customer's cancel after the delivery day is too late; a routed shipment
+    without proof keeps its stock for ``proof_grace_days``, then counts as delivered. An
+    accept followed by a postpone stays postponed when the run is repeated."""
+    from jobs import proactive
+    cfg = pworld["cfg"]
+    ships = _t(spark, cfg, "proactive_shipments")
+    left = ships[ships.status == "notified"].sort_values("shipment_id")
+    got, failed, late, moved = (left.iloc[i] for i in range(4))
+    day = datetime(2026, 11, 21)
+    fb = pd.DataFrame([
+        {"feedback_id": "FP-1", "feedback_ts": day + timedelta(hours=15), "user_id": got.user_id,
+         "kind": "shipment_delivered", "reference_id": got.shipment_id, "postpone_days": None},
+        {"feedback_id": "FP-2", "feedback_ts": day + timedelta(hours=16), "user_id": failed.user_id,
+         "kind": "shipment_failed", "reference_id": failed.shipment_id, "postpone_days": None},
+        {"feedback_id": "FP-3", "feedback_ts": day + timedelta(days=1, hours=9), "user_id": late.user_id,
+         "kind": "shipment_cancel", "reference_id": late.shipment_id, "postpone_days": None},
+        {"feedback_id": "FP-4", "feedback_ts": day - timedelta(hours=3), "user_id": moved.user_id,
+         "kind": "shipment_accept", "reference_id": moved.shipment_id, "postpone_days": None},
+        {"feedback_id": "FP-5", "feedback_ts": day - timedelta(hours=2), "user_id": moved.user_id,
+         "kind": "shipment_postpone", "reference_id": moved.shipment_id, "postpone_days": 2}])
+    _append(spark, cfg, "feedback", fb.assign(dt=date(2026, 11, 22), _source_file="planted"))
+    first = proactive.run(spark, "2026-11-22", "hourly", "pro-h2", cfg, progress=lambda m: None)
+    c = first.counts
+    assert c["proof_delivered"] == 1 and c["proof_failed"] == 1 and c["feedback_after_delivery_day"] == 1
+    assert c["shipments_awaiting_proof"] >= 1 and c["shipments_delivered_assumed"] == 0
+    after = _t(spark, cfg, "proactive_shipments").set_index("shipment_id")
+    assert after.loc[got.shipment_id, ["status", "status_reason"]].tolist() == ["delivered", "proof of delivery"]
+    assert after.loc[failed.shipment_id, "status"] == "failed"
+    assert after.loc[late.shipment_id, "status"] == "notified"
+    assert after.loc[moved.shipment_id, "status"] == "postponed"
+    assert pd.Timestamp(after.loc[moved.shipment_id, "delivery_date"]).date() == date(2026, 11, 23)
+    res = _t(spark, cfg, "inventory_reservations")
+    assert (res[res.shipment_id == got.shipment_id].status == "fulfilled").all()
+    assert (res[res.shipment_id == failed.shipment_id].reason == "delivery_failed").all()
+    assert (res[res.shipment_id == late.shipment_id].status == "active").all()  # held while awaiting proof
+
+    proactive.run(spark, "2026-11-22", "hourly", "pro-h2", cfg, progress=lambda m: None)
+    again = _t(spark, cfg, "proactive_shipments").set_index("shipment_id")
+    cols = ["status", "status_reason", "delivery_date", "feedback_id"]
+    pd.testing.assert_frame_equal(after[cols].sort_index(), again[cols].sort_index())  # the accept is not re-applied
+
+    later = proactive.run(spark, "2026-11-24", "hourly", "pro-h3", cfg, progress=lambda m: None)
+    assert later.counts["shipments_delivered_assumed"] >= 1
+    closed = _t(spark, cfg, "proactive_shipments").set_index("shipment_id").loc[late.shipment_id]
+    assert closed.status == "delivered" and "no proof" in closed.status_reason
+    res = _t(spark, cfg, "inventory_reservations")
+    assert (res[res.shipment_id == late.shipment_id].status == "fulfilled").all()
