@@ -565,12 +565,15 @@ def _minutes(ts, day: date) -> float:
 
 
 def day_problem(depot: tuple[float, float], stops: pd.DataFrame, props: pd.DataFrame, vehicles: pd.DataFrame,
-                day: date, cfg: dict) -> tuple[routing.Problem, list[list[int]], int]:
+                day: date, cfg: dict, loaded: bool = False) -> tuple[routing.Problem, list[list[int]], int]:
     """The routing problem of one depot and day: node 0 the depot, then the planned stops
     (grouped by route, in their order), then the proactive stops. Distances are road km,
     times minutes after midnight (UTC). Returns the problem, the planned routes (node
     lists per vehicle) and how many planned windows had to be widened because the planned
-    sequence itself cannot meet them at the modelled speed."""
+    sequence itself cannot meet them at the modelled speed.
+
+    ``loaded``: the day has begun and the vans are loaded, so a proactive stop already on a
+    route stays on that van (it may still be re-sequenced, or dropped by the solver)."""
     p, road = cfg["proactive"], float(cfg["incentives"]["road_factor"])
     lat = np.concatenate([[depot[0]], stops.lat.to_numpy(float), props.lat.to_numpy(float)])
     lon = np.concatenate([[depot[1]], stops.lon.to_numpy(float), props.lon.to_numpy(float)])
@@ -591,6 +594,9 @@ def day_problem(depot: tuple[float, float], stops: pd.DataFrame, props: pd.DataF
     for k, rid in enumerate(stops.route_id):
         vehicle_of[1 + k] = route_index[rid]
         planned[route_index[rid]].append(1 + k)
+    if loaded and "route_id" in props:
+        for j, rid in enumerate(props.route_id):
+            vehicle_of[1 + n_plan + j] = route_index.get(rid, -1)
     required = np.zeros(len(lat), bool)
     required[1:1 + n_plan] = True
     penalty = np.zeros(len(lat))
@@ -618,7 +624,8 @@ def day_problem(depot: tuple[float, float], stops: pd.DataFrame, props: pd.DataF
 
 def replan(spark, cfg: dict, days: set[date], dt: str, run_id: str, summary: StepSummary) -> None:
     """Re-plan each delivery day: planned routes of the latest routes feed for that day plus
-    every active shipment of the day, per depot."""
+    every active shipment of the day, per depot. On the delivery day itself (an hourly
+    re-plan after a same-day cancel) the vans are loaded: routed shipments keep their van."""
     c, p = summary.counts, cfg["proactive"]
     routes_all = read_table(spark, "routes", cfg)
     shipments = _pd(spark, "proactive_shipments", cfg)
@@ -637,7 +644,8 @@ def replan(spark, cfg: dict, days: set[date], dt: str, run_id: str, summary: Ste
                 shift_start=("shift_start", "first"), shift_end=("shift_end", "first")).reset_index()
             props = located[located.warehouse_id == depot_id].sort_values("shipment_id").reset_index(drop=True)
             depot = (float(warehouses.lat.get(depot_id, stops.lat.mean())), float(warehouses.lon.get(depot_id, stops.lon.mean())))
-            problem, planned, widened = day_problem(depot, stops.reset_index(drop=True), props, vehicles, day, cfg)
+            problem, planned, widened = day_problem(depot, stops.reset_index(drop=True), props, vehicles, day, cfg,
+                                                    loaded=day <= _day(dt))
             c["planned_windows_widened"] = c.get("planned_windows_widened", 0) + widened
             t0 = time.perf_counter()
             solved = routing.insert(problem, planned, float(p["solve_seconds"]), int(p["solution_limit"])) if len(props) \

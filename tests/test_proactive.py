@@ -79,6 +79,28 @@ def test_insertion_keeps_planned_stops_and_drops_the_uneconomic_one():
     assert costs[0] < 2 and costs[1] > 100
 
 
+def test_on_the_delivery_day_a_loaded_shipment_stays_on_its_van():
+    """A same-day re-plan (after a cancel) may re-sequence a van's proactive stops, but a
+    parcel already loaded on van A is not moved to van B, even where B passes closer."""
+    from jobs import proactive
+    from jobs.core.config import load_config
+    cfg = load_config(state_home=Path("/nonexistent"), environ={})
+    day = DELIVERY
+    at = lambda h: pd.Timestamp(day) + pd.Timedelta(hours=h)  # noqa: E731
+    stops = pd.DataFrame({"route_id": ["A", "A", "B", "B"], "lat": [52.05, 52.06, 52.0, 52.0],
+                          "lon": [13.0, 13.0, 13.08, 13.09], "window_start": [at(8)] * 4, "window_end": [at(18)] * 4,
+                          "load_kg": [5.0] * 4})
+    vehicles = pd.DataFrame({"route_id": ["A", "B"], "capacity_kg": [500.0, 500.0], "shift_start": [at(7)] * 2,
+                             "shift_end": [at(19)] * 2})
+    props = pd.DataFrame({"lat": [52.0], "lon": [13.085], "window_start": [at(8)], "window_end": [at(18)],
+                          "weight_kg": [1.0], "volume_l": [2.0], "value": [1000.0], "route_id": ["A"]})
+    for loaded, van in ((False, 1), (True, 0)):
+        problem, planned, _ = proactive.day_problem((52.0, 13.0), stops, props, vehicles, day, cfg, loaded=loaded)
+        solved = routing.insert(problem, planned, time_limit=5, solution_limit=100)
+        assert routing.check(problem, solved.routes) == []
+        assert 5 in solved.routes[van], (loaded, solved.routes)  # node 5: the proactive stop
+
+
 def test_routing_bench_command_writes_checked_results_and_routes(tmp_path):
     if not SOLOMON.exists():
         pytest.skip("shared data not present")
