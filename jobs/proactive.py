@@ -748,8 +748,11 @@ def token(secret: str, shipment_id: str) -> str:
 
 
 def notify(spark, cfg: dict, ships: pd.DataFrame, kind: str, dt: str, run_id: str) -> None:
-    """Upsert one outbox row per shipment, kind and delivery day (a re-run rewrites it)."""
+    """Add outbox rows: one per shipment, kind and delivery day, keyed so a re-run adds
+    nothing. For routed shipments (``heads_up``) the user hears again only when the
+    expected arrival changed: a re-plan that moves the stop sends ``arrival_changed``."""
     from delta.tables import DeltaTable
+    from pyspark.sql import functions as F
 
     if not len(ships):
         return
@@ -766,9 +769,40 @@ def notify(spark, cfg: dict, ships: pd.DataFrame, kind: str, dt: str, run_id: st
                      "token": token(str(p["token_secret"]), r.shipment_id), "dt": _day(dt), "run_id": run_id,
                      "created_at": now})
     path = ensure_table(spark, "notifications", cfg)
-    DeltaTable.forPath(spark, path).alias("t").merge(_frame(spark, "notifications", pd.DataFrame(rows)).alias("s"),
+    out = pd.DataFrame(rows)
+    if kind == "heads_up":
+        sent = read_table(spark, "notifications", cfg).filter(
+            F.col("kind").isin("heads_up", "arrival_changed") & F.col("shipment_id").isin(*out.shipment_id)).toPandas()
+        out = arrival_messages(out, sent)
+        if not len(out):
+            return
+    DeltaTable.forPath(spark, path).alias("t").merge(_frame(spark, "notifications", out).alias("s"),
                                                      "t.notification_id = s.notification_id") \
         .whenNotMatchedInsertAll().execute()
+
+
+def arrival_messages(heads_up: pd.DataFrame, sent: pd.DataFrame) -> pd.DataFrame:
+    """What to tell about routed shipments, given what the outbox already holds: a heads-up
+    the first time for a delivery day, an ``arrival_changed`` (numbered per shipment) when
+    the expected arrival differs from the last one told for that day, else nothing."""
+    told = sent[sent.kind.isin(["heads_up", "arrival_changed"])].sort_values(["created_at", "notification_id"])
+    told = told.assign(day=pd.to_datetime(told.expected_from).dt.date)
+    last = told.groupby(["shipment_id", "day"]).tail(1).set_index(["shipment_id", "day"])
+    count = told.groupby("shipment_id").size()
+    out = []
+    for r in heads_up.to_dict("records"):
+        key = (r["shipment_id"], pd.Timestamp(r["expected_from"]).date())
+        if key not in last.index:
+            out.append(r)
+            continue
+        prev = last.loc[key]
+        if (pd.Timestamp(prev.expected_from), pd.Timestamp(prev.expected_to)) == \
+                (pd.Timestamp(r["expected_from"]), pd.Timestamp(r["expected_to"])):
+            continue
+        n = int(count.get(r["shipment_id"], 0))
+        out.append(r | {"notification_id": stable_id("NT", r["shipment_id"], "arrival_changed", n), "kind": "arrival_changed",
+                        "incentive_type": None, "incentive_value": None})
+    return pd.DataFrame(out, columns=heads_up.columns)
 
 
 # --------------------------------------------------------------------------- run

@@ -101,6 +101,26 @@ def test_on_the_delivery_day_a_loaded_shipment_stays_on_its_van():
         assert 5 in solved.routes[van], (loaded, solved.routes)  # node 5: the proactive stop
 
 
+def test_users_hear_again_only_when_the_expected_arrival_moves():
+    from jobs.proactive import arrival_messages
+    day = pd.Timestamp("2026-11-21")
+
+    def told(frm, shipment="S1", created=0):
+        return {"notification_id": f"N{shipment}{frm}{created}", "shipment_id": shipment, "kind": "heads_up",
+                "expected_from": day + pd.Timedelta(hours=frm), "expected_to": day + pd.Timedelta(hours=frm + 1),
+                "incentive_type": "early_bird", "incentive_value": 1.0, "created_at": day + pd.Timedelta(minutes=created)}
+    none = pd.DataFrame(columns=list(told(9)))
+    first = arrival_messages(pd.DataFrame([told(9)]), none)
+    assert first.kind.tolist() == ["heads_up"]
+    assert arrival_messages(pd.DataFrame([told(9)]), first).empty  # same arrival: nothing new
+    moved = arrival_messages(pd.DataFrame([told(13)]), first)
+    assert moved.kind.tolist() == ["arrival_changed"] and moved.incentive_type.isna().all()
+    back = arrival_messages(pd.DataFrame([told(9)]), pd.concat([first, moved.assign(created_at=day + pd.Timedelta(1, "h"), incentive_type="", incentive_value=0.0)]))
+    assert back.kind.tolist() == ["arrival_changed"] and back.notification_id.iloc[0] != moved.notification_id.iloc[0]
+    next_day = arrival_messages(pd.DataFrame([told(33)]), first)  # postponed to the next day: a new heads-up
+    assert next_day.kind.tolist() == ["heads_up"]
+
+
 def test_routing_bench_command_writes_checked_results_and_routes(tmp_path):
     if not SOLOMON.exists():
         pytest.skip("shared data not present")
@@ -271,6 +291,20 @@ def _t(spark, cfg, name):
     return read_table(spark, name, cfg).toPandas()
 
 
+def _assert_users_told_the_current_plan(spark, cfg):
+    """Each routed shipment's last heads-up / arrival change is its current expected arrival."""
+    ships = _t(spark, cfg, "proactive_shipments")
+    routed = ships[ships.status.isin(["notified", "confirmed", "postponed"]) & ships.route_id.notna()]
+    notes = _t(spark, cfg, "notifications")
+    notes = notes[notes.kind.isin(["heads_up", "arrival_changed"])].sort_values(["created_at", "notification_id"])
+    last = notes.groupby("shipment_id").tail(1).set_index("shipment_id")
+    for r in routed.itertuples():
+        arrival = pd.Timestamp(r.planned_arrival)
+        assert last.loc[r.shipment_id, "expected_from"] == max(arrival - pd.Timedelta(minutes=30), pd.Timestamp(r.window_start))
+        assert last.loc[r.shipment_id, "expected_to"] == min(arrival + pd.Timedelta(minutes=30), pd.Timestamp(r.window_end))
+    assert len(routed)
+
+
 @pytest.fixture(scope="module")
 def nightly(spark, pworld):
     from jobs import proactive
@@ -314,6 +348,7 @@ def test_routes_keep_every_planned_stop_in_order_and_window(spark, pworld, night
     notes = _t(spark, cfg, "notifications")
     assert set(notes[notes.kind == "heads_up"].shipment_id) == set(proactive.shipment_id)
     assert notes.token.str.len().eq(32).all() and (notes.incentive_type == "early_bird").all()
+    _assert_users_told_the_current_plan(spark, cfg)
 
 
 def test_reservations_match_shipments_and_rerun_changes_nothing(spark, pworld, nightly):
@@ -413,6 +448,7 @@ def test_feedback_cancel_releases_and_unroutes_postpone_moves(spark, pworld, nig
     assert postpone.shipment_id in set(moved.shipment_id)
     notes = _t(spark, cfg, "notifications")
     assert {"cancelled", "postponed"} <= set(notes[notes.shipment_id.isin([cancel.shipment_id, postpone.shipment_id])].kind)
+    _assert_users_told_the_current_plan(spark, cfg)
 
 
 def test_consolidation_potential_is_the_exact_insertion_cost(spark, pworld, nightly):
