@@ -28,6 +28,7 @@ import argparse
 import hashlib
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -44,7 +45,7 @@ class StepSummary:
     """What a bundle or offer step built and skipped (``offer_runs``)."""
     dt: str
     run_id: str
-    counts: dict[str, int] = field(default_factory=dict)
+    counts: Counter = field(default_factory=Counter)  # a missing count reads as 0: counts[k] += n
     figures: dict[str, float] = field(default_factory=dict)
     notes: str = ""
 

@@ -176,7 +176,7 @@ def commit_reservations(spark, cfg: dict, plan, summary: StepSummary):
             text = f"{type(exc).__name__}: {exc}"
             if "reservation ledger moved" not in text and "Concurrent" not in text:
                 raise
-            summary.counts["reservation_conflicts_retried"] = summary.counts.get("reservation_conflicts_retried", 0) + 1
+            summary.counts["reservation_conflicts_retried"] += 1
     raise BundlecastError(f"reservations: still conflicting after {retries} retries; nothing was reserved by this run")
 
 
@@ -208,8 +208,7 @@ def release(spark, cfg: dict, shipment_ids, reason: str, summary: StepSummary) -
         rows = release_rows(active, ids, reason)
         return rows, len(rows)
     n = commit_reservations(spark, cfg, plan, summary) or 0
-    summary.counts[f"reservations_{'fulfilled' if reason == 'delivered' else 'released_' + reason}"] = \
-        summary.counts.get(f"reservations_{'fulfilled' if reason == 'delivered' else 'released_' + reason}", 0) + n
+    summary.counts["reservations_fulfilled" if reason == "delivered" else f"reservations_released_{reason}"] += n
     return n
 
 
@@ -427,8 +426,7 @@ def decide(spark, cfg: dict, dt: str, origin: str, run_id: str, limits: pd.DataF
         picks = pick_warehouses(cands, stock, active, warehouses, counts, room)
         return reservation_rows(picks, dt, origin, run_id), (picks, counts)
     picks, skipped = commit_reservations(spark, cfg, plan, summary)
-    for k, v in skipped.items():
-        c[k] = c.get(k, 0) + v
+    c.update(skipped)
     if not len(picks):
         c["shipments_planned"] = 0
         return 0
@@ -497,25 +495,25 @@ def apply_feedback(spark, cfg: dict, dt: str, run_id: str, summary: StepSummary)
     for r in fb.itertuples():
         row = s.loc[r.reference_id]
         if row.status in FINAL:
-            c["feedback_after_final_status"] = c.get("feedback_after_final_status", 0) + 1
+            c["feedback_after_final_status"] += 1
             continue
         day = _day(row.delivery_date)
+        if r.kind in CUSTOMER_KINDS:
+            if pd.Timestamp(r.feedback_ts).date() > day:
+                c["feedback_after_delivery_day"] += 1
+                continue
+            touched_days.add(day)
         if r.kind in PROOF_KINDS:  # the van was there: the plan of the day is history
             ok = r.kind == "shipment_delivered"
             s.loc[r.reference_id, ["status", "status_reason"]] = \
                 ["delivered", "proof of delivery"] if ok else ["failed", "delivery failed (dispatch)"]
             (proven if ok else failed).append(r.reference_id)
-            c["proof_delivered" if ok else "proof_failed"] = c.get("proof_delivered" if ok else "proof_failed", 0) + 1
-        elif pd.Timestamp(r.feedback_ts).date() > day:
-            c["feedback_after_delivery_day"] = c.get("feedback_after_delivery_day", 0) + 1
-            continue
+            c["proof_delivered" if ok else "proof_failed"] += 1
         elif r.kind == "shipment_cancel":
-            touched_days.add(day)
             s.loc[r.reference_id, ["status", "status_reason"]] = ["cancelled", "user cancelled"]
             cancelled.append(r.reference_id)
-            c["feedback_cancelled"] = c.get("feedback_cancelled", 0) + 1
+            c["feedback_cancelled"] += 1
         elif r.kind == "shipment_postpone":
-            touched_days.add(day)
             days = int(r.postpone_days) if pd.notna(r.postpone_days) and int(r.postpone_days) > 0 else 1
             new_day = day + timedelta(days=days)
             ws, we = pd.Timestamp(row.window_start) + pd.Timedelta(days=days), pd.Timestamp(row.window_end) + pd.Timedelta(days=days)
@@ -523,11 +521,10 @@ def apply_feedback(spark, cfg: dict, dt: str, run_id: str, summary: StepSummary)
                                    "route_id", "planned_arrival", "added_km"]] = \
                 [new_day, ws.to_pydatetime(), we.to_pydatetime(), "postponed", f"user postponed {days} day(s)", None, None, None]
             touched_days.add(new_day)
-            c["feedback_postponed"] = c.get("feedback_postponed", 0) + 1
+            c["feedback_postponed"] += 1
         else:
-            touched_days.add(day)
             s.loc[r.reference_id, ["status", "status_reason"]] = ["confirmed", "user accepted"]
-            c["feedback_confirmed"] = c.get("feedback_confirmed", 0) + 1
+            c["feedback_confirmed"] += 1
         s.loc[r.reference_id, ["feedback_id", "updated_at"]] = [r.feedback_id, now]
     # close past delivery days: a routed shipment waits ``proof_grace_days`` for dispatch's
     # proof (its stock stays reserved), then counts as delivered; one never routed is dropped
@@ -594,7 +591,7 @@ def day_problem(depot: tuple[float, float], stops: pd.DataFrame, props: pd.DataF
     for k, rid in enumerate(stops.route_id):
         vehicle_of[1 + k] = route_index[rid]
         planned[route_index[rid]].append(1 + k)
-    if loaded and "route_id" in props:
+    if loaded:
         for j, rid in enumerate(props.route_id):
             vehicle_of[1 + n_plan + j] = route_index.get(rid, -1)
     required = np.zeros(len(lat), bool)
@@ -634,7 +631,7 @@ def replan(spark, cfg: dict, days: set[date], dt: str, run_id: str, summary: Ste
         stops_all = day_routes(spark, cfg, day, routes_all)
         todays = shipments[(pd.to_datetime(shipments.delivery_date).dt.date == day) & shipments.status.isin(ACTIVE)].copy()
         if stops_all is None:
-            c["days_without_routes"] = c.get("days_without_routes", 0) + 1
+            c["days_without_routes"] += 1
             continue
         stop_rows, plan_rows, routed, dropped = [], [], {}, []
         located = todays.merge(read_users(spark, cfg, todays), on="user_id", how="left")
@@ -646,18 +643,18 @@ def replan(spark, cfg: dict, days: set[date], dt: str, run_id: str, summary: Ste
             depot = (float(warehouses.lat.get(depot_id, stops.lat.mean())), float(warehouses.lon.get(depot_id, stops.lon.mean())))
             problem, planned, widened = day_problem(depot, stops.reset_index(drop=True), props, vehicles, day, cfg,
                                                     loaded=day <= _day(dt))
-            c["planned_windows_widened"] = c.get("planned_windows_widened", 0) + widened
+            c["planned_windows_widened"] += widened
             t0 = time.perf_counter()
             solved = routing.insert(problem, planned, float(p["solve_seconds"]), int(p["solution_limit"])) if len(props) \
                 else routing.Solved(planned, 0.0, "ortools")
             summary.figures["routing_seconds"] = round(summary.figures.get("routing_seconds", 0) + time.perf_counter() - t0, 2)
             if len(props) and solved.seconds >= 0.95 * float(p["solve_seconds"]):
                 # the safety cap, not the solution limit, ended the search: a re-run may differ
-                c["route_solves_at_time_cap"] = c.get("route_solves_at_time_cap", 0) + 1
+                c["route_solves_at_time_cap"] += 1
             status = "ok"
             if solved.status != "ok" or routing.check(problem, solved.routes):
                 status, solved = "as_planned", routing.Solved(planned, solved.seconds, "ortools")
-                c["route_days_kept_as_planned"] = c.get("route_days_kept_as_planned", 0) + 1
+                c["route_days_kept_as_planned"] += 1
             n_plan = len(stops)
             depot_dropped = [int(k) for k in range(1 + n_plan, problem.n) if k not in {x for r in solved.routes for x in r}]
             dropped += [props.shipment_id.iloc[k - 1 - n_plan] for k in depot_dropped]
@@ -702,8 +699,8 @@ def replan(spark, cfg: dict, days: set[date], dt: str, run_id: str, summary: Ste
         where = f"route_date = DATE'{day}'"
         replace_rows(spark, _frame(spark, "route_stops", pd.DataFrame(stop_rows)), "route_stops", where, cfg)
         replace_rows(spark, _frame(spark, "route_plans", pd.DataFrame(plan_rows)), "route_plans", where, cfg)
-        c["proactive_stops_routed"] = c.get("proactive_stops_routed", 0) + len(routed)
-        c["proactive_stops_dropped"] = c.get("proactive_stops_dropped", 0) + len(dropped)
+        c["proactive_stops_routed"] += len(routed)
+        c["proactive_stops_dropped"] += len(dropped)
         finish_day(spark, cfg, todays, routed, dropped, dt, run_id, summary)
 
 
@@ -782,10 +779,11 @@ def notify(spark, cfg: dict, ships: pd.DataFrame, kind: str, dt: str, run_id: st
 
 
 def arrival_messages(heads_up: pd.DataFrame, sent: pd.DataFrame) -> pd.DataFrame:
-    """What to tell about routed shipments, given what the outbox already holds: a heads-up
-    the first time for a delivery day, an ``arrival_changed`` (numbered per shipment) when
-    the expected arrival differs from the last one told for that day, else nothing."""
-    told = sent[sent.kind.isin(["heads_up", "arrival_changed"])].sort_values(["created_at", "notification_id"])
+    """What to tell about routed shipments, given the heads-ups and arrival changes the
+    outbox already holds (``sent``): a heads-up the first time for a delivery day, an
+    ``arrival_changed`` (numbered per shipment) when the expected arrival differs from the
+    last one told for that day, else nothing."""
+    told = sent.sort_values(["created_at", "notification_id"])
     told = told.assign(day=pd.to_datetime(told.expected_from).dt.date)
     last = told.groupby(["shipment_id", "day"]).tail(1).set_index(["shipment_id", "day"])
     count = told.groupby("shipment_id").size()
