@@ -4,12 +4,12 @@
 Hourly run: re-ingests the fast-moving datasets (`ingestion.hourly_datasets`: events,
 orders, order lines, inventory, feedback) landed so far for the day, so the silver tables
 follow the day as it fills up, folds the new behaviour into the item relationship counts
-(`jobs/relationships.py --mode incremental`: only the touched pairs are rescored, with the
+(step `relationships --mode incremental`: only the touched pairs are rescored, with the
 weights fitted by the last nightly run), rescores the need model's champion for the users
-with new events (`jobs/need.py --mode rescore`), applies the customers' cancel / postpone /
+with new events (step `need --mode rescore`), applies the customers' cancel / postpone /
 accept feedback to proactive shipments, adds new high-confidence ones and re-plans the
-delivery days that changed (`jobs/proactive.py --mode hourly`), re-prices or withdraws the night's offers
-whose stock, competitor price or user behaviour changed (`jobs/offers.py --mode reprice`),
+delivery days that changed (step `proactive --mode hourly`), re-prices or withdraws the night's offers
+whose stock, competitor price or user behaviour changed (step `offers --mode reprice`),
 then refreshes the exports. Reference data (sites, items,
 users, warehouses...) is the nightly run's job.
 
@@ -21,9 +21,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from airflow.sdk import dag
-
-from jobs.core.orchestration import (export_task, need_task, offers_task, proactive_task, relationships_task,
-                                     spark_submit_operator, table_assets)
+from bundlecast.dags._steps import export_task, step_task
 
 HOURLY = ["events", "orders", "order_lines", "inventory", "feedback"]
 
@@ -39,12 +37,9 @@ HOURLY = ["events", "orders", "order_lines", "inventory", "feedback"]
     doc_md=__doc__,
 )
 def bundlecast_hourly():
-    ingest = spark_submit_operator(
-        "ingest_hourly", "ingest", ["--date", "{{ ds }}", "--datasets", ",".join(HOURLY), "--run-id", "{{ run_id }}"],
-        outlets=table_assets(HOURLY + ["ingestion_audit"]))
-
-    ingest >> relationships_task("incremental") >> need_task("rescore") >> proactive_task("hourly") \
-        >> offers_task("reprice") >> export_task()
+    (step_task("ingest", task_id="ingest_hourly", datasets=HOURLY) >> step_task("relationships", "incremental")
+     >> step_task("need", "rescore") >> step_task("proactive", "hourly") >> step_task("offers", "reprice")
+     >> export_task())
 
 
 bundlecast_hourly()

@@ -5,31 +5,34 @@ Nightly full run for the data interval's date (`ds`):
 
 1. **ingest**: every contract dataset landed under `raw/<dataset>/dt=<ds>/` is validated
    (contract rules + Great Expectations) into its silver Delta table, with rejected rows in
-   `quarantine` and the accounting in `ingestion_audit` (Spark job `jobs/ingest.py`).
+   `quarantine` and the accounting in `ingestion_audit` (step `ingest`).
 2. **relationships**: item relationship scores rebuilt from scratch, weights refitted
-   per segment x category (`jobs/relationships.py --mode full`).
+   per segment x category (step `relationships --mode full`).
 3. **forecast**: daily demand per item x region for the next 14 days (Prophet, SBA for
    intermittent series, seasonal naive where it wins the backtest), with the rolling
-   backtest in `forecast_metrics` and the run in MLflow (`jobs/forecast.py`).
+   backtest in `forecast_metrics` and the run in MLflow (step `forecast`).
 4. **need_train**: the need model (will this user buy this item within H days, and when)
    retrained on a strict time split, compared with personal top-frequency and segment
    popularity, registered in MLflow and promoted to `champion` only through the gate; then
-   every active user is scored with the champion into `need_predictions` (`jobs/need.py`).
-5. **user_value**: spend and order days over the next 90 days per user (`jobs/value.py`).
-6. **bundles**: need bundles per user and priced product bundles (`jobs/bundles.py`).
+   every active user is scored with the champion into `need_predictions` (step `need --mode train`).
+5. **user_value**: spend and order days over the next 90 days per user (step `value`).
+6. **bundles**: need bundles per user and priced product bundles (step `bundles`).
 7. **proactive**: need bundles confident enough (per category; opted-in users, no cool-down,
    one per window) become proactive shipments for tomorrow: stock reserved from the nearest
    warehouse (ledger compare-and-set, safe under concurrent runs), packed (CP-SAT bin
    packing), inserted into tomorrow's planned routes (OR-Tools; planned stops keep vehicle,
    order and window), notified with an early-bird incentive and a cancel/postpone token
-   (`jobs/proactive.py`). Before the offers, so reserved stock is never offered.
+   (step `proactive`). Before the offers, so reserved stock is never offered.
 8. **offers**: candidates, incentives (user value, consolidation, inventory, carbon), the
    experiment's variant per user, and the global CP-SAT allocation under stock and budget
-   into `offers` and `experiment_exposures` (`jobs/offers.py`).
+   into `offers` and `experiment_exposures` (step `offers`).
 9. **experiments**: conversion, revenue and margin per variant with intervals and the
-   sample-ratio check into `experiment_results` (`jobs/experiments.py`).
+   sample-ratio check into `experiment_results` (step `experiments`).
 10. **export**: snapshots of `exports.tables` to the export target with a manifest.
 11. **summary**: every catalog table with its Delta version and row count.
+
+Every Spark task is `spark-submit jobs/submit.py STEP ...`; its inlets and outlets are the
+tables the step declares in `bundlecast.jobs.pipeline`.
 
 Re-running a date leaves the same rows: every write is keyed on the landing date.
 """
@@ -38,14 +41,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from airflow.sdk import dag, task
-
-from jobs.core.orchestration import (bundles_task, experiments_task, export_task, forecast_task, need_task,
-                                     offers_task, proactive_task, relationships_task, spark_submit_operator, table_assets,
-                                     value_task)
-
-SILVER = ["sites", "warehouses", "items", "users", "events", "orders", "order_lines", "reviews", "inventory",
-          "weather", "calendar_events", "routes", "competitor_prices", "feedback"]
-OPS = ["quarantine", "quarantine_files", "ingestion_audit"]
+from bundlecast.dags._steps import export_task, step_task
 
 
 @dag(
@@ -59,19 +55,16 @@ OPS = ["quarantine", "quarantine_files", "ingestion_audit"]
     doc_md=__doc__,
 )
 def bundlecast_nightly():
-    ingest = spark_submit_operator(
-        "ingest", "ingest", ["--date", "{{ ds }}", "--run-id", "{{ run_id }}"],
-        outlets=table_assets(SILVER + OPS))
-
     @task(retries=0)
     def summary():
-        from jobs.tables import all_tables, render
+        from bundlecast.jobs.tools.tables import all_tables, render
         for line in render(all_tables()).splitlines():
             print(f"[bundlecast] {line}")
 
     # In sequence: the embedded metastore (Derby) takes one Spark driver at a time.
-    ingest >> relationships_task("full") >> forecast_task() >> need_task("train") >> value_task() \
-        >> bundles_task() >> proactive_task("nightly") >> offers_task("nightly") >> experiments_task() >> export_task() >> summary()
+    (step_task("ingest") >> step_task("relationships", "full") >> step_task("forecast") >> step_task("need", "train")
+     >> step_task("value") >> step_task("bundles") >> step_task("proactive", "nightly") >> step_task("offers", "nightly")
+     >> step_task("experiments") >> export_task() >> summary())
 
 
 bundlecast_nightly()

@@ -27,13 +27,13 @@ def world_home(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def cfg(world_home):
-    from jobs.core.config import config
+    from bundlecast.jobs.core.config import config
     return config()
 
 
 @pytest.fixture(scope="session")
 def spark(cfg):
-    from jobs.core.spark import get_spark
+    from bundlecast.jobs.core.spark import get_spark
     session = get_spark("bundlecast-tests", cfg, extra_conf={"spark.sql.shuffle.partitions": "2"})
     yield session
     session.stop()
@@ -42,8 +42,8 @@ def spark(cfg):
 @pytest.fixture(scope="session")
 def tiny_world(cfg, spark):
     """The tiny demo world, generated and ingested once (dimensions and facts)."""
-    from jobs import ingest
-    from jobs.demo_world import generate
+    from bundlecast.jobs.ingest import job as ingest
+    from bundlecast.jobs.tools.demo_world import generate
 
     rows = generate(Path(cfg["storage"]["raw"]), Path(cfg["home"]) / "demo" / "ground_truth.json", "tiny", 7,
                     cfg["demo"]["date"])
@@ -61,9 +61,9 @@ def test_world(spark, tmp_path_factory):
     Returns its config and the generator's ground truth."""
     import json
 
-    from jobs import ingest
-    from jobs.core.config import load_config
-    from jobs.demo_world import generate
+    from bundlecast.jobs.core.config import load_config
+    from bundlecast.jobs.ingest import job as ingest
+    from bundlecast.jobs.tools.demo_world import generate
 
     home = tmp_path_factory.mktemp("testworld")
     cfg = load_config(state_home=home)

@@ -1,10 +1,9 @@
 """Configuration: overlays, environment references, state directory, catalog consistency."""
 
 import pytest
-
-from jobs.core import catalog
-from jobs.core.config import PROJECT_ROOT, deep_merge, load_config
-from jobs.core.errors import ConfigError
+from bundlecast.jobs.core import catalog
+from bundlecast.jobs.core.config import PROJECT_ROOT, deep_merge, load_config
+from bundlecast.jobs.core.errors import ConfigError
 
 
 def test_overlay_merges_nested_keys():

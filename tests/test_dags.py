@@ -4,8 +4,7 @@ import subprocess
 import sys
 
 import pytest
-
-from jobs.core.orchestration import DAGS_DIR, airflow_env
+from bundlecast.jobs.tools.airflow_run import DAGS_DIR, airflow_env
 
 EXPECTED = {"bundlecast_nightly", "bundlecast_hourly"}
 
@@ -54,3 +53,26 @@ def test_parse_is_cheap_and_needs_no_connection(cfg):
     assert out.returncode == 0, out.stderr[-2000:]
     spark_imported, seconds = out.stdout.split()
     assert spark_imported == "False"
+
+
+def test_task_assets_come_from_the_step_declarations(dagbag):
+    """Each Spark task's inlets and outlets are exactly what its step declares it reads
+    and writes (bundlecast.jobs.pipeline), so a new table is declared once."""
+    from bundlecast.jobs.pipeline import INGEST_OPS, STEPS
+
+    seen = set()
+    for dag_id in sorted(EXPECTED):
+        for task in dagbag.dags[dag_id].tasks:
+            if type(task).__mro__[1].__name__ != "SparkSubmitOperator":
+                continue
+            name, args = task.application_args[0], task.application_args
+            declared = STEPS[name]
+            mode = args[args.index("--mode") + 1] if "--mode" in args else None
+            expected = declared.outputs(mode)
+            if "--datasets" in args:
+                expected = tuple(args[args.index("--datasets") + 1].split(",")) + INGEST_OPS
+            assert task.application.endswith("jobs/submit.py")
+            assert sorted(a.name for a in task.outlets) == sorted(f"bundlecast.{t}" for t in expected), task.task_id
+            assert sorted(a.name for a in task.inlets) == sorted(f"bundlecast.{t}" for t in declared.reads), task.task_id
+            seen.add(name)
+    assert seen == set(STEPS)

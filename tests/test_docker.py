@@ -1,8 +1,7 @@
 """The docker/ stack, as far as it can be checked without a Docker engine."""
 
 import yaml
-
-from jobs.core.config import PROJECT_ROOT, load_config
+from bundlecast.jobs.core.config import PROJECT_ROOT, load_config
 
 DOCKER = PROJECT_ROOT / "docker"
 

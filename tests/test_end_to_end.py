@@ -8,8 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from jobs.core.config import load_config
+from bundlecast.jobs.core.config import load_config
 
 pytestmark = pytest.mark.slow
 DATE = "2026-11-20"
@@ -18,7 +17,7 @@ DATE = "2026-11-20"
 def _bundlecast(home: Path, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
     env.update(BUNDLECAST_HOME=str(home), BUNDLECAST_SPARK_MASTER="local[2]")
-    return subprocess.run([sys.executable, "-m", "jobs.cli", *args], env=env, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "bundlecast.jobs.tools.cli", *args], env=env, capture_output=True, text=True,
                           timeout=2400)
 
 

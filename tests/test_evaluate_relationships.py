@@ -3,8 +3,7 @@ import math
 
 import pandas as pd
 import pytest
-
-from jobs.evaluate_relationships import rank_metrics
+from bundlecast.jobs.tools.evaluate_relationships import rank_metrics
 
 
 def test_hit_rate_ndcg_and_coverage():

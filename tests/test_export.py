@@ -3,9 +3,8 @@ import json
 
 import boto3
 import pytest
-
-from jobs.core.storage import LocalStore, S3Store, open_store
-from jobs.export import MANIFEST, export_table, verify
+from bundlecast.jobs.core.storage import LocalStore, S3Store, open_store
+from bundlecast.jobs.export.job import MANIFEST, export_table, verify
 
 
 def test_local_export_writes_manifest_last_and_is_idempotent(tiny_world, cfg, tmp_path):
@@ -57,6 +56,6 @@ def test_s3_export_through_boto3(tiny_world, cfg, moto_endpoint, monkeypatch):
 
 
 def test_unknown_target_scheme_is_one_clear_error():
-    from jobs.core.errors import ConfigError
+    from bundlecast.jobs.core.errors import ConfigError
     with pytest.raises(ConfigError, match="unsupported export target"):
         open_store("ftp://example/x")

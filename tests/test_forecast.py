@@ -7,8 +7,7 @@ from __future__ import annotations
 import copy
 
 import pytest
-
-from jobs.core.errors import BundlecastError
+from bundlecast.jobs.core.errors import BundlecastError
 
 pytestmark = pytest.mark.slow
 
@@ -24,12 +23,12 @@ def fc_cfg(test_world):
 
 @pytest.fixture(scope="module")
 def first_run(spark, test_world, fc_cfg):
-    from jobs import forecast
+    from bundlecast.jobs.forecast import job as forecast
     return forecast.run(spark, test_world["date"], "fc-1", fc_cfg, progress=lambda m: None)
 
 
 def _table(spark, cfg, name):
-    from jobs.core.delta import read_table
+    from bundlecast.jobs.core.delta import read_table
     return read_table(spark, name, cfg).toPandas()
 
 
@@ -66,7 +65,7 @@ def test_mlflow_run_has_params_metrics_and_plot(first_run, fc_cfg):
 
 
 def test_rerun_leaves_the_same_rows(spark, test_world, fc_cfg, first_run):
-    from jobs import forecast
+    from bundlecast.jobs.forecast import job as forecast
 
     before = _table(spark, fc_cfg, "demand_forecast").drop(columns=["model_run_id", "run_id"])
     forecast.run(spark, test_world["date"], "fc-2", fc_cfg, progress=lambda m: None)
@@ -78,7 +77,7 @@ def test_rerun_leaves_the_same_rows(spark, test_world, fc_cfg, first_run):
 
 
 def test_bad_configuration_and_empty_window(spark, test_world, fc_cfg):
-    from jobs import forecast
+    from bundlecast.jobs.forecast import job as forecast
 
     bad = copy.deepcopy(fc_cfg)
     bad["forecast"]["level"] = "warehouse"

@@ -6,10 +6,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-from jobs import ingest
-from jobs.core import catalog
-from jobs.core.errors import DataQualityError
+from bundlecast.jobs.core import catalog
+from bundlecast.jobs.core.errors import DataQualityError
+from bundlecast.jobs.ingest import job as ingest
 
 
 def _silver(spark, name, cfg, dt=None):
@@ -131,8 +130,8 @@ def test_expectation_failures_are_quarantined(tiny_world, spark, cfg):
 
 
 def test_online_retail_import_passes_the_contract(spark, cfg, tmp_path):
+    from bundlecast.jobs.tools.import_online_retail import import_online_retail
     from conftest import SHARED_DATA
-    from jobs.import_online_retail import import_online_retail
 
     source = SHARED_DATA / "online_retail" / "online_retail_2010_2011.csv.gz"
     if not source.exists():

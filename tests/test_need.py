@@ -9,8 +9,7 @@ from datetime import date, timedelta
 
 import pandas as pd
 import pytest
-
-from jobs.core.errors import BundlecastError
+from bundlecast.jobs.core.errors import BundlecastError
 
 pytestmark = pytest.mark.slow
 
@@ -24,12 +23,12 @@ def need_cfg(test_world):
 
 @pytest.fixture(scope="module")
 def trained(spark, test_world, need_cfg):
-    from jobs import need
+    from bundlecast.jobs.need import job as need
     return need.run(spark, test_world["date"], "train", "need-1", need_cfg, progress=lambda m: None)
 
 
 def _table(spark, cfg, name):
-    from jobs.core.delta import read_table
+    from bundlecast.jobs.core.delta import read_table
     return read_table(spark, name, cfg).toPandas()
 
 
@@ -46,9 +45,8 @@ def test_model_beats_baselines_and_is_calibrated(trained):
 
 
 def test_features_see_nothing_after_the_cutoff(spark, test_world, need_cfg):
+    from bundlecast.jobs.need import job as need
     from pyspark.sql import functions as F
-
-    from jobs import need
 
     cutoff = date.fromisoformat(test_world["date"]) - timedelta(days=14)
     purchases, browsing = need.history(spark, need_cfg)
@@ -67,7 +65,7 @@ def test_features_see_nothing_after_the_cutoff(spark, test_world, need_cfg):
 
 
 def test_planted_replenishment_is_predicted_with_its_date(spark, test_world, need_cfg, trained):
-    from jobs import need
+    from bundlecast.jobs.need import job as need
 
     dt = date.fromisoformat(test_world["date"])
     purchases, _ = need.history(spark, need_cfg)
@@ -96,9 +94,8 @@ def test_planted_replenishment_is_predicted_with_its_date(spark, test_world, nee
 
 def test_gate_keeps_the_champion_and_scoring_uses_it(spark, test_world, need_cfg, trained):
     import mlflow
-
-    from jobs import need
-    from models import registry
+    from bundlecast.jobs.need import job as need
+    from bundlecast.models import registry
 
     first_version = trained[0].model_version
     strict = copy.deepcopy(need_cfg)
@@ -119,7 +116,7 @@ def test_gate_keeps_the_champion_and_scoring_uses_it(spark, test_world, need_cfg
 
 
 def test_scoring_in_user_batches_gives_the_same_predictions(spark, test_world, need_cfg, trained):
-    from jobs import need
+    from bundlecast.jobs.need import job as need
 
     whole = _table(spark, need_cfg, "need_predictions")
     batched = copy.deepcopy(need_cfg)
@@ -134,7 +131,7 @@ def test_scoring_in_user_batches_gives_the_same_predictions(spark, test_world, n
 
 
 def test_hourly_rescore_touches_only_users_with_new_events(spark, test_world, need_cfg, trained):
-    from jobs import need
+    from bundlecast.jobs.need import job as need
 
     before = _table(spark, need_cfg, "need_predictions")
     out = need.run(spark, test_world["date"], "rescore", "need-h", need_cfg, progress=lambda m: None)
@@ -144,7 +141,7 @@ def test_hourly_rescore_touches_only_users_with_new_events(spark, test_world, ne
 
 
 def test_bad_horizon_is_one_clear_error(spark, test_world, need_cfg):
-    from jobs import need
+    from bundlecast.jobs.need import job as need
 
     bad = copy.deepcopy(need_cfg)
     bad["need"]["horizon_days"] = 30

@@ -17,24 +17,25 @@ pytestmark = pytest.mark.slow
 
 
 def catalog_path(cfg, name):
-    from jobs.core import catalog
+    from bundlecast.jobs.core import catalog
     return catalog.table_path(name, cfg)
 
 
 def _table(spark, cfg, name, dt=None):
+    from bundlecast.jobs.core.delta import read_table
     from pyspark.sql import functions as F
-
-    from jobs.core.delta import read_table
     t = read_table(spark, name, cfg)
     return (t.filter(F.col("dt") == F.lit(dt).cast("date")) if dt else t).toPandas()
 
 
 @pytest.fixture(scope="module")
 def world(spark, test_world):
+    from bundlecast.jobs.bundles import job as bundles
+    from bundlecast.jobs.core.delta import read_table
+    from bundlecast.jobs.need import job as need
+    from bundlecast.jobs.offers import job as offers
+    from bundlecast.jobs.relationships import job as relationships
     from pyspark.sql import functions as F
-
-    from jobs import bundles, need, offers, relationships
-    from jobs.core.delta import read_table
 
     cfg = copy.deepcopy(test_world["cfg"])
     cfg["need"].update(lookback_days=60, train_cutoffs=3, cutoff_step_days=7, model_name="bundlecast-need-test")
@@ -44,11 +45,11 @@ def world(spark, test_world):
     if read_table(spark, "need_predictions", cfg).filter(F.col("dt") == F.lit(dt).cast("date")).limit(1).count() == 0:
         need.run(spark, dt, "train", "need-offers", cfg, progress=lambda m: None)
     # Competitor prices and routes land with the world; ingest them (not in the shared fixture).
-    from jobs import ingest
+    from bundlecast.jobs.ingest import job as ingest
     ingest.run(spark, dt, ["competitor_prices", "routes", "feedback"], cfg=cfg, with_expectations=False,
                progress=lambda m: None)
     # Bad input: a competitor price of zero must be ignored (and counted), never followed.
-    from jobs.core.delta import read_table as rt
+    from bundlecast.jobs.core.delta import read_table as rt
     comp = rt(spark, "competitor_prices", cfg)
     comp.limit(1).withColumn("price", F.lit(0.0)).withColumn("competitor", F.lit("broken-feed")) \
         .write.format("delta").mode("append").save(catalog_path(cfg, "competitor_prices"))
@@ -76,7 +77,7 @@ def test_need_bundles_group_the_likely_needs_with_confidence_and_stock(spark, wo
 
 
 def test_product_bundles_are_priced_within_margin_and_discount_and_ids_are_stable(spark, world):
-    from jobs import bundles
+    from bundlecast.jobs.bundles import job as bundles
     cfg, dt = world["cfg"], world["dt"]
     pb = _table(spark, cfg, "bundles", dt)
     assert {"complementary", "alternative", "value"} <= set(pb.kind)
@@ -100,7 +101,7 @@ def test_product_bundles_are_priced_within_margin_and_discount_and_ids_are_stabl
 
 
 def test_offers_respect_stock_budget_control_and_explain_themselves(spark, world):
-    from jobs.bundles import available_stock, user_warehouses
+    from bundlecast.jobs.bundles.job import available_stock, user_warehouses
     cfg, dt = world["cfg"], world["dt"]
     of = _table(spark, cfg, "offers", dt)
     ex = _table(spark, cfg, "experiment_exposures", dt)
@@ -128,8 +129,9 @@ def test_offers_respect_stock_budget_control_and_explain_themselves(spark, world
 
 
 def test_ab_analysis_finds_the_planted_winner_and_covers_the_planted_rates(spark, world):
-    from jobs import experiments, ingest
-    from jobs.demo_world import PLANTED_CONVERSION, simulate_offer_responses
+    from bundlecast.jobs.experiments import job as experiments
+    from bundlecast.jobs.ingest import job as ingest
+    from bundlecast.jobs.tools.demo_world import PLANTED_CONVERSION, simulate_offer_responses
     cfg, dt = world["cfg"], world["dt"]
     exposures = _table(spark, cfg, "experiment_exposures", dt)
     offers = _table(spark, cfg, "offers", dt)
@@ -150,7 +152,7 @@ def test_ab_analysis_finds_the_planted_winner_and_covers_the_planted_rates(spark
     assert len(stored) == len(out)
     assert "WINNER" in experiments.report(analysis_day, cfg=cfg, spark=spark)
     # Hourly: the offers whose items the user has since bought are withdrawn, once.
-    from jobs import offers as O
+    from bundlecast.jobs.offers import job as O
     r = O.run(spark, day1, "reprice", "reprice-1", cfg, progress=lambda m: None)
     after = _table(spark, cfg, "offers", dt).set_index("offer_id")
     redeemed = set(_table(spark, cfg, "feedback").query("kind == 'offer_redeem'").reference_id)
@@ -161,8 +163,8 @@ def test_ab_analysis_finds_the_planted_winner_and_covers_the_planted_rates(spark
 
 
 def test_generate_bundle_explains_the_best_bundle_for_a_user(spark, world):
-    from jobs.bundles import generate_bundle
-    from jobs.core.errors import BundlecastError
+    from bundlecast.jobs.bundles.job import generate_bundle
+    from bundlecast.jobs.core.errors import BundlecastError
     cfg = world["cfg"]
     a, b = world["truth"]["complementary_pairs"][0]
     user = _table(spark, cfg, "need_predictions", world["dt"]).user_id.iloc[0]

@@ -3,8 +3,7 @@ hand-made inputs whose right answer is known."""
 import numpy as np
 import pandas as pd
 import pytest
-
-from jobs.core.config import load_config
+from bundlecast.jobs.core.config import load_config
 
 
 @pytest.fixture(scope="module")
@@ -14,7 +13,7 @@ def conf():
 
 
 def test_incentive_is_capped_by_max_discount_and_min_margin(conf):
-    from models.incentives import size
+    from bundlecast.models.incentives import size
     c, _ = conf
     price, cost = np.array([100.0, 100.0, 100.0]), np.array([50.0, 85.0, 50.0])
     f = size(price, cost, value_90d=[10_000, 10_000, 0], saving=[100, 100, 0], holding=[0, 0, 0],
@@ -34,7 +33,7 @@ def test_incentive_is_capped_by_max_discount_and_min_margin(conf):
 
 
 def test_consolidation_saves_only_near_a_planned_route(conf):
-    from models.incentives import consolidation
+    from bundlecast.models.incentives import consolidation
     c, _ = conf
     depot = (51.45, -0.97)
     near, far = (51.60, -0.80), (51.60, -0.80)
@@ -47,7 +46,7 @@ def test_consolidation_saves_only_near_a_planned_route(conf):
 
 
 def test_auto_policy_chooses_types_from_the_factors(conf):
-    from models.incentives import choose_type, size
+    from bundlecast.models.incentives import choose_type, size
     c, _ = conf
     f = size([50, 50, 50, 10], [20, 20, 20, 4], [0, 5000, 0, 0], [10, 0, 0, 0], [0] * 4, [0] * 4, [0, 0, 0, 0], c)
     t = choose_type(f, proactive_ok=[True, False, False, False], value_decile=[5, 10, 5, 5], price=[50, 50, 50, 10], cfg=c)
@@ -58,7 +57,7 @@ def test_auto_policy_chooses_types_from_the_factors(conf):
 
 
 def test_price_optimisation_respects_margin_and_prefers_discounts_when_they_pay(conf):
-    from models.pricing import Acceptance, optimise_price
+    from bundlecast.models.pricing import Acceptance, optimise_price
     c, _ = conf
     acc = Acceptance(beta=6.0, gamma=4.0, source="test")
     out = optimise_price([100, 100, 100, 100], [40, 88, 95, 40], [0.05, 0.05, 0.05, 0.05], [100, 100, 100, 80], acc, c)
@@ -72,7 +71,7 @@ def test_price_optimisation_respects_margin_and_prefers_discounts_when_they_pay(
 
 
 def test_price_response_is_fitted_from_redemptions_or_falls_back_to_the_prior(conf):
-    from models.pricing import Acceptance, fit_acceptance
+    from bundlecast.models.pricing import Acceptance, fit_acceptance
     c, _ = conf
     rng = np.random.default_rng(0)
     n = 20_000
@@ -89,7 +88,7 @@ def test_price_response_is_fitted_from_redemptions_or_falls_back_to_the_prior(co
 
 
 def test_allocation_is_global_never_oversells_and_keeps_the_budget(conf):
-    from models.pricing import allocate
+    from bundlecast.models.pricing import allocate
     _, cfg = conf
     # Greedy gives the single unit of X to u1 (profit 10) and u2 gets nothing; the optimum
     # gives u1 its second-best offer (9) and X to u2 (8): 17 > 10 + 0.
@@ -128,7 +127,7 @@ def test_allocation_is_global_never_oversells_and_keeps_the_budget(conf):
 
 
 def test_assignment_is_deterministic_balanced_and_salted(conf):
-    from models.experiments import assign
+    from bundlecast.models.experiments import assign
     _, cfg = conf
     exp = cfg["experiments"][0]
     users = [f"U{i:07d}" for i in range(20_000)]
@@ -142,7 +141,7 @@ def test_assignment_is_deterministic_balanced_and_salted(conf):
 
 
 def test_analysis_intervals_cover_planted_effects_and_flag_sample_ratio_mismatch(conf):
-    from models.experiments import analyse
+    from bundlecast.models.experiments import analyse
     _, cfg = conf
     exp = cfg["experiments"][0]
     rng = np.random.default_rng(5)
@@ -163,7 +162,7 @@ def test_analysis_intervals_cover_planted_effects_and_flag_sample_ratio_mismatch
 
 
 def test_unusable_items_never_enter_a_bundle():
-    from jobs.bundles import product_bundles, usable_prices
+    from bundlecast.jobs.bundles.job import product_bundles, usable_prices
     cfg = load_config()
     counts = {}
     items = pd.DataFrame({"key": ["s|A", "s|B", "s|C", "s|D", "s|E"], "price": [10.0, 5.0, None, 4.0, 8.0],

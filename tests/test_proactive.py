@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
-from models import packaging, routing
+from bundlecast.models import packaging, routing
 
 SOLOMON = Path(__file__).resolve().parents[2] / "shared" / "data" / "solomon_vrptw" / "instances"
 DT = "2026-11-20"
@@ -82,8 +81,8 @@ def test_insertion_keeps_planned_stops_and_drops_the_uneconomic_one():
 def test_on_the_delivery_day_a_loaded_shipment_stays_on_its_van():
     """A same-day re-plan (after a cancel) may re-sequence a van's proactive stops, but a
     parcel already loaded on van A is not moved to van B, even where B passes closer."""
-    from jobs import proactive
-    from jobs.core.config import load_config
+    from bundlecast.jobs.core.config import load_config
+    from bundlecast.jobs.proactive import job as proactive
     cfg = load_config(state_home=Path("/nonexistent"), environ={})
     day = DELIVERY
     at = lambda h: pd.Timestamp(day) + pd.Timedelta(hours=h)  # noqa: E731
@@ -102,7 +101,7 @@ def test_on_the_delivery_day_a_loaded_shipment_stays_on_its_van():
 
 
 def test_users_hear_again_only_when_the_expected_arrival_moves():
-    from jobs.proactive import arrival_messages
+    from bundlecast.jobs.proactive.job import arrival_messages
     day = pd.Timestamp("2026-11-21")
 
     def told(frm, shipment="S1", created=0):
@@ -115,7 +114,8 @@ def test_users_hear_again_only_when_the_expected_arrival_moves():
     assert arrival_messages(pd.DataFrame([told(9)]), first).empty  # same arrival: nothing new
     moved = arrival_messages(pd.DataFrame([told(13)]), first)
     assert moved.kind.tolist() == ["arrival_changed"] and moved.incentive_type.isna().all()
-    back = arrival_messages(pd.DataFrame([told(9)]), pd.concat([first, moved.assign(created_at=day + pd.Timedelta(1, "h"), incentive_type="", incentive_value=0.0)]))
+    sent = moved.assign(created_at=day + pd.Timedelta(1, "h"), incentive_type="", incentive_value=0.0)
+    back = arrival_messages(pd.DataFrame([told(9)]), pd.concat([first, sent]))
     assert back.kind.tolist() == ["arrival_changed"] and back.notification_id.iloc[0] != moved.notification_id.iloc[0]
     next_day = arrival_messages(pd.DataFrame([told(33)]), first)  # postponed to the next day: a new heads-up
     assert next_day.kind.tolist() == ["heads_up"]
@@ -126,7 +126,7 @@ def test_routing_bench_command_writes_checked_results_and_routes(tmp_path):
         pytest.skip("shared data not present")
     import json
 
-    from jobs import routing_bench
+    from bundlecast.jobs.tools import routing_bench
     frame = routing_bench.run(SOLOMON, 1.0, ["ortools", "pyvrp"], tmp_path, SOLOMON.parent / "solomon_100_bks.csv",
                               only=["C101", "R201"], progress=lambda m: None)
     assert len(frame) == 4 and frame.feasible.all() and (frame.gap_pct > -0.01).all()
@@ -138,8 +138,8 @@ def test_routing_bench_command_writes_checked_results_and_routes(tmp_path):
 
 
 def test_cancellations_raise_a_category_threshold():
-    from jobs.core.config import load_config
-    from jobs.proactive import thresholds
+    from bundlecast.jobs.core.config import load_config
+    from bundlecast.jobs.proactive.job import thresholds
     cfg = load_config(state_home=Path("/nonexistent"), environ={})
     rule = cfg["proactive"]["cancel_rule"]
     n = int(rule["min_shipments"])
@@ -160,8 +160,8 @@ def test_cancellations_raise_a_category_threshold():
 
 
 def test_shipment_cap_is_per_delivery_day_so_a_rerun_adds_nothing():
-    from jobs.core.config import load_config
-    from jobs.proactive import eligible
+    from bundlecast.jobs.core.config import load_config
+    from bundlecast.jobs.proactive.job import eligible
     cfg = load_config(state_home=Path("/nonexistent"), environ={})
     cfg["proactive"]["max_shipments"] = 3
     n = 6
@@ -189,7 +189,7 @@ def test_shipment_cap_is_per_delivery_day_so_a_rerun_adds_nothing():
 
 
 def test_decision_reserves_only_what_the_days_routes_can_take():
-    from jobs.proactive import pick_warehouses, route_room
+    from bundlecast.jobs.proactive.job import pick_warehouses, route_room
     stops = pd.DataFrame({"depot_id": ["A", "A", "A", "B"], "route_id": ["A-0", "A-0", "A-1", "B-0"]})
     ships = pd.DataFrame({"warehouse_id": ["A", "A", "A", "B"], "status": ["notified", "dropped", "cancelled", "planned"],
                           "delivery_date": pd.to_datetime([DELIVERY] * 3 + [DELIVERY - timedelta(days=1)])})
@@ -239,10 +239,10 @@ def test_packing_minimises_volume_and_respects_perishables_and_fragile_items():
 @pytest.fixture(scope="module")
 def pworld(spark, tmp_path_factory):
     """A tiny world: ingested dimensions, stock, routes and feedback; planted need bundles."""
-    from jobs import ingest
-    from jobs.core.config import load_config
-    from jobs.core.delta import read_table
-    from jobs.demo_world import generate
+    from bundlecast.jobs.core.config import load_config
+    from bundlecast.jobs.core.delta import read_table
+    from bundlecast.jobs.ingest import job as ingest
+    from bundlecast.jobs.tools.demo_world import generate
 
     home = tmp_path_factory.mktemp("proactive")
     cfg = load_config(state_home=home)
@@ -268,7 +268,7 @@ def pworld(spark, tmp_path_factory):
                      "need_date": DELIVERY + timedelta(days=1), "confidence": conf, "list_price": 10.0, "cost": 5.0,
                      "volume_l": 2.0, "weight_kg": 1.0, "warehouse_id": None, "stock_ok": True, "short_items": [],
                      "dt": date.fromisoformat(DT), "run_id": "planted"})
-    from jobs.core.delta import catalog_frame, replace_rows
+    from bundlecast.jobs.core.delta import catalog_frame, replace_rows
     replace_rows(spark, catalog_frame(spark, "need_bundles", rows), "need_bundles", f"dt = DATE'{DT}'", cfg)
     # the cool-down user cancelled a proactive shipment three days ago
     fb = pd.DataFrame([{"feedback_id": "FCOOL", "feedback_ts": datetime(2026, 11, 17, 10), "user_id": cool,
@@ -279,15 +279,15 @@ def pworld(spark, tmp_path_factory):
 
 
 def _append(spark, cfg, name, frame):
-    from jobs.core import catalog
-    from jobs.core.delta import read_table
+    from bundlecast.jobs.core import catalog
+    from bundlecast.jobs.core.delta import read_table
     target = read_table(spark, name, cfg).schema
     df = spark.createDataFrame(frame[[f.name for f in target.fields]], target)
     df.write.format("delta").mode("append").save(catalog.table_path(name, cfg))
 
 
 def _t(spark, cfg, name):
-    from jobs.core.delta import read_table
+    from bundlecast.jobs.core.delta import read_table
     return read_table(spark, name, cfg).toPandas()
 
 
@@ -307,7 +307,7 @@ def _assert_users_told_the_current_plan(spark, cfg):
 
 @pytest.fixture(scope="module")
 def nightly(spark, pworld):
-    from jobs import proactive
+    from bundlecast.jobs.proactive import job as proactive
     s = proactive.run(spark, DT, "nightly", "pro-1", pworld["cfg"], progress=lambda m: None)
     return s
 
@@ -327,7 +327,7 @@ def test_decision_honours_opt_out_cooldown_and_threshold(spark, pworld, nightly)
 
 
 def test_routes_keep_every_planned_stop_in_order_and_window(spark, pworld, nightly):
-    from jobs.core.delta import read_table
+    from bundlecast.jobs.core.delta import read_table
     cfg = pworld["cfg"]
     feed = read_table(spark, "routes", cfg).toPandas()
     feed = feed[pd.to_datetime(feed.route_date).dt.date == DELIVERY]
@@ -352,7 +352,7 @@ def test_routes_keep_every_planned_stop_in_order_and_window(spark, pworld, night
 
 
 def test_reservations_match_shipments_and_rerun_changes_nothing(spark, pworld, nightly):
-    from jobs import proactive
+    from bundlecast.jobs.proactive import job as proactive
     cfg = pworld["cfg"]
     names = ["proactive_shipments", "inventory_reservations", "route_stops", "route_plans", "notifications"]
     key_cols = {"proactive_shipments": ["shipment_id", "status", "route_id", "planned_arrival"],
@@ -376,8 +376,8 @@ def test_reservations_match_shipments_and_rerun_changes_nothing(spark, pworld, n
 def test_concurrent_reservations_never_oversell(spark, pworld, nightly):
     """Two runs plan on the same ledger version (a barrier makes sure) for more units than
     the warehouse has: one commit wins, the other conflicts, re-reads and re-plans."""
-    from jobs import proactive
-    from jobs.bundles import StepSummary
+    from bundlecast.jobs.bundles.job import StepSummary
+    from bundlecast.jobs.proactive import job as proactive
     cfg = pworld["cfg"]
     stock = proactive.stock_by_warehouse(spark, cfg)
     held = _t(spark, cfg, "inventory_reservations").query("status == 'active'")
@@ -421,7 +421,7 @@ def test_concurrent_reservations_never_oversell(spark, pworld, nightly):
 
 
 def test_feedback_cancel_releases_and_unroutes_postpone_moves(spark, pworld, nightly):
-    from jobs import proactive
+    from bundlecast.jobs.proactive import job as proactive
     cfg = pworld["cfg"]
     ships = _t(spark, cfg, "proactive_shipments")
     routed = ships[ships.status == "notified"].sort_values("shipment_id")
@@ -452,8 +452,8 @@ def test_feedback_cancel_releases_and_unroutes_postpone_moves(spark, pworld, nig
 
 
 def test_consolidation_potential_is_the_exact_insertion_cost(spark, pworld, nightly):
-    from jobs import proactive
-    from jobs.core.delta import read_table
+    from bundlecast.jobs.core.delta import read_table
+    from bundlecast.jobs.proactive import job as proactive
     cfg = pworld["cfg"]
     stops = _t(spark, cfg, "route_stops")
     stops = stops[(pd.to_datetime(stops.route_date).dt.date == DELIVERY) & (stops.stop_type == "planned")]
@@ -473,7 +473,7 @@ def test_proof_of_delivery_closes_shipments_and_feedback_applies_once_in_order(s
     released); a customer's cancel after the delivery day is too late; a routed shipment
     without proof keeps its stock for ``proof_grace_days``, then counts as delivered. An
     accept followed by a postpone stays postponed when the run is repeated."""
-    from jobs import proactive
+    from bundlecast.jobs.proactive import job as proactive
     cfg = pworld["cfg"]
     ships = _t(spark, cfg, "proactive_shipments")
     left = ships[ships.status == "notified"].sort_values("shipment_id")

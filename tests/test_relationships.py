@@ -7,11 +7,9 @@ so it does not disturb the tiny world the other tests share; it reuses the sessi
 """
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
-
-from jobs.core.errors import BundlecastError
+from bundlecast.jobs.core.errors import BundlecastError
 
 pytestmark = pytest.mark.slow
 DT = "2026-11-20"
@@ -23,7 +21,7 @@ def rel_world(test_world):
 
 
 def _frame(spark, cfg, name, drop=()):
-    from jobs.core.delta import read_table
+    from bundlecast.jobs.core.delta import read_table
     return read_table(spark, name, cfg).drop(*drop).toPandas()
 
 
@@ -31,7 +29,7 @@ def _frame(spark, cfg, name, drop=()):
 def incremental_then_full(spark, rel_world):
     """Full run up to the day before the last day of behaviour, the hourly fold of the last
     day, then a full rebuild over the same data with the same weights."""
-    from jobs import relationships as R
+    from bundlecast.jobs.relationships import job as R
 
     cfg = rel_world["cfg"]
     first = R.run_full(spark, "2026-11-18", "full-18", cfg)
@@ -96,7 +94,7 @@ def test_weights_are_fitted_per_segment_and_category_with_fit_quality(spark, rel
 
 
 def test_related_items_ranks_filters_and_explains(spark, rel_world, incremental_then_full):
-    from jobs.relationships import related_items, render_related
+    from bundlecast.jobs.relationships.job import related_items, render_related
 
     cfg = rel_world["cfg"]
     a, b = rel_world["truth"]["complementary_pairs"][0]
@@ -119,11 +117,10 @@ def test_bad_input_is_skipped_and_counted(spark, rel_world, incremental_then_ful
     """Behaviour that reached silver around ingestion (a backfill, a bug) must not break the job."""
     from datetime import datetime, timedelta
 
+    from bundlecast.jobs.core import catalog
+    from bundlecast.jobs.core.delta import read_table
+    from bundlecast.jobs.relationships import job as R
     from pyspark.sql import functions as F
-
-    from jobs import relationships as R
-    from jobs.core import catalog
-    from jobs.core.delta import read_table
 
     cfg = rel_world["cfg"]
     events = read_table(spark, "events", cfg)

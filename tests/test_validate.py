@@ -1,8 +1,7 @@
 """Validation transforms on a few explicit rows: every contract rule and its reason."""
 import pytest
-
-from jobs.core.catalog import Column, DatasetSpec, Reference
-from jobs.ingest import CORRUPT, deduplicate, validate
+from bundlecast.jobs.core.catalog import Column, DatasetSpec, Reference
+from bundlecast.jobs.ingest.job import CORRUPT, deduplicate, validate
 
 SPEC = DatasetSpec(
     name="lines", description="", keys=("order_id", "line_no"), load="partition",

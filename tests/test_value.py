@@ -17,8 +17,8 @@ def value_cfg(test_world):
 
 
 def test_user_value_beats_the_baseline_and_is_written(spark, test_world, value_cfg):
-    from jobs import value
-    from jobs.core.delta import read_table
+    from bundlecast.jobs.core.delta import read_table
+    from bundlecast.jobs.value import job as value
 
     s = value.run(spark, test_world["date"], "value-1", value_cfg, progress=lambda m: None)
     m, b = s.metrics["model"], s.metrics["baseline"]
@@ -35,7 +35,7 @@ def test_user_value_beats_the_baseline_and_is_written(spark, test_world, value_c
 
 
 def test_too_little_history_is_skipped_with_one_message(spark, test_world, value_cfg):
-    from jobs import value
+    from bundlecast.jobs.value import job as value
 
     cfg = copy.deepcopy(value_cfg)
     cfg["value"]["horizon_days"] = 90  # 2 x 90 days needed, the world has 60

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from jobs.core.config import CONF_DIR, config, read_yaml
-from jobs.core.errors import ConfigError
+from bundlecast.jobs.core.config import CONF_DIR, config, read_yaml
+from bundlecast.jobs.core.errors import ConfigError
 
 SPARK_TYPES = {
     "string": "string", "int": "int", "long": "bigint", "double": "double",

@@ -5,7 +5,7 @@ import logging
 import os
 import sys
 
-from jobs.core.errors import one_line
+from bundlecast.jobs.core.errors import one_line
 
 
 def run_main(body) -> int:

@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
-from jobs.core.errors import ConfigError
+from bundlecast.jobs.core.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CONF_DIR = Path(os.environ.get("BUNDLECAST_CONF_DIR", PROJECT_ROOT / "conf"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from jobs.core import catalog
+from bundlecast.jobs.core import catalog
 
 _ENSURED: set[tuple[str, str]] = set()
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import re
+import sys
 from pathlib import Path
 
-from jobs.core.config import CONF_DIR, config
+from bundlecast.jobs.core.config import CONF_DIR, config
 
 log = logging.getLogger(__name__)
 DELTA_EXTENSIONS = {

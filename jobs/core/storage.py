@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from urllib.parse import urlparse
 
-from jobs.core.errors import ConfigError
+from bundlecast.jobs.core.errors import ConfigError
 
 
 class LocalStore:

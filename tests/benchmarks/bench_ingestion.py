@@ -21,11 +21,11 @@ def main() -> None:
     parser.add_argument("--datasets", default="sites,warehouses,items,users,events,orders,order_lines")
     args = parser.parse_args()
     home = bench_world(args.scale)
-    from jobs import ingest
-    from jobs.core import catalog
-    from jobs.core.config import config
-    from jobs.core.spark import get_spark
-    from jobs.demo_world import generate
+    from bundlecast.jobs.core import catalog
+    from bundlecast.jobs.core.config import config
+    from bundlecast.jobs.core.spark import get_spark
+    from bundlecast.jobs.ingest import job as ingest
+    from bundlecast.jobs.tools.demo_world import generate
 
     cfg = config()
     dt = cfg["demo"]["date"]

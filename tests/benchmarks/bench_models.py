@@ -26,10 +26,10 @@ def main() -> None:
                         help="which of forecast,train,score to run (score needs a champion from an earlier train)")
     args = parser.parse_args()
     home = bench_world(args.scale)
-    from jobs import need
-    from jobs.core import catalog
-    from jobs.core.config import config
-    from jobs.core.spark import get_spark
+    from bundlecast.jobs.core import catalog
+    from bundlecast.jobs.core.config import config
+    from bundlecast.jobs.core.spark import get_spark
+    from bundlecast.jobs.need import job as need
 
     cfg = config()
     if not Path(catalog.table_path("orders", cfg), "_delta_log").is_dir():
@@ -41,7 +41,7 @@ def main() -> None:
     missing = [d for d in ("inventory", "weather", "calendar_events", "reviews")
                if not Path(catalog.table_path(d, cfg), "_delta_log").is_dir()]
     if missing:
-        from jobs import ingest
+        from bundlecast.jobs.ingest import job as ingest
         ingest.run(spark, dt, missing, cfg=cfg, progress=print)
     print(f"scale={args.scale} cores={os.cpu_count()} driver memory={cfg['spark']['driver_memory']}")
     # Forecast first (the quickest); each figure is printed as soon as it is measured.
@@ -67,7 +67,7 @@ def main() -> None:
 
 
 def _forecast(spark, cfg: dict, dt: str, series: int) -> None:
-    from jobs import forecast
+    from bundlecast.jobs.forecast import job as forecast
 
     cfg["forecast"].update(level="item", sample_series=series)
     with PeakMemory() as fc_mem:

@@ -23,13 +23,14 @@ def main() -> None:
     parser.add_argument("--scale", default="medium")
     args = parser.parse_args()
     home = bench_world(args.scale)
+    from bundlecast.jobs.bundles import job as bundles
+    from bundlecast.jobs.core import catalog
+    from bundlecast.jobs.core.config import config
+    from bundlecast.jobs.core.delta import read_table
+    from bundlecast.jobs.core.spark import get_spark
+    from bundlecast.jobs.ingest import job as ingest
+    from bundlecast.jobs.offers import job as offers
     from pyspark.sql import functions as F
-
-    from jobs import bundles, ingest, offers
-    from jobs.core import catalog
-    from jobs.core.config import config
-    from jobs.core.delta import read_table
-    from jobs.core.spark import get_spark
 
     cfg = config()
     dt = cfg["demo"]["date"]

@@ -45,10 +45,10 @@ def main() -> None:
     parser.add_argument("--scale", default="medium")
     args = parser.parse_args()
     home = bench_world(args.scale)
-    from jobs import relationships
-    from jobs.core import catalog
-    from jobs.core.config import config
-    from jobs.core.spark import get_spark
+    from bundlecast.jobs.core import catalog
+    from bundlecast.jobs.core.config import config
+    from bundlecast.jobs.core.spark import get_spark
+    from bundlecast.jobs.relationships import job as relationships
 
     cfg = config()
     events_path = catalog.table_path("events", cfg)

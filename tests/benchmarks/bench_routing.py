@@ -25,7 +25,7 @@ SOLOMON = Path(__file__).resolve().parents[3] / "shared" / "data" / "solomon_vrp
 
 
 def solomon(time_limit: float, out: Path) -> None:
-    from jobs import routing_bench
+    from bundlecast.jobs.tools import routing_bench
 
     if not (SOLOMON / "instances").is_dir():
         print(f"BENCH solomon: skipped, no instances under {SOLOMON}")
@@ -45,14 +45,14 @@ def solomon(time_limit: float, out: Path) -> None:
 
 def insertion(scale: str) -> None:
     home = bench_world(scale)
+    from bundlecast.jobs.core import catalog
+    from bundlecast.jobs.core.config import config
+    from bundlecast.jobs.core.delta import read_table
+    from bundlecast.jobs.core.spark import get_spark
+    from bundlecast.jobs.ingest import job as ingest
+    from bundlecast.jobs.proactive import job as proactive
+    from bundlecast.jobs.pipeline import STEPS
     from pyspark.sql import functions as F
-
-    from jobs import ingest, proactive
-    from jobs.core import catalog
-    from jobs.core.config import config
-    from jobs.core.orchestration import PROACTIVE_TABLES
-    from jobs.core.delta import read_table
-    from jobs.core.spark import get_spark
 
     cfg = config()
     dt = cfg["demo"]["date"]
@@ -63,7 +63,7 @@ def insertion(scale: str) -> None:
     if missing:
         ingest.run(spark, dt, missing, cfg=cfg, with_expectations=False, progress=print)
     # Measure a first decision for the day: forget earlier benchmark runs' proactive state.
-    for name in PROACTIVE_TABLES:
+    for name in STEPS["proactive"].writes:
         if name != "offer_runs":
             spark.sql(f"DROP TABLE IF EXISTS {catalog.qualified_name(name, cfg)}")
             shutil.rmtree(catalog.table_path(name, cfg), ignore_errors=True)

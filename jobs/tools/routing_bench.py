@@ -16,9 +16,8 @@ import math
 from pathlib import Path
 
 import pandas as pd
-
-from jobs.core.errors import BundlecastError
-from models import routing
+from bundlecast.jobs.core.errors import BundlecastError
+from bundlecast.models import routing
 
 
 def _bks(path: Path | None) -> dict[str, float]:

@@ -29,7 +29,6 @@ Scores
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import time
@@ -39,11 +38,10 @@ from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta, timezone
 
 import numpy as np
-
-from jobs.core import catalog
-from jobs.core.config import config
-from jobs.core.delta import catalog_frame, ensure_table, read_table, replace_rows
-from jobs.core.errors import BundlecastError
+from bundlecast.jobs.core import catalog
+from bundlecast.jobs.core.config import config
+from bundlecast.jobs.core.delta import catalog_frame, ensure_table, read_table, replace_rows
+from bundlecast.jobs.core.errors import BundlecastError
 
 log = logging.getLogger("bundlecast.relationships")
 SIGNALS = ["co_view_rate", "co_view_jaccard", "co_view_lift_log", "co_purchase_rate", "co_purchase_jaccard",
@@ -896,7 +894,7 @@ def related_items(item: str, k: int = 10, relation: str | None = None, site: str
 
     cfg = cfg or config()
     if spark is None:
-        from jobs.core.spark import get_spark
+        from bundlecast.jobs.core.spark import get_spark
         spark = get_spark("bundlecast-related", cfg)
     if relation not in (None, "complementary", "alternative", "other"):
         raise BundlecastError(f"relation must be complementary, alternative or other, not {relation!r}")
@@ -922,21 +920,3 @@ def render_related(item: str, rows: list[dict]) -> str:
                      f"{r['co_purchase_support']:>7d} {r['co_purchase_lift']:6.1f} {r['co_view_support']:>7d} "
                      f"{r['text_similarity']:5.2f} {r['inventory_correlation']:6.2f}")
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    from jobs.core.cli_support import run_main
-    parser = argparse.ArgumentParser(description="Score item relationships (full nightly, incremental hourly)")
-    parser.add_argument("--date", required=True)
-    parser.add_argument("--mode", choices=["full", "incremental"], default="full")
-    parser.add_argument("--run-id")
-    args = parser.parse_args(argv)
-
-    def body():
-        from jobs.core.spark import get_spark
-        run(get_spark("bundlecast-relationships"), args.date, args.mode, args.run_id)
-    return run_main(body)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

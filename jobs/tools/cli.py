@@ -20,20 +20,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from datetime import date
 from pathlib import Path
 
-from jobs.core.cli_support import run_main
-from jobs.core.config import config
-from jobs.core.errors import BundlecastError
-from jobs.demo_world import SCALES
-
-
-def _date(text: str) -> str:
-    try:
-        return date.fromisoformat(text).isoformat()
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
+from bundlecast.jobs.core.cli_support import run_main
+from bundlecast.jobs.core.config import PROJECT_ROOT, config
+from bundlecast.jobs.core.errors import BundlecastError
+from bundlecast.jobs.core.step import iso_date as _date
+from bundlecast.jobs.pipeline import STEPS
+from bundlecast.jobs.tools.demo_world import SCALES
 
 
 def _progress(msg: str) -> None:
@@ -41,8 +35,8 @@ def _progress(msg: str) -> None:
 
 
 def cmd_setup(args) -> None:
-    from jobs.core.orchestration import ensure_airflow_db
-    from jobs.core.spark import cached_jars, get_spark
+    from bundlecast.jobs.core.spark import cached_jars, get_spark
+    from bundlecast.jobs.tools.airflow_run import ensure_airflow_db
 
     cfg = config()
     for sub in ("raw", "warehouse", "metastore", "mlflow", "exports", "gx"):
@@ -56,7 +50,7 @@ def cmd_setup(args) -> None:
 
 
 def cmd_generate(args) -> None:
-    from jobs.demo_world import generate
+    from bundlecast.jobs.tools.demo_world import generate
 
     cfg = config()
     dt = args.date or cfg["demo"]["date"]
@@ -69,7 +63,7 @@ def cmd_generate(args) -> None:
 
 
 def cmd_import(args) -> None:
-    from jobs.import_online_retail import import_online_retail
+    from bundlecast.jobs.tools.import_online_retail import import_online_retail
 
     cfg = config()
     counts = import_online_retail(Path(args.path), Path(cfg["storage"]["raw"]), args.date, args.limit)
@@ -78,17 +72,17 @@ def cmd_import(args) -> None:
     print(f"next: bundlecast run nightly --date {args.date}")
 
 
-def cmd_ingest(args) -> None:
-    from jobs.core.spark import get_spark
-    from jobs.ingest import run
+def cmd_step(args) -> None:
+    """Any pipeline step, in this process (no Airflow): ``bundlecast STEP --date D ...``."""
+    from bundlecast.jobs.core.spark import get_spark
+    from bundlecast.jobs.pipeline import step
 
-    spark = get_spark("bundlecast-ingest")
-    run(spark, args.date, args.datasets.split(",") if args.datasets else None,
-        with_expectations=not args.no_expectations, progress=_progress)
+    declared = step(args.command)
+    declared.run(get_spark(f"bundlecast-{declared.name}"), args.date, progress=_progress, **declared.kwargs(args))
 
 
 def cmd_run(args) -> None:
-    from jobs.core.orchestration import run_dag
+    from bundlecast.jobs.tools.airflow_run import run_dag
 
     run_dag(args.kind, args.date, echo=lambda m: print(m, flush=True))
     if args.kind == "nightly" or args.summary:
@@ -96,14 +90,14 @@ def cmd_run(args) -> None:
 
 
 def cmd_tables(args) -> None:
-    from jobs.tables import all_tables, render
+    from bundlecast.jobs.tools.tables import all_tables, render
 
     rows = all_tables()
     print(json.dumps(rows, indent=1) if args.json else render(rows))
 
 
 def cmd_sql(args) -> None:
-    from jobs.core.spark import get_spark
+    from bundlecast.jobs.core.spark import get_spark
 
     spark = get_spark("bundlecast-sql")
     spark.sql(f"USE {config()['storage']['database']}")
@@ -116,7 +110,7 @@ def cmd_sql(args) -> None:
 
 
 def cmd_export(args) -> None:
-    from jobs.export import export_table
+    from bundlecast.jobs.export.job import export_table
 
     manifest = export_table(args.table, args.date, args.target, args.format)
     print(f"{manifest['row_count']:,} rows of {args.table} (Delta version {manifest['delta_version']}) "
@@ -124,14 +118,14 @@ def cmd_export(args) -> None:
 
 
 def cmd_contract(args) -> None:
-    from jobs.core.catalog import contract_markdown
+    from bundlecast.jobs.core.catalog import contract_markdown
 
     print(contract_markdown())
 
 
 def cmd_summary(args) -> None:
-    from jobs.quality import data_docs_index
-    from jobs.tables import all_tables, render
+    from bundlecast.jobs.ingest.quality import data_docs_index
+    from bundlecast.jobs.tools.tables import all_tables, render
 
     cfg = config()
     print("\n" + render(all_tables(cfg)))
@@ -142,15 +136,8 @@ def cmd_summary(args) -> None:
     print("look at them    : bundlecast tables --json | bundlecast sql \"SELECT * FROM bundlecast.ingestion_audit\"")
 
 
-def cmd_relationships(args) -> None:
-    from jobs import relationships
-    from jobs.core.spark import get_spark
-
-    relationships.run(get_spark("bundlecast-relationships"), args.date, args.mode)
-
-
 def cmd_related(args) -> None:
-    from jobs import relationships
+    from bundlecast.jobs.relationships import job as relationships
 
     rows = relationships.related_items(args.item, args.k, args.relation, args.site, args.segment)
     if args.json:
@@ -160,31 +147,9 @@ def cmd_related(args) -> None:
         print(relationships.render_related(args.item, rows))
 
 
-def cmd_forecast(args) -> None:
-    from jobs import forecast
-    from jobs.core.spark import get_spark
-
-    forecast.run(get_spark("bundlecast-forecast"), args.date)
-
-
-def cmd_need(args) -> None:
-    from jobs import need
-    from jobs.core.spark import get_spark
-
-    need.run(get_spark("bundlecast-need"), args.date, args.mode)
-
-
-def cmd_value(args) -> None:
-    from jobs import value
-    from jobs.core.spark import get_spark
-
-    value.run(get_spark("bundlecast-value"), args.date)
-
-
 def cmd_models(args) -> None:
     import pandas as pd
-
-    from models import registry
+    from bundlecast.models import registry
 
     runs = registry.compare(config(), args.model, args.n)
     if runs.empty:
@@ -195,31 +160,24 @@ def cmd_models(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from jobs.core.spark import get_spark
+    from bundlecast.jobs.core.spark import get_spark
 
     if args.what == "relationships":
-        from jobs import evaluate_relationships as ev
+        from bundlecast.jobs.tools import evaluate_relationships as ev
         if not args.cutoff:
             raise BundlecastError("eval relationships needs --cutoff DATE")
         results = ev.evaluate(get_spark("bundlecast-eval"), config(), args.cutoff, args.k)
         name = "bundlecast-relationships-eval"
     else:
-        from jobs import evaluate_forecast as ev
+        from bundlecast.jobs.tools import evaluate_forecast as ev
         results = ev.evaluate(get_spark("bundlecast-eval"), config(), args.data, args.holdout_days)
         name = ev.EXPERIMENT
     print(ev.render(results))
     print(f"logged to MLflow ({config()['mlflow']['tracking_uri']}), experiment {name}")
 
 
-def cmd_bundles(args) -> None:
-    from jobs import bundles
-    from jobs.core.spark import get_spark
-
-    bundles.run(get_spark("bundlecast-bundles"), args.date)
-
-
 def cmd_bundle(args) -> None:
-    from jobs.bundles import generate_bundle
+    from bundlecast.jobs.bundles.job import generate_bundle
 
     b = generate_bundle(args.user, args.item, args.site)
     if args.json:
@@ -238,24 +196,11 @@ def cmd_bundle(args) -> None:
         print(f"  ({b['filtered_out_recently_bought']} related items left out: bought recently)")
 
 
-def cmd_offers(args) -> None:
-    from jobs import offers
-    from jobs.core.spark import get_spark
-
-    offers.run(get_spark("bundlecast-offers"), args.date, args.mode)
-
-
-def cmd_proactive(args) -> None:
-    from jobs import proactive
-    from jobs.core.spark import get_spark
-    proactive.run(get_spark("bundlecast-proactive"), args.date, args.mode)
-
-
 def cmd_experiments(args) -> None:
-    from jobs import experiments
+    from bundlecast.jobs.experiments import job as experiments
 
     if args.action == "analyse":
-        from jobs.core.spark import get_spark
+        from bundlecast.jobs.core.spark import get_spark
         if not args.date:
             raise BundlecastError("experiments analyse needs --date")
         experiments.run(get_spark("bundlecast-experiments"), args.date)
@@ -264,7 +209,7 @@ def cmd_experiments(args) -> None:
 
 
 def cmd_routing(args) -> None:
-    from jobs import routing_bench
+    from bundlecast.jobs.tools import routing_bench
 
     out = Path(args.out) if args.out else Path(config()["home"]) / "bench" / "routing"
     bks = Path(args.bks) if args.bks else Path(args.instances).resolve().parent / "solomon_100_bks.csv"
@@ -278,6 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bundlecast", description="Anticipatory-commerce batch pipeline.")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("setup", help="fetch jars once, prepare Airflow").set_defaults(func=cmd_setup)
+    for declared in STEPS.values():
+        if declared.name == "experiments":
+            continue  # `experiments report|analyse` below
+        p = sub.add_parser(declared.name, help=f"{declared.help} (this process, no Airflow)")
+        declared.add_arguments(p)
+        p.set_defaults(func=cmd_step)
     p = sub.add_parser("generate", help="write the demo world into the raw zone")
     p.add_argument("--scale", choices=list(SCALES), default="tiny")
     p.add_argument("--seed", type=int, default=42)
@@ -289,11 +240,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--date", type=_date, default="2011-12-10", help="landing date (default 2011-12-10)")
     p.add_argument("--limit", type=int, help="read only the first N lines of each file")
     p.set_defaults(func=cmd_import)
-    p = sub.add_parser("ingest", help="validate raw -> silver in this process (no Airflow)")
-    p.add_argument("--date", type=_date, required=True)
-    p.add_argument("--datasets")
-    p.add_argument("--no-expectations", action="store_true")
-    p.set_defaults(func=cmd_ingest)
     p = sub.add_parser("run", help="run a DAG for a date through Airflow")
     p.add_argument("kind", choices=["nightly", "hourly"])
     p.add_argument("--date", type=_date, required=True)
@@ -313,10 +259,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target")
     p.add_argument("--format", choices=["parquet", "jsonl"])
     p.set_defaults(func=cmd_export)
-    p = sub.add_parser("relationships", help="score item relationships in this process (no Airflow)")
-    p.add_argument("--date", type=_date, required=True)
-    p.add_argument("--mode", choices=["full", "incremental"], default="full")
-    p.set_defaults(func=cmd_relationships)
     p = sub.add_parser("related", help="the items most related to one item, with every signal")
     p.add_argument("item")
     p.add_argument("--site", help="site of the item (ids are unique per site)")
@@ -329,42 +271,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("what", choices=["relationships", "forecast"])
     p.add_argument("--cutoff", type=_date, help="relationships: fit before, evaluate baskets from this date")
     p.add_argument("--k", type=int, default=10)
-    p.add_argument("--data", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "data" / "online_retail"),
+    p.add_argument("--data", default=str(PROJECT_ROOT.parent / "shared" / "data" / "online_retail"),
                    help="forecast: folder with the Online Retail daily item series")
     p.add_argument("--holdout-days", type=int, default=56)
     p.set_defaults(func=cmd_eval)
-    p = sub.add_parser("forecast", help="demand forecast with backtest in this process (no Airflow)")
-    p.add_argument("--date", type=_date, required=True)
-    p.set_defaults(func=cmd_forecast)
-    p = sub.add_parser("need", help="need model: train + gate + score, score, or hourly rescore")
-    p.add_argument("--date", type=_date, required=True)
-    p.add_argument("--mode", choices=["train", "score", "rescore"], default="train")
-    p.set_defaults(func=cmd_need)
-    p = sub.add_parser("value", help="user value model: train, gate, score")
-    p.add_argument("--date", type=_date, required=True)
-    p.set_defaults(func=cmd_value)
     p = sub.add_parser("models", help="ML engineers: recent runs of a model side by side")
     p.add_argument("action", choices=["compare"])
     p.add_argument("model", nargs="?", default="need", choices=["need", "forecast", "value"])
     p.add_argument("--n", type=int, default=10)
     p.set_defaults(func=cmd_models)
-    p = sub.add_parser("bundles", help="need bundles and priced product bundles (no Airflow)")
-    p.add_argument("--date", type=_date, required=True)
-    p.set_defaults(func=cmd_bundles)
     p = sub.add_parser("bundle", help="the best bundle for one user looking at one item, and why")
     p.add_argument("user")
     p.add_argument("item")
     p.add_argument("--site", help="site of the item (ids are unique per site)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bundle)
-    p = sub.add_parser("offers", help="personalised offers: nightly allocation, or hourly re-pricing")
-    p.add_argument("--date", type=_date, required=True)
-    p.add_argument("--mode", choices=["nightly", "reprice"], default="nightly")
-    p.set_defaults(func=cmd_offers)
-    p = sub.add_parser("proactive", help="proactive shipping: decide, reserve, pack, route, notify (no Airflow)")
-    p.add_argument("--date", type=_date, required=True)
-    p.add_argument("--mode", choices=["nightly", "hourly"], default="nightly")
-    p.set_defaults(func=cmd_proactive)
     p = sub.add_parser("experiments", help="A/B tests: the latest analysis, or analyse now")
     p.add_argument("action", choices=["report", "analyse"])
     p.add_argument("--date", type=_date)

@@ -24,8 +24,7 @@ from datetime import date, timedelta
 
 import numpy as np
 import pandas as pd
-
-from jobs.core.delta import read_table
+from bundlecast.jobs.core.delta import read_table
 
 
 def test_queries(spark, cfg: dict, cutoff: str) -> pd.DataFrame:
@@ -115,7 +114,7 @@ def fpgrowth_ranking(spark, cfg: dict, cutoff: str, k: int, min_support: float, 
 def evaluate(spark, cfg: dict, cutoff: str, k: int = 10, fpgrowth_support: float = 0.01,
              progress=print) -> dict:
     """Fit on behaviour before ``cutoff`` and score the three rankers on later baskets."""
-    from jobs import relationships
+    from bundlecast.jobs.relationships import job as relationships
 
     t0 = time.time()
     fit_day = str(date.fromisoformat(cutoff) - timedelta(days=1))
@@ -135,8 +134,7 @@ def evaluate(spark, cfg: dict, cutoff: str, k: int = 10, fpgrowth_support: float
 
 def log_to_mlflow(cfg: dict, results: dict) -> str:
     import mlflow
-
-    from models.tracking import experiment
+    from bundlecast.models.tracking import experiment
     experiment(cfg, "bundlecast-relationships-eval")
     meta = results["_meta"]
     with mlflow.start_run(run_name=f"cutoff-{meta['cutoff']}") as run:

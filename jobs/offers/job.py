@@ -29,7 +29,6 @@ withdrawn when the margin does not allow it) when a competitor price fell below 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import time
 import uuid
@@ -37,15 +36,21 @@ from datetime import date, datetime, timedelta, timezone
 
 import numpy as np
 import pandas as pd
-
-from jobs.bundles import (StepSummary, available_stock, competitor_reference, item_prices, record, stable_id,
-                          user_warehouses)
-from jobs.core.config import config
-from jobs.core.delta import catalog_frame, read_table, replace_rows
-from jobs.core.errors import BundlecastError
-from models import experiments as X
-from models import incentives as I
-from models.pricing import allocate, fit_acceptance
+from bundlecast.jobs.bundles.job import (
+    StepSummary,
+    available_stock,
+    competitor_reference,
+    item_prices,
+    record,
+    stable_id,
+    user_warehouses,
+)
+from bundlecast.jobs.core.config import config
+from bundlecast.jobs.core.delta import catalog_frame, read_table, replace_rows
+from bundlecast.jobs.core.errors import BundlecastError
+from bundlecast.models import experiments as X
+from bundlecast.models import incentives as I
+from bundlecast.models.pricing import allocate, fit_acceptance
 
 PRICE_TYPES = {"percent_discount", "fixed_discount", "instant_rebate", "early_bird"}
 
@@ -273,7 +278,7 @@ def run(spark, dt: str, mode: str = "nightly", run_id: str | None = None, cfg: d
 
 
 def _frame(spark, name: str, rows: pd.DataFrame):
-    from jobs.core import catalog
+    from bundlecast.jobs.core import catalog
     return catalog_frame(spark, name, rows) if len(rows) else spark.createDataFrame([], catalog.table(name).ddl())
 
 
@@ -356,21 +361,3 @@ def render(s: StepSummary) -> str:
             f"upper bound {f.get('upper_bound', float('nan')):,.2f} on {f.get('model_candidates', 0):,.0f} "
             f"candidates); incentive cost {f.get('incentive_cost', 0):,.2f} "
             f"of budget {f.get('budget', 0):,.2f}; {f.get('seconds', 0):.0f} s\n  {s.notes}")
-
-
-def main(argv: list[str] | None = None) -> int:
-    from jobs.core.cli_support import run_main
-    parser = argparse.ArgumentParser(description="Personalised offers (nightly) or re-pricing (hourly)")
-    parser.add_argument("--date", required=True)
-    parser.add_argument("--mode", choices=["nightly", "reprice"], default="nightly")
-    parser.add_argument("--run-id")
-    args = parser.parse_args(argv)
-
-    def body():
-        from jobs.core.spark import get_spark
-        run(get_spark("bundlecast-offers"), args.date, args.mode, args.run_id)
-    return run_main(body)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -27,7 +27,7 @@ FILES = {"online_retail_II_2009_2010.csv.gz": {"Invoice": "InvoiceNo", "Price": 
 def load_transactions(path: Path, limit: int | None = None) -> pd.DataFrame:
     paths = [path] if path.is_file() else [path / f for f in FILES if (path / f).exists()]
     if not paths:
-        from jobs.core.errors import BundlecastError
+        from bundlecast.jobs.core.errors import BundlecastError
         raise BundlecastError(f"no Online Retail file under {path}: expected one of {sorted(FILES)}")
     frames = []
     for p in paths:

@@ -14,7 +14,6 @@ champion. Writes ``user_value`` (the run date's rows) and logs to MLflow
 """
 from __future__ import annotations
 
-import argparse
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -22,12 +21,11 @@ from datetime import date, timedelta
 
 import numpy as np
 import pandas as pd
-
-from jobs.core import catalog
-from jobs.core.config import config
-from jobs.core.delta import read_table, replace_rows
-from jobs.core.errors import BundlecastError
-from models.need import matrix
+from bundlecast.jobs.core import catalog
+from bundlecast.jobs.core.config import config
+from bundlecast.jobs.core.delta import read_table, replace_rows
+from bundlecast.jobs.core.errors import BundlecastError
+from bundlecast.models.need import matrix
 
 EXPERIMENT = "bundlecast-user-value"
 FEATURES = ["orders_30", "orders_90", "orders_365", "spend_30", "spend_90", "spend_365", "days_since_order",
@@ -112,9 +110,8 @@ def metrics(actual: pd.DataFrame, orders: np.ndarray, spend: np.ndarray) -> dict
 
 def run(spark, dt: str, run_id: str | None = None, cfg: dict | None = None, progress=print) -> ValueSummary:
     import mlflow
-
-    from models import registry
-    from models.tracking import experiment
+    from bundlecast.models import registry
+    from bundlecast.models.tracking import experiment
 
     cfg = cfg or config()
     s = cfg["value"]
@@ -208,20 +205,3 @@ def render(s: ValueSummary) -> str:
         lines.append(f"  {name:9s} {m['mae']:10.2f} {m['rmse']:9.2f} {m['spearman']:9.3f} {m['top_decile_share']:14.1%} "
                      f"{m['orders_mae']:11.3f}")
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    from jobs.core.cli_support import run_main
-    parser = argparse.ArgumentParser(description="User value over the next value.horizon_days")
-    parser.add_argument("--date", required=True)
-    parser.add_argument("--run-id")
-    args = parser.parse_args(argv)
-
-    def body():
-        from jobs.core.spark import get_spark
-        run(get_spark("bundlecast-value"), args.date, args.run_id)
-    return run_main(body)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

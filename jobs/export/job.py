@@ -16,10 +16,10 @@ import io
 import json
 from datetime import date, datetime, timezone
 
-from jobs.core import catalog
-from jobs.core.config import config
-from jobs.core.errors import BundlecastError
-from jobs.core.storage import open_store
+from bundlecast.jobs.core import catalog
+from bundlecast.jobs.core.config import config
+from bundlecast.jobs.core.errors import BundlecastError
+from bundlecast.jobs.core.storage import open_store
 
 MANIFEST = "_manifest.json"
 

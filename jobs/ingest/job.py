@@ -16,7 +16,6 @@ published, and the run fails naming the dataset, the count and the top reasons.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import logging
@@ -26,11 +25,11 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from jobs.core import catalog
-from jobs.core.catalog import DatasetSpec
-from jobs.core.config import config
-from jobs.core.delta import ensure_table, replace_rows
-from jobs.core.errors import BundlecastError, DataQualityError
+from bundlecast.jobs.core import catalog
+from bundlecast.jobs.core.catalog import DatasetSpec
+from bundlecast.jobs.core.config import config
+from bundlecast.jobs.core.delta import ensure_table, replace_rows
+from bundlecast.jobs.core.errors import BundlecastError, DataQualityError
 
 log = logging.getLogger("bundlecast.ingest")
 FORMATS = {".jsonl": "json", ".json": "json", ".ndjson": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -417,25 +416,4 @@ def run(spark, dt: str, datasets: list[str] | None = None, run_id: str | None = 
     return audits
 
 
-from jobs.quality import ROW_ID, run_suite  # noqa: E402  (after the definitions it does not need)
-
-
-def main(argv: list[str] | None = None) -> int:
-    from jobs.core.cli_support import run_main
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--date", required=True, help="landing date YYYY-MM-DD")
-    parser.add_argument("--datasets", help="comma-separated datasets (default: all)")
-    parser.add_argument("--run-id")
-    parser.add_argument("--no-expectations", action="store_true", help="skip the Great Expectations suites")
-    args = parser.parse_args(argv)
-
-    def body():
-        from jobs.core.spark import get_spark
-        spark = get_spark("bundlecast-ingest")
-        run(spark, args.date, args.datasets.split(",") if args.datasets else None, args.run_id,
-            with_expectations=not args.no_expectations)
-    return run_main(body)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+from bundlecast.jobs.ingest.quality import ROW_ID, run_suite  # noqa: E402  (after the definitions it does not need)

@@ -24,7 +24,6 @@ go to ``offer_runs`` (step ``bundles``).
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import time
 import uuid
@@ -34,10 +33,9 @@ from datetime import datetime, timezone
 
 import numpy as np
 import pandas as pd
-
-from jobs.core.config import config
-from jobs.core.delta import catalog_frame, read_table, replace_rows
-from jobs.core.errors import BundlecastError
+from bundlecast.jobs.core.config import config
+from bundlecast.jobs.core.delta import catalog_frame, read_table, replace_rows
+from bundlecast.jobs.core.errors import BundlecastError
 
 
 @dataclass
@@ -171,7 +169,7 @@ def relationship_frame(spark, cfg: dict) -> pd.DataFrame:
 def product_bundles(rel: pd.DataFrame, prices: pd.DataFrame, network_stock: pd.Series, reference: pd.Series,
                     cfg: dict, counts: dict) -> pd.DataFrame:
     """Complementary, alternative and value bundles per anchor, priced. One row per bundle."""
-    from models.pricing import Acceptance, optimise_price
+    from bundlecast.models.pricing import Acceptance, optimise_price
 
     b = cfg["bundles"]
     ok = rel.a.isin(prices.index) & rel.b.isin(prices.index)
@@ -269,7 +267,7 @@ def run(spark, dt: str, run_id: str | None = None, cfg: dict | None = None, prog
 
 
 def _ddl(name: str) -> str:
-    from jobs.core import catalog
+    from bundlecast.jobs.core import catalog
     return catalog.table(name).ddl()
 
 
@@ -301,13 +299,12 @@ def generate_bundle(user_id: str, item: str, site: str | None = None, cfg: dict 
     expected margin for this user (acceptance at list price from the user's need
     probability of the add-ons, else the anchor's co-purchase rate). Returns a dict with
     items, prices and the reasons."""
+    from bundlecast.models.pricing import Acceptance, optimise_price
     from pyspark.sql import functions as F
-
-    from models.pricing import Acceptance, optimise_price
 
     cfg = cfg or config()
     if spark is None:
-        from jobs.core.spark import get_spark
+        from bundlecast.jobs.core.spark import get_spark
         spark = get_spark("bundlecast-bundle")
     counts: dict = {}
     prices = item_prices(spark, cfg, counts)
@@ -366,20 +363,3 @@ def generate_bundle(user_id: str, item: str, site: str | None = None, cfg: dict 
             "expected_margin": None if pd.isna(p.expected_margin) else round(float(p.expected_margin), 2),
             "competitor_reference": round(float(ref), 2), "price_reason": p.reason, "why": why,
             "filtered_out_recently_bought": int(dropped_recent.sum())}
-
-
-def main(argv: list[str] | None = None) -> int:
-    from jobs.core.cli_support import run_main
-    parser = argparse.ArgumentParser(description="Need bundles and priced product bundles")
-    parser.add_argument("--date", required=True)
-    parser.add_argument("--run-id")
-    args = parser.parse_args(argv)
-
-    def body():
-        from jobs.core.spark import get_spark
-        run(get_spark("bundlecast-bundles"), args.date, args.run_id)
-    return run_main(body)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

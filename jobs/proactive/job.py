@@ -40,7 +40,6 @@ stops (the route search ends on a solution limit, not on the clock).
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import hmac
 import json
@@ -50,14 +49,13 @@ from datetime import date, datetime, timedelta, timezone
 
 import numpy as np
 import pandas as pd
-
-from jobs.bundles import StepSummary, available_stock, need_bundles, record, stable_id, usable_prices
-from jobs.core import catalog
-from jobs.core.config import config
-from jobs.core.delta import catalog_frame, ensure_table, read_table, replace_rows
-from jobs.core.errors import BundlecastError
-from models import incentives as I
-from models import packaging, routing
+from bundlecast.jobs.bundles.job import StepSummary, available_stock, need_bundles, record, stable_id, usable_prices
+from bundlecast.jobs.core import catalog
+from bundlecast.jobs.core.config import config
+from bundlecast.jobs.core.delta import catalog_frame, ensure_table, read_table, replace_rows
+from bundlecast.jobs.core.errors import BundlecastError
+from bundlecast.models import incentives as I
+from bundlecast.models import packaging, routing
 
 LEDGER = "__ledger__"
 ACTIVE = ("planned", "notified", "confirmed", "postponed")
@@ -581,7 +579,8 @@ def day_problem(depot: tuple[float, float], stops: pd.DataFrame, props: pd.DataF
     due = np.concatenate([[24 * 60.0 * 2], [_minutes(t, day) for t in stops.window_end], [_minutes(t, day) for t in props.window_end]])
     service = np.concatenate([[0.0], np.full(n_plan, float(p["planned_service_min"])), np.full(len(props), float(p["service_min"]))])
     load = np.vstack([[0.0, 0.0],
-                      np.column_stack([stops.load_kg.fillna(0).to_numpy(float), stops.load_kg.fillna(0).to_numpy(float) * float(p["planned_l_per_kg"])]).reshape(-1, 2),
+                      np.column_stack([stops.load_kg.fillna(0).to_numpy(float),
+                                       stops.load_kg.fillna(0).to_numpy(float) * float(p["planned_l_per_kg"])]).reshape(-1, 2),
                       np.column_stack([props.weight_kg.to_numpy(float), props.volume_l.to_numpy(float)]).reshape(-1, 2)])
     capacity = np.column_stack([vehicles.capacity_kg.fillna(np.inf).to_numpy(float), np.full(len(vehicles), float(p["vehicle_volume_l"]))])
     shifts = np.column_stack([[_minutes(t, day) for t in vehicles.shift_start], [_minutes(t, day) for t in vehicles.shift_end]])
@@ -665,7 +664,8 @@ def replan(spark, cfg: dict, days: set[date], dt: str, run_id: str, summary: Ste
                 added_total, dedicated = 0.0, 0.0
                 for seq, (node, t) in enumerate(zip(route, arrivals), start=1):
                     proactive = node > n_plan
-                    added = problem.dist[path[seq - 1], node] + problem.dist[node, path[seq + 1]] - problem.dist[path[seq - 1], path[seq + 1]]
+                    prev, nxt = path[seq - 1], path[seq + 1]
+                    added = problem.dist[prev, node] + problem.dist[node, nxt] - problem.dist[prev, nxt]
                     base = {"route_date": day, "route_id": veh.route_id, "vehicle_id": veh.vehicle_id, "depot_id": depot_id,
                             "sequence": seq, "planned_arrival": (pd.Timestamp(day) + pd.Timedelta(minutes=float(t))).round("s"),
                             "run_id": run_id}
@@ -759,8 +759,10 @@ def notify(spark, cfg: dict, ships: pd.DataFrame, kind: str, dt: str, run_id: st
         arrival = pd.Timestamp(r.planned_arrival) if pd.notna(r.planned_arrival) else None
         rows.append({"notification_id": stable_id("NT", r.shipment_id, kind, r.delivery_date), "shipment_id": r.shipment_id,
                      "user_id": r.user_id, "kind": kind, "channel": p["channel"], "items": list(r.items),
-                     "expected_from": max(arrival - pd.Timedelta(minutes=30), pd.Timestamp(r.window_start)).to_pydatetime() if arrival is not None else r.window_start,
-                     "expected_to": min(arrival + pd.Timedelta(minutes=30), pd.Timestamp(r.window_end)).to_pydatetime() if arrival is not None else r.window_end,
+                     "expected_from": (max(arrival - pd.Timedelta(minutes=30), pd.Timestamp(r.window_start)).to_pydatetime()
+                                       if arrival is not None else r.window_start),
+                     "expected_to": (min(arrival + pd.Timedelta(minutes=30), pd.Timestamp(r.window_end)).to_pydatetime()
+                                     if arrival is not None else r.window_end),
                      "incentive_type": r.incentive_type if kind == "heads_up" else None,
                      "incentive_value": float(r.incentive_value) if kind == "heads_up" and pd.notna(r.incentive_value) else None,
                      "token": token(str(p["token_secret"]), r.shipment_id), "dt": _day(dt), "run_id": run_id,
@@ -877,21 +879,3 @@ def render(s: StepSummary) -> str:
             f"{c.get('reservation_conflicts_retried', 0)} reservation conflicts retried; "
             f"routing {f.get('routing_seconds', 0):.1f} s, total {f.get('seconds', 0):.0f} s"
             + (f"\n  skipped: {', '.join(f'{k} {v:,}' for k, v in skipped.items())}" if skipped else ""))
-
-
-def main(argv: list[str] | None = None) -> int:
-    from jobs.core.cli_support import run_main
-    parser = argparse.ArgumentParser(description="Proactive shipping: decide, reserve, pack, route, notify")
-    parser.add_argument("--date", required=True)
-    parser.add_argument("--mode", choices=["nightly", "hourly"], default="nightly")
-    parser.add_argument("--run-id")
-    args = parser.parse_args(argv)
-
-    def body():
-        from jobs.core.spark import get_spark
-        run(get_spark("bundlecast-proactive"), args.date, args.mode, args.run_id)
-    return run_main(body)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jobs.core.config import PROJECT_ROOT
+from bundlecast.jobs.core.config import PROJECT_ROOT
 
 SUITES_DIR = PROJECT_ROOT / "expectations"
 ROW_ID = "_row_id"

@@ -20,9 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-from jobs.core.errors import BundlecastError
-from models import forecast as fc
+from bundlecast.jobs.core.errors import BundlecastError
+from bundlecast.models import forecast as fc
 
 METHODS = ("prophet", "pipeline", "seasonal_naive")
 EXPERIMENT = "bundlecast-forecast-eval"
@@ -84,8 +83,7 @@ def evaluate(spark, cfg: dict, data_dir: str | Path, holdout_days: int = 56) -> 
 
 def log_to_mlflow(cfg: dict, results: dict, per_series: pd.DataFrame) -> str:
     import mlflow
-
-    from models.tracking import experiment
+    from bundlecast.models.tracking import experiment
     experiment(cfg, EXPERIMENT)
     meta = results["_meta"]
     with mlflow.start_run(run_name=f"online-retail-holdout-{meta['holdout_days']}d") as run:

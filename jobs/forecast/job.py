@@ -18,7 +18,6 @@ MLflow run in experiment ``bundlecast-demand-forecast`` whose id is on every row
 """
 from __future__ import annotations
 
-import argparse
 import time
 import uuid
 import zlib
@@ -27,12 +26,11 @@ from datetime import date, timedelta
 
 import numpy as np
 import pandas as pd
-
-from jobs.core import catalog
-from jobs.core.config import config
-from jobs.core.delta import read_table, replace_rows
-from jobs.core.errors import BundlecastError
-from models import forecast as fc
+from bundlecast.jobs.core import catalog
+from bundlecast.jobs.core.config import config
+from bundlecast.jobs.core.delta import read_table, replace_rows
+from bundlecast.jobs.core.errors import BundlecastError
+from bundlecast.models import forecast as fc
 
 EXPERIMENT = "bundlecast-demand-forecast"
 LEVELS = {"item": ["site_id", "item_id"], "item_region": ["site_id", "item_id", "region"]}
@@ -174,9 +172,8 @@ def output_schema(level: list[str]) -> str:
 
 def run(spark, dt: str, run_id: str | None = None, cfg: dict | None = None, progress=print) -> ForecastSummary:
     import mlflow
+    from bundlecast.models.tracking import experiment
     from pyspark.sql import functions as F
-
-    from models.tracking import experiment
 
     cfg = cfg or config()
     date.fromisoformat(dt)  # a clear error for a bad date
@@ -302,20 +299,3 @@ def render_summary(s: ForecastSummary) -> str:
                      f"{b.get('seasonal_naive_mase', float('nan')):.3f}; sMAPE {b.get('model_smape', float('nan')):.3f}"
                      f" vs {b.get('seasonal_naive_smape', float('nan')):.3f}")
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    from jobs.core.cli_support import run_main
-    parser = argparse.ArgumentParser(description="Demand forecast per item (x region) with backtest")
-    parser.add_argument("--date", required=True)
-    parser.add_argument("--run-id")
-    args = parser.parse_args(argv)
-
-    def body():
-        from jobs.core.spark import get_spark
-        run(get_spark("bundlecast-forecast"), args.date, args.run_id)
-    return run_main(body)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -14,16 +14,14 @@ and the winner per metric. Writes ``experiment_results`` (the run date's rows).
 """
 from __future__ import annotations
 
-import argparse
 import uuid
 from datetime import date, timedelta
 
 import numpy as np
 import pandas as pd
-
-from jobs.core.config import config
-from jobs.core.delta import catalog_frame, read_table, replace_rows
-from models import experiments as X
+from bundlecast.jobs.core.config import config
+from bundlecast.jobs.core.delta import catalog_frame, read_table, replace_rows
+from bundlecast.models import experiments as X
 
 
 def per_user(spark, cfg: dict, exp: dict, dt: str) -> pd.DataFrame:
@@ -90,7 +88,7 @@ def run(spark, dt: str, run_id: str | None = None, cfg: dict | None = None, prog
         out = out.replace({np.nan: None})
         frame = catalog_frame(spark, "experiment_results", out)
     else:
-        from jobs.core import catalog
+        from bundlecast.jobs.core import catalog
         frame = spark.createDataFrame([], catalog.table("experiment_results").ddl())
     replace_rows(spark, frame, "experiment_results", f"dt = DATE'{dt}'", cfg)
     progress(render(out, cfg))
@@ -103,7 +101,7 @@ def report(dt: str | None = None, experiment: str | None = None, cfg: dict | Non
 
     cfg = cfg or config()
     if spark is None:
-        from jobs.core.spark import get_spark
+        from bundlecast.jobs.core.spark import get_spark
         spark = get_spark("bundlecast-experiments")
     res = read_table(spark, "experiment_results", cfg)
     if experiment:
@@ -121,8 +119,9 @@ def render(out: pd.DataFrame, cfg: dict) -> str:
     lines = []
     for name, g in out.groupby("experiment"):
         srm = g.srm_p_value.iloc[0]
+        mismatch = "  <- MISMATCH: check assignment/logging" if srm is not None and srm < 0.001 else ""
         lines.append(f"experiment {name} (analysed {g.dt.iloc[0] if 'dt' in g else ''}; primary metric "
-                     f"{primary.get(name, '?')}; sample-ratio p = {srm:.3f}{'  <- MISMATCH: check assignment/logging' if srm is not None and srm < 0.001 else ''})")
+                     f"{primary.get(name, '?')}; sample-ratio p = {srm:.3f}{mismatch})")
         lines.append(f"  {'metric':17s} {'variant':10s} {'users':>7s} {'estimate':>10s} {'95% CI':>21s} "
                      f"{'vs control':>11s} {'95% CI':>21s} {'p':>7s}")
         for r in g.sort_values(["metric", "variant"]).itertuples():
@@ -133,20 +132,3 @@ def render(out: pd.DataFrame, cfg: dict) -> str:
             lines.append(f"  {r.metric:17s} {r.variant:10s} {r.users:7,d} {r.estimate:10.4f} {ci:>21s} {d:>11s} {dci:>21s} "
                          f"{p:>7s}{'  WINNER' if r.winner else ''}")
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    from jobs.core.cli_support import run_main
-    parser = argparse.ArgumentParser(description="Analyse the configured experiments")
-    parser.add_argument("--date", required=True)
-    parser.add_argument("--run-id")
-    args = parser.parse_args(argv)
-
-    def body():
-        from jobs.core.spark import get_spark
-        run(get_spark("bundlecast-experiments"), args.date, args.run_id)
-    return run_main(body)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

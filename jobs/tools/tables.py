@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from jobs.core import catalog
-from jobs.core.config import config
+from bundlecast.jobs.core import catalog
+from bundlecast.jobs.core.config import config
 
 
 def table_info(name: str, cfg: dict | None = None) -> dict:

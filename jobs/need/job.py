@@ -20,7 +20,6 @@ run's watermark (``need_runs``).
 """
 from __future__ import annotations
 
-import argparse
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -28,12 +27,11 @@ from datetime import date, datetime, timedelta, timezone
 
 import numpy as np
 import pandas as pd
-
-from jobs.core import catalog
-from jobs.core.config import config
-from jobs.core.delta import catalog_frame, ensure_table, read_table, replace_rows
-from jobs.core.errors import BundlecastError
-from models import need as nm
+from bundlecast.jobs.core import catalog
+from bundlecast.jobs.core.config import config
+from bundlecast.jobs.core.delta import catalog_frame, ensure_table, read_table, replace_rows
+from bundlecast.jobs.core.errors import BundlecastError
+from bundlecast.models import need as nm
 
 EXPERIMENT = "bundlecast-need-model"
 
@@ -329,9 +327,8 @@ def _sampled_training_frame(frame, max_examples: int, seed: int = 11) -> pd.Data
 # --------------------------------------------------------------------------------- train
 def train(spark, dt: str, run_id: str, cfg: dict) -> NeedSummary:
     import mlflow
-
-    from models import registry
-    from models.tracking import experiment
+    from bundlecast.models import registry
+    from bundlecast.models.tracking import experiment
 
     s = settings(cfg)
     H = int(s["horizon_days"])
@@ -443,9 +440,8 @@ def score(spark, dt: str, run_id: str, cfg: dict, users_since: datetime | None =
     """Score with the champion: every active user (nightly) or those with events since
     ``users_since`` (hourly). Replaces those users' rows for the run date."""
     import mlflow
+    from bundlecast.models import registry
     from pyspark.sql import functions as F
-
-    from models import registry
 
     s = settings(cfg)
     H = int(s["horizon_days"])
@@ -577,21 +573,3 @@ def render(s: NeedSummary) -> str:
                      f"{m[k]:12.4f} {m[k.replace('recall', 'precision')]:15.4f}")
     lines.append(f"  gate: {'promoted to champion' if s.promoted else 'not promoted'} ({s.decision})")
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    from jobs.core.cli_support import run_main
-    parser = argparse.ArgumentParser(description="Need prediction: train + gate + score (nightly) or rescore (hourly)")
-    parser.add_argument("--date", required=True)
-    parser.add_argument("--mode", choices=["train", "score", "rescore"], default="train")
-    parser.add_argument("--run-id")
-    args = parser.parse_args(argv)
-
-    def body():
-        from jobs.core.spark import get_spark
-        run(get_spark("bundlecast-need"), args.date, args.mode, args.run_id)
-    return run_main(body)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,0 +1,68 @@
+"""The pipeline's steps in data-flow order, each with what it reads and writes.
+
+    spark-submit jobs/submit.py relationships --date 2026-11-20 --mode full
+    bundlecast relationships --date 2026-11-20 --mode full          (the same, in this process)
+
+This is the one list of steps: the command lines, the ``bundlecast`` sub-commands and the
+DAG tasks' inlets and outlets are all built from it. Cheap to import (DAG files read it at
+parse time): no step module is imported until a step runs.
+"""
+from __future__ import annotations
+
+from bundlecast.jobs.core.step import Arg, Step
+
+SILVER = ("sites", "warehouses", "items", "users", "events", "orders", "order_lines", "reviews", "inventory",
+          "weather", "calendar_events", "routes", "competitor_prices", "feedback")
+INGEST_OPS = ("quarantine", "quarantine_files", "ingestion_audit")
+RELATIONSHIP_STATE = ("item_pair_counts", "item_unit_counts", "relationship_text_models", "relationship_weights")
+COMMERCE = ("items", "inventory", "inventory_reservations", "warehouses", "competitor_prices", "users")
+
+STEPS: dict[str, Step] = {s.name: s for s in (
+    Step("ingest", "bundlecast.jobs.ingest.job", "validate raw -> silver (contract + Great Expectations)",
+         reads=(), writes=SILVER + INGEST_OPS,
+         args=(Arg("--datasets", "datasets", "comma-separated datasets (default: all)", kind="list"),
+               Arg("--no-expectations", "with_expectations", "skip the Great Expectations suites", kind="off"))),
+    Step("relationships", "bundlecast.jobs.relationships.job", "score item relationships",
+         reads=("events", "orders", "order_lines", "items", "users", "reviews", "inventory") + RELATIONSHIP_STATE,
+         writes=RELATIONSHIP_STATE + ("item_relationships", "relationship_runs"), modes=("full", "incremental")),
+    Step("forecast", "bundlecast.jobs.forecast.job", "demand forecast with its backtest",
+         reads=("orders", "order_lines", "items", "users", "weather", "calendar_events"),
+         writes=("demand_forecast", "forecast_metrics")),
+    Step("need", "bundlecast.jobs.need.job", "need model: train + gate + score, score, or hourly rescore",
+         reads=("events", "orders", "order_lines", "items", "users", "weather", "item_relationships",
+                "demand_forecast", "need_runs"),
+         writes=("need_predictions", "need_runs"), modes=("train", "score", "rescore")),
+    Step("value", "bundlecast.jobs.value.job", "user value model: train, gate, score",
+         reads=("events", "orders", "order_lines", "users"), writes=("user_value",)),
+    Step("bundles", "bundlecast.jobs.bundles.job", "need bundles and priced product bundles",
+         reads=("need_predictions", "item_relationships", "orders", "order_lines") + COMMERCE,
+         writes=("need_bundles", "bundles", "offer_runs")),
+    Step("proactive", "bundlecast.jobs.proactive.job",
+         "proactive shipping: feedback, decide, reserve, pack, route, notify",
+         reads=("need_bundles", "feedback", "routes") + COMMERCE,
+         writes=("proactive_shipments", "inventory_reservations", "route_stops", "route_plans", "notifications",
+                 "proactive_thresholds", "offer_runs"), modes=("nightly", "hourly")),
+    Step("offers", "bundlecast.jobs.offers.job", "personalised offers: nightly allocation, or hourly re-pricing",
+         reads=("bundles", "need_bundles", "need_predictions", "demand_forecast", "user_value", "orders",
+                "order_lines", "routes", "feedback", "experiment_exposures") + COMMERCE,
+         writes=("offers", "experiment_exposures", "offer_runs"), modes=("nightly", "reprice"),
+         writes_by_mode={"reprice": ("offers", "offer_runs")}),
+    Step("experiments", "bundlecast.jobs.experiments.job", "A/B analysis: conversion, revenue, margin per variant",
+         reads=("experiment_exposures", "offers", "orders", "order_lines", "items", "feedback"),
+         writes=("experiment_results",)),
+)}
+
+
+def step(name: str) -> Step:
+    from bundlecast.jobs.core.errors import BundlecastError
+
+    try:
+        return STEPS[name]
+    except KeyError:
+        raise BundlecastError(f"unknown step {name!r}: expected one of {list(STEPS)}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    from bundlecast.jobs.core.step import main as step_main
+
+    return step_main(STEPS, argv)

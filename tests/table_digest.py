@@ -1,0 +1,85 @@
+"""A digest of every catalog table's rows, to prove a change leaves the data as it was.
+
+    python tests/table_digest.py HOME > after.json          (BUNDLECAST_HOME of a finished run)
+    python tests/table_digest.py --compare before.json after.json
+
+Reads each Delta table with delta-rs (no JVM), drops the columns that legitimately differ
+between two runs of the same code (run ids, wall-clock timestamps, durations, MLflow ids),
+rounds floats to 9 significant digits (Spark may sum in another order), sorts the rows
+and hashes them. ``--compare`` prints one line per table and exits 1 if any differ.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+import sys
+from pathlib import Path
+
+# Run ids, clocks and durations: they differ between two runs of identical code.
+VOLATILE = re.compile(r"(^|_)run_id$|_at$|^seconds$|_seconds$|^mlflow_|_uri$|^_source_file$|^finished|^started")
+
+
+def _canonical(value) -> str:
+    if isinstance(value, float):
+        return "nan" if value != value else f"{value:.9g}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_canonical(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{_canonical(v)}" for k, v in sorted(value.items())) + "}"
+    if hasattr(value, "tolist"):
+        return _canonical(value.tolist())
+    return str(value)
+
+
+def table_digest(path: Path) -> dict:
+    from deltalake import DeltaTable
+
+    table = DeltaTable(str(path)).to_pyarrow_table()
+    kept = sorted(c for c in table.column_names if not VOLATILE.search(c))
+    rows = sorted("\x1f".join(_canonical(v) for v in row)
+                  for row in zip(*(table.column(c).to_pylist() for c in kept))) if kept else []
+    digest = hashlib.sha256("\n".join(rows).encode()).hexdigest()[:16]
+    return {"rows": table.num_rows, "columns": kept, "digest": digest}
+
+
+def digest_home(home: Path) -> dict:
+    """Every Delta table under the state directory's warehouse, by its folder (layer/name)."""
+    warehouse = home / "warehouse"
+    out = {}
+    for log in sorted(warehouse.glob("*/*/_delta_log")):
+        table = log.parent
+        out[f"{table.parent.name}/{table.name}"] = table_digest(table)
+    return out
+
+
+def compare(before: dict, after: dict) -> list[str]:
+    """One line per table; lines of tables that differ start with 'DIFF'."""
+    lines = []
+    for name in sorted(set(before) | set(after)):
+        b, a = before.get(name), after.get(name)
+        same = b is not None and a is not None and b["digest"] == a["digest"]
+        rows = f"{b['rows'] if b else '-':>8} {a['rows'] if a else '-':>8}"
+        lines.append(f"{'same' if same else 'DIFF'} {name:40s} {rows} "
+                     f"{b['digest'] if b else '-':16s} {a['digest'] if a else '-':16s}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("paths", nargs="+", help="a BUNDLECAST_HOME, or two digest files with --compare")
+    parser.add_argument("--compare", action="store_true")
+    args = parser.parse_args(argv)
+    if args.compare:
+        before, after = (json.loads(Path(p).read_text()) for p in args.paths)
+        lines = compare(before, after)
+        print(f"     {'table':40s} {'before':>8} {'after':>8} {'digest before':16s} {'digest after':16s}")
+        print("\n".join(lines))
+        return 1 if any(line.startswith("DIFF") for line in lines) else 0
+    print(json.dumps(digest_home(Path(args.paths[0])), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
