@@ -17,6 +17,30 @@ SHARED_DATA = PROJECT.parent / "shared" / "data"
 
 
 @pytest.fixture(scope="session")
+def installed_bundlecast(tmp_path_factory) -> Path:
+    """``pip install .`` (not editable) into a fresh virtual environment; returns its bin/.
+
+    The fresh environment gets this environment's third-party packages through a .pth
+    line (so no download), but not the checkout: bundlecast itself comes only from the
+    wheel pip builds, with conf/, dags/ and expectations/ as package data.
+    """
+    import subprocess
+    import sys
+    import sysconfig
+
+    venv = tmp_path_factory.mktemp("installed") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          check=True, capture_output=True, text=True).stdout.strip()
+    Path(site, "_bundlecast_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    done = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--no-deps",
+                           "--no-build-isolation", str(PROJECT)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return venv / "bin"
+
+
+@pytest.fixture(scope="session")
 def world_home(tmp_path_factory) -> Path:
     """The state directory of the in-process Spark session (one per test session)."""
     home = tmp_path_factory.mktemp("home")

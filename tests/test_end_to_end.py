@@ -1,6 +1,7 @@
-"""End to end, as an operator runs it: generate the tiny world, run the nightly and then
-the hourly DAG through real Airflow 3 (SparkSubmitOperator -> spark-submit -> Delta),
-re-run the nightly DAG and check nothing changed."""
+"""End to end, as an operator runs it: ``pip install .`` into a fresh environment, then,
+outside the checkout, generate the tiny world and run the nightly and then the hourly DAG
+through real Airflow 3 (SparkSubmitOperator -> spark-submit -> Delta) with the installed
+``bundlecast``; re-run the hourly DAG and check nothing changed."""
 import json
 import os
 import subprocess
@@ -14,15 +15,22 @@ pytestmark = pytest.mark.slow
 DATE = "2026-11-20"
 
 
+BIN: Path | None = None  # the installed bundlecast's bin/ (set by the e2e_home fixture)
+
+
 def _bundlecast(home: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
-    env.update(BUNDLECAST_HOME=str(home), BUNDLECAST_SPARK_MASTER="local[2]")
-    return subprocess.run([sys.executable, "-m", "bundlecast.jobs.tools.cli", *args], env=env, capture_output=True, text=True,
-                          timeout=2400)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "BUNDLECAST_CONF"))}
+    # spark-submit comes with pyspark, in this environment's bin/ (after the installed one).
+    env.update(BUNDLECAST_HOME=str(home), BUNDLECAST_SPARK_MASTER="local[2]",
+               PATH=os.pathsep.join([str(BIN), str(Path(sys.executable).parent), env.get("PATH", "")]))
+    return subprocess.run([str(BIN / "bundlecast"), *args], env=env, capture_output=True, text=True,
+                          timeout=2400, cwd=home)
 
 
 @pytest.fixture(scope="module")
-def e2e_home(tmp_path_factory):
+def e2e_home(tmp_path_factory, installed_bundlecast):
+    global BIN
+    BIN = installed_bundlecast
     home = tmp_path_factory.mktemp("e2e")
     for args in (("generate", "--scale", "tiny", "--seed", "3", "--date", DATE),
                  ("run", "nightly", "--date", DATE), ("run", "hourly", "--date", DATE)):
@@ -77,6 +85,15 @@ def test_sql_over_the_catalog(e2e_home):
     assert done.returncode == 0, done.stderr[-2000:]
     statuses = {json.loads(line)["status"] for line in done.stdout.splitlines() if line.startswith("{")}
     assert "delivered" in statuses
+
+
+def test_the_run_used_the_installed_package_not_the_checkout(e2e_home):
+    """The DAGs Airflow parsed and the code spark-submit ran are the wheel's copies."""
+    done = _bundlecast(e2e_home, "tables", "--json")
+    assert done.returncode == 0
+    log = (e2e_home / "airflow" / "runs" / f"bundlecast_nightly_{DATE}.log").read_text(errors="replace")
+    assert str(BIN.parent) in log or "site-packages/bundlecast" in log
+    assert str(Path(__file__).resolve().parents[1] / "jobs" / "submit.py") not in log
 
 
 def test_errors_are_one_line(e2e_home):
