@@ -34,14 +34,14 @@ def _table(spark, cfg, name):
 
 def test_every_series_is_forecast_with_its_method(spark, fc_cfg, first_run):
     f = _table(spark, fc_cfg, "demand_forecast")
-    assert first_run.series == f.groupby(["site_id", "item_id"]).ngroups > 50
+    assert first_run.counts["series"] == f.groupby(["site_id", "item_id"]).ngroups > 50
     assert (f.groupby(["site_id", "item_id"]).size() == 7).all()
     assert str(f.date.min()) == "2026-11-21" and str(f.date.max()) == "2026-11-27"
     assert (f.yhat >= 0).all() and (f.yhat_lower <= f.yhat + 1e-9).all() and (f.yhat <= f.yhat_upper + 1e-9).all()
     assert set(f.method) <= {"prophet", "sba", "seasonal_naive"} and "prophet" in set(f.method)
     assert f.reason.notna().all() and (f.region == "*").all()
-    assert (f.model_run_id == first_run.mlflow_run_id).all() and first_run.failed_fits == 0
-    assert first_run.methods == f.drop_duplicates(["site_id", "item_id"]).method.value_counts().to_dict()
+    assert (f.model_run_id == first_run.labels["mlflow_run_id"]).all() and first_run.counts["failed_fits"] == 0
+    assert forecast.methods(first_run) == f.drop_duplicates(["site_id", "item_id"]).method.value_counts().to_dict()
 
 
 def test_backtest_compares_each_method_with_seasonal_naive_on_the_same_windows(spark, fc_cfg, first_run):
@@ -50,14 +50,14 @@ def test_backtest_compares_each_method_with_seasonal_naive_on_the_same_windows(s
     assert len(per_window) > 50
     assert all(len(v) == 2 and "seasonal_naive" in v for v in per_window)
     assert (m.n_days == 7).all() and (m.mae >= 0).all() and m.smape.between(0, 2).all()
-    assert {"model_mase", "seasonal_naive_mase"} <= set(first_run.backtest)
+    assert {"model_mase", "seasonal_naive_mase"} <= set(first_run.metrics["backtest"])
 
 
 def test_mlflow_run_has_params_metrics_and_plot(first_run, fc_cfg):
     import mlflow
 
     client = mlflow.MlflowClient(fc_cfg["mlflow"]["tracking_uri"])
-    run = client.get_run(first_run.mlflow_run_id)
+    run = client.get_run(first_run.labels["mlflow_run_id"])
     assert run.data.params["level"] == "site_idxitem_id" and run.data.params["run_date"] == "2026-11-20"
     assert {"backtest_model_mase", "backtest_seasonal_naive_mase", "series"} <= set(run.data.metrics)
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
@@ -85,4 +85,4 @@ def test_bad_configuration_and_empty_window(spark, test_world, fc_cfg):
         forecast.run(spark, test_world["date"], "fc-bad", bad, progress=lambda m: None)
     # Long before any order: no series, nothing written for that date, the run still ends.
     empty = forecast.run(spark, "2020-01-01", "fc-empty", fc_cfg, progress=lambda m: None)
-    assert empty.series == 0 and empty.items_without_sales > 0
+    assert empty.counts["series"] == 0 and empty.counts["items_without_sales"] > 0

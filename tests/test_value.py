@@ -23,15 +23,15 @@ def test_user_value_beats_the_baseline_and_is_written(spark, test_world, value_c
     s = value.run(spark, test_world["date"], "value-1", value_cfg, progress=lambda m: None)
     m, b = s.metrics["model"], s.metrics["baseline"]
     assert m["mae"] < b["mae"] and m["spearman"] > b["spearman"]
-    assert s.promoted and "no champion yet" in s.decision
+    assert s.labels["promoted"] == "true" and "no champion yet" in s.labels["decision"]
     rows = read_table(spark, "user_value", value_cfg).toPandas()
-    assert len(rows) == s.users > 100 and rows.user_id.is_unique
+    assert len(rows) == s.counts["users_scored"] > 100 and rows.user_id.is_unique
     assert (rows.predicted_value >= 0).all() and set(rows.value_decile) == set(range(1, 11))
     # The deciles separate users: the top decile's predicted spend is well above the mean.
     assert rows[rows.value_decile == 10].predicted_value.mean() > 1.5 * rows.predicted_value.mean()
     again = value.run(spark, test_world["date"], "value-2", value_cfg, progress=lambda m: None)
     assert len(read_table(spark, "user_value", value_cfg).toPandas()) == len(rows)  # same rows for the date
-    assert "champion v" in again.decision
+    assert "champion v" in again.labels["decision"]
 
 
 def test_too_little_history_is_skipped_with_one_message(spark, test_world, value_cfg):
@@ -41,5 +41,5 @@ def test_too_little_history_is_skipped_with_one_message(spark, test_world, value
     cfg["value"]["horizon_days"] = 90  # 2 x 90 days needed, the world has 60
     said = []
     s = value.run(spark, test_world["date"], "value-short", cfg, progress=said.append)
-    assert s.skipped.startswith("too little history") and s.users == 0
+    assert s.notes[0].startswith("too little history") and s.counts["users_scored"] == 0
     assert len(said) == 1 and "skipped" in said[0]

@@ -73,9 +73,13 @@ class TableSpec:
     partition_by: tuple
     columns: tuple
     description: str = ""
+    write: str = "replace"  # "replace" (overwrite a partition or the table) or "upsert" (merge on keys)
 
     def ddl(self) -> str:
         return ", ".join(f"`{c.name}` {c.spark_type}" for c in self.columns)
+
+
+WRITE_MODES = ("replace", "upsert")
 
 
 def _column(name: str, raw: dict) -> Column:
@@ -112,12 +116,16 @@ def _catalog(conf_dir: str) -> dict[str, TableSpec]:
             ds = contract[schema["contract"]]
             columns = ds.columns + lineage
             description = t.get("description", ds.description)
+            write = t.get("write", "upsert" if ds.load == "merge" else "replace")
         else:
             columns = tuple(_column(c, v) for c, v in schema.items())
             description = t.get("description", "")
+            write = t.get("write")
+        if write not in WRITE_MODES:
+            raise ConfigError(f"catalog table {name}: write must be one of {WRITE_MODES}, not {write!r}")
         tables[name] = TableSpec(name=name, layer=t["layer"], location=t["location"],
                                  keys=tuple(t["keys"]), partition_by=tuple(t.get("partition_by", [])),
-                                 columns=columns, description=description)
+                                 columns=columns, description=description, write=write)
     return tables
 
 

@@ -51,9 +51,14 @@ def catalog_frame(spark, name: str, rows):
     spec = catalog.table(name)
     if hasattr(rows, "columns"):  # pandas
         rows = rows[[c.name for c in spec.columns]]
-    ddl = spec.ddl().replace("`dt` date", "`dt` string")
-    frame = spark.createDataFrame(rows, ddl)
-    return frame.withColumn("dt", F.col("dt").cast("date")) if "dt" in frame.columns else frame
+        dt_as_text = "dt" in rows.columns and len(rows) and isinstance(rows["dt"].iloc[0], str)
+    else:
+        rows = list(rows)
+        dt_as_text = bool(rows) and isinstance(rows[0].get("dt"), str)
+    if not dt_as_text:
+        return spark.createDataFrame(rows, spec.ddl())
+    frame = spark.createDataFrame(rows, spec.ddl().replace("`dt` date", "`dt` string"))
+    return frame.withColumn("dt", F.col("dt").cast("date"))
 
 
 def read_table(spark, name: str, cfg: dict):

@@ -74,8 +74,8 @@ def _forecast(spark, cfg: dict, dt: str, series: int) -> None:
         t0 = time.time()
         fc = forecast.run(spark, dt, "bench-forecast", cfg)
         fc_s = time.time() - t0
-    _row(f"forecast ({fc.series:,} series, backtest + forecast)", fc_s, fc_mem)
-    print(f"forecast throughput: {fc.series / fc_s:.2f} series/s ({fc.methods})", flush=True)
+    _row(f"forecast ({fc.counts['series']:,} series, backtest + forecast)", fc_s, fc_mem)
+    print(f"forecast throughput: {fc.counts['series'] / fc_s:.2f} series/s ({forecast.methods(fc)})", flush=True)
 
 
 def _row(label: str, seconds: float, mem: PeakMemory) -> None:

@@ -1,0 +1,68 @@
+"""One run record for every step: the :class:`StepRun` a step fills in, and ``step_runs``.
+
+Every step returns a ``StepRun`` and records it as one ``step_runs`` row per (date, step,
+mode), replaced on a re-run: what it read, built and skipped (``counts``, by reason),
+its figures (metrics, objective, seconds), labels (model version, gate decision, MLflow
+run), notes, and the watermark of the data it folded in (the hourly runs start from the
+last one).
+"""
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+
+def utc_now() -> datetime:
+    """The wall clock, UTC, naive (how every ``*_at`` column is stored). Jobs read it once
+    and hand it to their transforms."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+@dataclass
+class StepRun:
+    """What one run of one step did."""
+    step: str
+    dt: str
+    run_id: str
+    mode: str = ""
+    counts: Counter = field(default_factory=Counter)  # a missing count reads as 0: counts[k] += n
+    figures: dict[str, float] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # model -> metric -> value
+    notes: list[str] = field(default_factory=list)
+    watermark: datetime | None = None
+    seconds: float = 0.0
+    started: float = field(default_factory=time.time, repr=False)
+
+    def finish(self) -> StepRun:
+        self.seconds = round(time.time() - self.started, 1)
+        return self
+
+    def row(self, now: datetime) -> dict:
+        figures = {k: float(v) for k, v in self.figures.items() if v is not None}
+        for model, values in self.metrics.items():
+            figures.update({f"{model}.{k}": float(v) for k, v in values.items() if v is not None})
+        return {"step": self.step, "mode": self.mode, "dt": self.dt, "run_id": self.run_id,
+                "watermark": self.watermark, "counts": {k: int(v) for k, v in self.counts.items()},
+                "figures": figures, "labels": {k: str(v) for k, v in self.labels.items()},
+                "notes": "; ".join(self.notes), "seconds": float(self.seconds), "finished_at": now}
+
+
+def record(tables, run: StepRun) -> StepRun:
+    """Write the run's ``step_runs`` row (replacing the same date, step and mode)."""
+    tables.replace("step_runs", tables.frame("step_runs", [run.row(utc_now())]),
+                   dt=run.dt, step=run.step, mode=run.mode)
+    return run
+
+
+def last_watermark(tables, step: str, modes: tuple[str, ...] | None = None) -> datetime | None:
+    """The watermark of the step's latest finished run (in one of ``modes``), or None."""
+    from pyspark.sql import functions as F
+
+    runs = tables.read("step_runs").filter((F.col("step") == step) & F.col("watermark").isNotNull())
+    if modes:
+        runs = runs.filter(F.col("mode").isin(*modes))
+    last = runs.orderBy(F.col("finished_at").desc()).select("watermark").first()
+    return last[0] if last else None

@@ -1,0 +1,145 @@
+"""The one table layer: every step reads and writes catalog tables through it.
+
+    tables = Tables(spark, cfg)
+    events = tables.read("events")
+    weights, day = tables.latest("relationship_weights", as_of="2026-11-20")
+    tables.replace("offers", frame, dt="2026-11-20")           # write: replace
+    tables.upsert("proactive_shipments", frame)                  # write: upsert
+
+The write mode and the merge keys come from ``conf/base/catalog.yaml`` (``write``,
+``keys``): ``replace`` overwrites the rows of the given partition values (the whole table
+when none is given) in one commit; ``upsert`` merges on the table's keys in one commit.
+Every write casts the frame to the catalog schema first. No step builds a MERGE
+condition or a ``replaceWhere`` predicate by hand: :meth:`Tables.merge` gives the
+catalog-keyed merge builder for the two state folds that need their own clauses.
+"""
+from __future__ import annotations
+
+from datetime import date, datetime
+
+from bundlecast.jobs.core import catalog
+from bundlecast.jobs.core.delta import ensure_table
+from bundlecast.jobs.core.errors import BundlecastError
+
+
+def sql_literal(value) -> str:
+    """A Spark SQL literal for a partition value (strings quoted and escaped)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, datetime):
+        return f"TIMESTAMP'{value.isoformat(sep=' ')}'"
+    if isinstance(value, date):
+        return f"DATE'{value.isoformat()}'"
+    text = str(value).replace("\\", "\\\\").replace("'", "\\'")
+    return f"'{text}'"
+
+
+def predicate(name: str, partition: dict) -> str | None:
+    """``col = literal AND ...`` for the partition values of table ``name`` (a list gives
+    ``IN``); date columns take ISO strings. None when there is no partition value."""
+    spec = catalog.table(name)
+    types = {c.name: c.type for c in spec.columns}
+    parts = []
+    for column, value in partition.items():
+        if column not in types:
+            raise BundlecastError(f"{name}: cannot scope a write on {column!r}: not a column of the table")
+
+        def lit(v, column=column):
+            if types[column] == "date" and isinstance(v, str):
+                v = date.fromisoformat(v)
+            return sql_literal(v)
+        if isinstance(value, (list, tuple, set)):
+            values = sorted(value)
+            if not values:
+                raise BundlecastError(f"{name}: empty value list for {column!r}")
+            parts.append(f"`{column}` IN ({', '.join(lit(v) for v in values)})")
+        else:
+            parts.append(f"`{column}` = {lit(value)}")
+    return " AND ".join(parts) or None
+
+
+class Tables:
+    """Catalog tables of one state directory for one Spark session."""
+
+    def __init__(self, spark, cfg: dict):
+        self.spark, self.cfg = spark, cfg
+
+    # ----------------------------------------------------------------------------- reads
+    def path(self, name: str) -> str:
+        return ensure_table(self.spark, name, self.cfg)
+
+    def read(self, name: str, version: int | None = None):
+        """The table as a DataFrame (created empty from the catalog if it does not exist);
+        ``version``: Delta time travel."""
+        reader = self.spark.read.format("delta")
+        if version is not None:
+            reader = reader.option("versionAsOf", version)
+        return reader.load(self.path(name))
+
+    def latest(self, name: str, as_of: str, column: str = "dt"):
+        """(rows of the latest ``column`` on or before ``as_of``, that day) of a table
+        written once per run date; (empty frame, None) when there is none yet."""
+        from pyspark.sql import functions as F
+
+        rows = self.read(name).filter(F.col(column) <= F.lit(as_of).cast("date"))
+        day = rows.agg(F.max(column)).first()[0]
+        if day is None:
+            return rows.limit(0), None
+        return rows.filter(F.col(column) == F.lit(day)), day
+
+    def frame(self, name: str, rows):
+        """A DataFrame with table ``name``'s catalog schema from dicts or a pandas frame
+        (an empty one when there are no rows)."""
+        from bundlecast.jobs.core.delta import catalog_frame
+
+        if rows is None or not len(rows):
+            return self.spark.createDataFrame([], catalog.table(name).ddl())
+        return catalog_frame(self.spark, name, rows)
+
+    # ---------------------------------------------------------------------------- writes
+    def _typed(self, name: str, df):
+        from pyspark.sql import functions as F
+
+        return df.select(*[F.col(f"`{c.name}`").cast(c.spark_type).alias(c.name) for c in catalog.table(name).columns])
+
+    def _mode(self, name: str, wanted: str) -> None:
+        mode = catalog.table(name).write
+        if mode != wanted:
+            raise BundlecastError(f"{name}: the catalog says write: {mode}, not {wanted}")
+
+    def replace(self, name: str, df, **partition) -> None:
+        """Overwrite the rows matching ``partition`` (``dt="2026-11-20"``, ``dataset=[...]``;
+        the whole table when empty) with ``df``, in one commit."""
+        self._mode(name, "replace")
+        writer = self._typed(name, df).write.format("delta").mode("overwrite")
+        where = predicate(name, partition)
+        if where is not None:
+            writer = writer.option("replaceWhere", where)
+        writer.save(self.path(name))
+
+    def upsert(self, name: str, df, update: bool = True) -> None:
+        """Merge ``df`` into the table on its catalog keys in one commit: matched rows are
+        updated (``update=False``: kept as they are, an insert-only outbox), new rows inserted."""
+        self._mode(name, "upsert")
+        builder = self.merge(name, self._typed(name, df))
+        if update:
+            builder = builder.whenMatchedUpdateAll()
+        builder.whenNotMatchedInsertAll().execute()
+
+    def merge(self, name: str, source):
+        """A Delta merge builder of ``source`` (alias ``s``) into the table (alias ``t``) on
+        the table's catalog keys, for folds that need their own clauses."""
+        from delta.tables import DeltaTable
+
+        return (DeltaTable.forPath(self.spark, self.path(name)).alias("t")
+                .merge(source.alias("s"), merge_condition(name)))
+
+
+def merge_condition(name: str) -> str:
+    """Null-safe equality on every catalog key of ``name``."""
+    keys = catalog.table(name).keys
+    if not keys:
+        raise BundlecastError(f"{name}: no keys in the catalog, cannot merge")
+    return " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)

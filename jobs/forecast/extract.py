@@ -1,0 +1,54 @@
+"""Reads of the forecast step: daily demand per series, weather by day, holidays."""
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+import pandas as pd
+
+
+def daily_demand(tables, dt: str, lookback_days: int, level: list[str]):
+    """Units per (level, day) over the lookback window ending with ``dt``; lines of
+    unknown items are dropped here and counted by the caller."""
+    from pyspark.sql import functions as F
+
+    end = date.fromisoformat(dt)
+    start = end - timedelta(days=lookback_days - 1)
+    orders = (tables.read("orders").filter(F.col("status") != "cancelled")
+              .select("order_id", "user_id", F.to_date("order_ts").alias("ds"))
+              .filter(F.col("ds").between(F.lit(start), F.lit(end))))
+    users = tables.read("users").select("user_id", "region")
+    lines = tables.read("order_lines").select("order_id", "site_id", "item_id", "quantity")
+    items = tables.read("items").select("site_id", "item_id")
+    rows = (lines.join(orders, "order_id").join(users, "user_id", "left")
+            .withColumn("region", F.coalesce("region", F.lit("unknown"))))
+    known = rows.join(items, ["site_id", "item_id"], "left_semi")
+    unknown = rows.join(items, ["site_id", "item_id"], "left_anti")
+    demand = known.groupBy(*level, "ds").agg(F.sum("quantity").cast("double").alias("y"))
+    return demand, unknown
+
+
+def weather_by_day(tables, by_region: bool) -> pd.DataFrame:
+    """region (or '*'), ds, temperature_c, precipitation_mm: observations where there are
+    any, the feed's forecast rows otherwise (the future)."""
+    from pyspark.sql import functions as F
+
+    w = tables.read("weather").select("region", F.col("date").alias("ds"), "temperature_c",
+                                                 "precipitation_mm", "is_forecast")
+    frame = w.toPandas()
+    if frame.empty:
+        return pd.DataFrame(columns=["region", "ds", "temperature_c", "precipitation_mm"])
+    frame = frame.sort_values("is_forecast").drop_duplicates(["region", "ds"], keep="first")  # observed first
+    if not by_region:
+        frame = frame.groupby("ds", as_index=False)[["temperature_c", "precipitation_mm"]].mean().assign(region="*")
+    frame["ds"] = pd.to_datetime(frame.ds)
+    return frame[["region", "ds", "temperature_c", "precipitation_mm"]]
+
+
+def holidays_frame(tables) -> pd.DataFrame:
+    """region, holiday, ds from ``calendar_events`` (region 'ALL' applies everywhere)."""
+    from pyspark.sql import functions as F
+
+    ev = tables.read("calendar_events").select("region", F.col("event_name").alias("holiday"),
+                                                          F.col("date").alias("ds")).toPandas()
+    ev["ds"] = pd.to_datetime(ev.ds)
+    return ev
