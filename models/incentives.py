@@ -24,10 +24,10 @@ import json
 
 import numpy as np
 import pandas as pd
+from bundlecast.models.offer_types import EARLY_BIRD
+from bundlecast.models.offer_types import NAMES as OFFER_TYPES
 
 EARTH_KM = 6371.0
-OFFER_TYPES = ["percent_discount", "fixed_discount", "free_shipping", "instant_rebate", "loyalty_points",
-               "early_bird", "premium_shipping", "carbon_offset"]
 
 
 def haversine_km(lat1, lon1, lat2, lon2) -> np.ndarray:
@@ -120,16 +120,8 @@ def choose_type(f: pd.DataFrame, proactive_ok, value_decile, price, cfg: dict, p
     out[np.asarray(price, float) < float(cfg["free_shipping_below"])] = "free_shipping"
     out[np.asarray(value_decile, float) >= int(cfg["loyalty_decile"])] = "loyalty_points"
     out[(f.carbon > f[["user_value", "consolidation"]].max(axis=1)).to_numpy() & (f.carbon > 0).to_numpy()] = "carbon_offset"
-    out[proactive_ok & (f.consolidation > f.user_value).to_numpy() & (f.consolidation > 0).to_numpy()] = "early_bird"
+    out[proactive_ok & (f.consolidation > f.user_value).to_numpy() & (f.consolidation > 0).to_numpy()] = EARLY_BIRD
     return out
-
-
-def cash_cost(offer_type, value, cfg: dict) -> np.ndarray:
-    """What an incentive costs the shop if redeemed: loyalty points cost
-    ``loyalty_cost_share`` of their face value, everything else its value."""
-    t = np.asarray(offer_type, dtype=object)
-    return np.where(t == "loyalty_points", np.asarray(value, float) * float(cfg["loyalty_cost_share"]),
-                    np.asarray(value, float))
 
 
 def factors_json(f: pd.DataFrame) -> list[str]:

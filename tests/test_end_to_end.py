@@ -52,7 +52,7 @@ def test_both_dags_fill_the_tables(e2e_home):
         assert tables[name]["rows"] == rows, name
     assert tables["ingestion_audit"]["rows"] == len(truth["rows"])
     for gold in ("item_relationships", "relationship_weights", "demand_forecast", "forecast_metrics",
-                 "need_predictions", "need_bundles", "bundles", "offers", "experiment_exposures", "offer_runs",
+                 "need_predictions", "need_bundles", "bundles", "offers", "experiment_exposures", "step_runs",
                  "route_stops", "route_plans", "proactive_thresholds", "inventory_reservations"):
         assert tables[gold]["rows"] > 0, gold
     assert (e2e_home / "airflow" / "airflow.db").exists()

@@ -41,7 +41,8 @@ def test_every_series_is_forecast_with_its_method(spark, fc_cfg, first_run):
     assert set(f.method) <= {"prophet", "sba", "seasonal_naive"} and "prophet" in set(f.method)
     assert f.reason.notna().all() and (f.region == "*").all()
     assert (f.model_run_id == first_run.labels["mlflow_run_id"]).all() and first_run.counts["failed_fits"] == 0
-    assert forecast.methods(first_run) == f.drop_duplicates(["site_id", "item_id"]).method.value_counts().to_dict()
+    from bundlecast.jobs.forecast.job import methods
+    assert methods(first_run) == f.drop_duplicates(["site_id", "item_id"]).method.value_counts().to_dict()
 
 
 def test_backtest_compares_each_method_with_seasonal_naive_on_the_same_windows(spark, fc_cfg, first_run):

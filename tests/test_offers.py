@@ -101,7 +101,8 @@ def test_product_bundles_are_priced_within_margin_and_discount_and_ids_are_stabl
 
 
 def test_offers_respect_stock_budget_control_and_explain_themselves(spark, world):
-    from bundlecast.jobs.bundles.job import available_stock, user_warehouses
+    from bundlecast.jobs.core.commerce import available_stock, user_warehouses
+    from bundlecast.jobs.core.tables import Tables
     cfg, dt = world["cfg"], world["dt"]
     of = _table(spark, cfg, "offers", dt)
     ex = _table(spark, cfg, "experiment_exposures", dt)
@@ -113,8 +114,8 @@ def test_offers_respect_stock_budget_control_and_explain_themselves(spark, world
     assert set(of.user_id) <= set(ex.user_id)
     assert ex.set_index("user_id").loc[of.user_id, "offer_id"].tolist() == of.offer_id.tolist()
     # Never more offers on an item than its warehouse has.
-    nb = user_warehouses(spark, cfg).toPandas().set_index("user_id").warehouse_id
-    stock = available_stock(spark, cfg).toPandas()
+    nb = user_warehouses(Tables(spark, cfg)).toPandas().set_index("user_id").warehouse_id
+    stock = available_stock(Tables(spark, cfg)).toPandas()
     stock = dict(zip(stock.warehouse_id + "|" + stock.key, stock.available))
     used = pd.Series([f"{nb[u]}|{k}" for u, items in zip(of.user_id, of["items"]) for k in items]).value_counts()
     assert all(n <= stock.get(k, 0) for k, n in used.items())

@@ -162,7 +162,8 @@ def test_analysis_intervals_cover_planted_effects_and_flag_sample_ratio_mismatch
 
 
 def test_unusable_items_never_enter_a_bundle():
-    from bundlecast.jobs.bundles.job import product_bundles, usable_prices
+    from bundlecast.jobs.bundles.transform import product_bundles
+    from bundlecast.jobs.core.commerce import usable_prices
     cfg = load_config()
     counts = {}
     items = pd.DataFrame({"key": ["s|A", "s|B", "s|C", "s|D", "s|E"], "price": [10.0, 5.0, None, 4.0, 8.0],

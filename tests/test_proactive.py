@@ -376,7 +376,7 @@ def test_reservations_match_shipments_and_rerun_changes_nothing(spark, pworld, n
 def test_concurrent_reservations_never_oversell(spark, pworld, nightly):
     """Two runs plan on the same ledger version (a barrier makes sure) for more units than
     the warehouse has: one commit wins, the other conflicts, re-reads and re-plans."""
-    from bundlecast.jobs.bundles.job import StepSummary
+    from bundlecast.jobs.core.runs import StepRun
     from bundlecast.jobs.proactive import job as proactive
     cfg = pworld["cfg"]
     stock = proactive.stock_by_warehouse(spark, cfg)
@@ -386,7 +386,7 @@ def test_concurrent_reservations_never_oversell(spark, pworld, nightly):
     available = int(stock[(stock.warehouse_id == wid) & (stock.key == key)].available.iloc[0]) - already
     want = available // 2 + 2  # each run wants more than half: together more than there is
     barrier = threading.Barrier(2)
-    summaries = [StepSummary(DT, f"race-{i}") for i in range(2)]
+    summaries = [StepRun("proactive", DT, f"race-{i}", "nightly") for i in range(2)]
     got, errors = [0, 0], []
 
     def plan_for(i):

@@ -1,293 +1,68 @@
-"""Bundles: need bundles per user and product bundles (complementary, alternative, value),
-priced for expected margin.
-
-    spark-submit jobs/bundles.py --date 2026-11-20
-    bundlecast bundles --date 2026-11-20
-    bundlecast bundle USER ITEM [--site S]      (the best bundle for one user looking at one item)
-
-* ``need_bundles``: per user, the items of ``need_predictions`` with probability >=
-  ``bundles.need.min_probability`` (at most ``max_items``), the main items (probability >=
-  ``main_share`` x the top one), confidence = the chance the user needs all main items,
-  the earliest need date, and whether the user's region warehouse covers every item.
-* ``bundles``: per anchor item, from ``item_relationships``: complementary (anchor + its
-  best complementary neighbours), alternative (anchor + its best alternatives: a choice at
-  other price points), value (anchor + its best non-alternative neighbours at a bundle
-  price). Acceptance at list price comes from the data (the anchor's co-purchase rates;
-  for alternatives the share of co-viewed units that ended in a purchase); the price is the
-  point of a grid that maximises expected margin under the minimum margin and the maximum
-  discount, penalised above the competitor reference (``models.pricing``).
-
-Bad input never makes a wrong bundle: items without a price or cost, or whose cost is not
-below the price, are left out and counted; competitor prices <= 0 are ignored and counted;
-bundles with no price that keeps the minimum margin are not written and counted. The counts
-go to ``offer_runs`` (step ``bundles``).
-"""
+"""The bundles step's run (see the package docstring)."""
 from __future__ import annotations
 
-import hashlib
-import time
 import uuid
-from collections import Counter
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 
 import numpy as np
 import pandas as pd
+from bundlecast.jobs.bundles.extract import need_bundle_inputs, relationship_frame
+from bundlecast.jobs.bundles.transform import need_bundles, product_bundles
+from bundlecast.jobs.core.commerce import (
+    available_stock,
+    competitor_reference,
+    item_prices,
+)
 from bundlecast.jobs.core.config import config
-from bundlecast.jobs.core.delta import catalog_frame, read_table, replace_rows
+from bundlecast.jobs.core.delta import read_table
 from bundlecast.jobs.core.errors import BundlecastError
+from bundlecast.jobs.core.runs import StepRun, record
+from bundlecast.jobs.core.tables import Tables
 
 
-@dataclass
-class StepSummary:
-    """What a bundle or offer step built and skipped (``offer_runs``)."""
-    dt: str
-    run_id: str
-    counts: Counter = field(default_factory=Counter)  # a missing count reads as 0: counts[k] += n
-    figures: dict[str, float] = field(default_factory=dict)
-    notes: str = ""
+def build_need_bundles(tables, cfg: dict, dt: str, run_id: str, prices: pd.DataFrame, counts: dict):
+    """The run date's need bundles (extract + transform), for this step and the hourly
+    proactive run."""
+    return need_bundles(**need_bundle_inputs(tables, dt, prices), s=cfg["bundles"]["need"], dt=dt, run_id=run_id,
+                        counts=counts)
 
 
-def stable_id(prefix: str, *parts) -> str:
-    return prefix + hashlib.sha1("|".join(map(str, parts)).encode()).hexdigest()[:16]
-
-
-def item_prices(spark, cfg: dict, counts: dict) -> pd.DataFrame:
-    """Items with a usable price and cost, keyed ``site|item`` (see ``usable_prices``)."""
-    from pyspark.sql import functions as F
-
-    items = read_table(spark, "items", cfg).select(
-        F.concat_ws("|", "site_id", "item_id").alias("key"), "site_id", "item_id", "category", "price", "cost",
-        "volume_l", "weight_kg", "perishable").toPandas()
-    return usable_prices(items, counts)
-
-
-def usable_prices(items: pd.DataFrame, counts: dict) -> pd.DataFrame:
-    """Keep items with a positive price and a cost below it; count the others (an item
-    without a price or cost, or sold at a loss, never enters a bundle or an offer)."""
-    no_price = items.price.isna() | (items.price <= 0) | items.cost.isna()
-    negative = ~no_price & (items.cost >= items.price)
-    counts["items_without_price_or_cost"] = int(no_price.sum())
-    counts["items_with_negative_margin"] = int(negative.sum())
-    return items[~no_price & ~negative].set_index("key")
-
-
-def available_stock(spark, cfg: dict, subtract_reservations: bool = True):
-    """Latest snapshot per warehouse: available = on_hand - reserved (>= 0), per
-    (warehouse_id, key), less the active proactive-shipping reservations
-    (``inventory_reservations``) unless ``subtract_reservations`` is False."""
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
-    inv = read_table(spark, "inventory", cfg)
-    latest = Window.partitionBy("warehouse_id")
-    stock = (inv.withColumn("_last", F.max("snapshot_ts").over(latest)).filter(F.col("snapshot_ts") == F.col("_last"))
-             .groupBy("warehouse_id", F.concat_ws("|", "site_id", "item_id").alias("key"))
-             .agg(F.sum(F.greatest(F.col("on_hand") - F.col("reserved"), F.lit(0))).cast("long").alias("available")))
-    if not subtract_reservations:
-        return stock
-    held = (read_table(spark, "inventory_reservations", cfg).filter(F.col("status") == "active")
-            .groupBy("warehouse_id", F.concat_ws("|", "site_id", "item_id").alias("key"))
-            .agg(F.sum("quantity").alias("_held")))
-    return (stock.join(held, ["warehouse_id", "key"], "left")
-            .select("warehouse_id", "key", F.greatest(F.col("available") - F.coalesce(F.col("_held"), F.lit(0)), F.lit(0))
-                    .cast("long").alias("available")))
-
-
-def user_warehouses(spark, cfg: dict):
-    """user_id -> the warehouse of the user's region (the first by id where a region has
-    several); users whose region has none get null (counted where used)."""
-    from pyspark.sql import functions as F
-
-    warehouses = read_table(spark, "warehouses", cfg).groupBy("region").agg(F.min("warehouse_id").alias("warehouse_id"))
-    return read_table(spark, "users", cfg).select("user_id", "region").join(F.broadcast(warehouses), "region", "left") \
-        .select("user_id", "warehouse_id")
-
-
-def competitor_reference(spark, cfg: dict, counts: dict) -> pd.Series:
-    """Cheapest competitor price per item over the last observations (<= 0 ignored, counted)."""
-    from pyspark.sql import functions as F
-
-    comp = read_table(spark, "competitor_prices", cfg)
-    bad = comp.filter(F.col("price") <= 0).count()
-    counts["competitor_prices_ignored_not_positive"] = int(bad)
-    last = comp.agg(F.max("observed_ts")).first()[0]
-    if last is None:
-        return pd.Series(dtype=float)
-    recent = comp.filter((F.col("price") > 0) & (F.col("observed_ts") >= F.lit(last) - F.expr("INTERVAL 7 DAYS")))
-    pdf = recent.groupBy(F.concat_ws("|", "site_id", "item_id").alias("key")).agg(F.min("price").alias("p")).toPandas()
-    return pdf.set_index("key").p
-
-
-def need_bundles(spark, cfg: dict, dt: str, run_id: str, prices: pd.DataFrame, counts: dict):
-    """The ``need_bundles`` rows of run date ``dt`` (a Spark DataFrame)."""
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
-    s = cfg["bundles"]["need"]
-    preds = (read_table(spark, "need_predictions", cfg).filter(F.col("dt") == F.lit(dt).cast("date"))
-             .withColumn("key", F.concat_ws("|", "site_id", "item_id")))
-    priced = spark.createDataFrame(prices.reset_index()[["key", "price", "cost", "volume_l", "weight_kg"]])
-    joined = preds.join(F.broadcast(priced), "key", "left")
-    counts["need_items_without_price"] = int(joined.filter(F.col("price").isNull()
-                                                           & (F.col("probability") >= s["min_probability"])).count())
-    w = Window.partitionBy("user_id").orderBy(F.desc("probability"), "key")
-    top = (joined.filter(F.col("price").isNotNull() & (F.col("probability") >= float(s["min_probability"])))
-           .withColumn("rk", F.row_number().over(w)).filter(F.col("rk") <= int(s["max_items"]))
-           .withColumn("top_p", F.max("probability").over(Window.partitionBy("user_id")))
-           .withColumn("main", F.col("probability") >= F.col("top_p") * float(s["main_share"])))
-    stock = available_stock(spark, cfg)
-    top = (top.join(user_warehouses(spark, cfg), "user_id", "left")
-           .join(stock, ["warehouse_id", "key"], "left").na.fill(0, subset=["available"]))
-    srt = F.array_sort(F.collect_list(F.struct(F.col("rk"), F.col("key"), F.col("probability"))))
-    out = top.groupBy("user_id").agg(
-        srt.alias("_items"),
-        F.sort_array(F.collect_list(F.when(F.col("main"), F.col("key")))).alias("main_items"),
-        F.min(F.when(F.col("main"), F.col("need_date"))).alias("need_date"),
-        F.exp(F.sum(F.when(F.col("main"), F.log("probability")).otherwise(0.0))).alias("confidence"),
-        F.sum("price").alias("list_price"), F.sum("cost").alias("cost"),
-        F.sum("volume_l").alias("volume_l"), F.sum("weight_kg").alias("weight_kg"),
-        F.first("warehouse_id", ignorenulls=True).alias("warehouse_id"),
-        F.sort_array(F.collect_list(F.when(F.col("available") < 1, F.col("key")))).alias("short_items"))
-    return out.select(
-        F.concat(F.lit("NB"), F.substring(F.sha1(F.concat_ws("|", "user_id", F.lit(dt))), 1, 16)).alias("bundle_id"),
-        "user_id", F.col("_items.key").alias("items"), "main_items", F.col("_items.probability").alias("probabilities"),
-        "need_date", "confidence", "list_price", "cost", "volume_l", "weight_kg", "warehouse_id",
-        (F.col("warehouse_id").isNotNull() & (F.size("short_items") == 0)).alias("stock_ok"), "short_items",
-        F.lit(dt).cast("date").alias("dt"), F.lit(run_id).alias("run_id"))
-
-
-def relationship_frame(spark, cfg: dict) -> pd.DataFrame:
-    from pyspark.sql import functions as F
-
-    return read_table(spark, "item_relationships", cfg).select(
-        F.concat_ws("|", "site_a", "item_a").alias("a"), F.concat_ws("|", "site_b", "item_b").alias("b"),
-        "relation", "score", "complementary_score", "alternative_score", "co_purchase_rate",
-        "co_view_support", "view_one_bought_support", "rank").toPandas()
-
-
-def product_bundles(rel: pd.DataFrame, prices: pd.DataFrame, network_stock: pd.Series, reference: pd.Series,
-                    cfg: dict, counts: dict) -> pd.DataFrame:
-    """Complementary, alternative and value bundles per anchor, priced. One row per bundle."""
-    from bundlecast.models.pricing import Acceptance, optimise_price
-
-    b = cfg["bundles"]
-    ok = rel.a.isin(prices.index) & rel.b.isin(prices.index)
-    counts["relationships_skipped_unpriced"] = int((~ok).sum())
-    rel = rel[ok & (rel.score.fillna(0) >= 0)].sort_values(["a", "score", "b"], ascending=[True, False, True])
-    if b.get("max_anchors"):
-        keep = rel.a.value_counts().head(int(b["max_anchors"])).index
-        rel = rel[rel.a.isin(keep)]
-    floor = float(cfg["pricing"]["min_bundle_acceptance"])
-    built = []
-
-    def take(frame, col, k, kind, base_of, why, threshold=float(b["min_score"])):
-        picked = frame[frame[col] >= threshold].groupby("a", sort=False).head(k)
-        grouped = picked.groupby("a", sort=False)
-        for anchor, g in grouped:
-            built.append((kind, anchor, [anchor, *g.b.tolist()], base_of(g), why(g)))
-
-    comp = rel[rel.relation == "complementary"]
-    take(comp, "complementary_score", int(b["complementary_k"]), "complementary",
-         lambda g: max(floor, float(g.co_purchase_rate.fillna(0).mean())),
-         lambda g: f"used together: complementary score {g.complementary_score.mean():.2f}, "
-                   f"co-purchase rate {g.co_purchase_rate.fillna(0).mean():.1%}")
-    alt = rel[rel.relation == "alternative"]
-    take(alt, "alternative_score", int(b["alternative_k"]), "alternative",
-         lambda g: max(floor, float((g.view_one_bought_support / g.co_view_support.clip(lower=1)).fillna(0).mean())),
-         lambda g: f"same need, other price points: alternative score {g.alternative_score.mean():.2f}")
-    # Value: the anchor's best non-alternative neighbours by combined score (a fitted chance
-    # of a later co-purchase, so no absolute threshold), at least two of them.
-    val = rel[(rel.relation != "alternative") & (rel.score.fillna(0) > 0)].copy()
-    val["_s"] = val.score
-    val = val[val.groupby("a").b.transform("size") >= 2]
-    take(val, "_s", int(b["value_k"]), "value",
-         lambda g: max(floor, float(g.co_purchase_rate.fillna(0).mean())),
-         lambda g: f"often bought with the anchor: combined score {g._s.mean():.2f}; sold at a bundle price",
-         threshold=0.0)
-    if not built:
-        return pd.DataFrame()
-    out = pd.DataFrame(built, columns=["kind", "anchor", "items", "base", "why"])
-    out = out[out["items"].map(len) >= 2]
-    out["bundle_id"] = [stable_id("PB", k, *sorted(i)) for k, i in zip(out.kind, out["items"])]
-    out = out.drop_duplicates("bundle_id").reset_index(drop=True)
-    price, cost = prices.price, prices.cost
-    alt_only = out.kind == "alternative"
-    out["list_price"] = np.where(alt_only, out.anchor.map(price), out["items"].map(lambda i: float(price[i].sum())))
-    out["cost"] = np.where(alt_only, out.anchor.map(cost), out["items"].map(lambda i: float(cost[i].sum())))
-    ref_of = lambda k: float(min(price[k], reference.get(k, np.inf)))  # noqa: E731
-    out["competitor_price"] = np.where(alt_only, out.anchor.map(ref_of),
-                                       out["items"].map(lambda i: sum(ref_of(k) for k in i)))
-    out["sites"] = out["items"].map(lambda i: sorted({k.split("|", 1)[0] for k in i}))
-    out["stock_units"] = np.where(alt_only, out.anchor.map(lambda k: int(network_stock.get(k, 0))),
-                                  out["items"].map(lambda i: int(min(network_stock.get(k, 0) for k in i))))
-    acc = Acceptance(float(cfg["pricing"]["prior_beta"]), float(cfg["pricing"]["gamma"]), "prior")
-    priced = optimise_price(out.list_price, out.cost, out.base, out.competitor_price, acc, cfg["pricing"])
-    out = pd.concat([out, priced], axis=1)
-    bad = out.bundle_price.isna()
-    counts["bundles_skipped_no_margin"] = int(bad.sum())
-    out = out[~bad].copy()
-    out["expected_acceptance"] = out.acceptance
-    out["stock_ok"] = out.stock_units > 0
-    out["reason"] = out.why + "; " + out.reason
-    for kind in ("complementary", "alternative", "value"):
-        counts[f"bundles_{kind}"] = int((out.kind == kind).sum())
-    return out.reset_index(drop=True)
-
-
-def run(spark, dt: str, run_id: str | None = None, cfg: dict | None = None, progress=print) -> StepSummary:
+def run(spark, dt: str, run_id: str | None = None, cfg: dict | None = None, progress=print) -> StepRun:
     from pyspark.sql import functions as F
 
     cfg = cfg or config()
-    summary = StepSummary(dt, run_id or f"bundles-{dt}-{uuid.uuid4().hex[:8]}")
-    t0 = time.time()
+    summary = StepRun("bundles", dt, run_id or f"bundles-{dt}-{uuid.uuid4().hex[:8]}")
     c = summary.counts
-    prices = item_prices(spark, cfg, c)
-    nb = need_bundles(spark, cfg, dt, summary.run_id, prices, c).cache()
-    replace_rows(spark, nb, "need_bundles", f"dt = DATE'{dt}'", cfg)
+    tables = Tables(spark, cfg)
+    prices = item_prices(tables, c)
+    nb = build_need_bundles(tables, cfg, dt, summary.run_id, prices, c).cache()
+    tables.replace("need_bundles", nb, dt=dt)
     agg = nb.agg(F.count("*"), F.sum(F.col("stock_ok").cast("int")), F.avg("confidence")).first()
     c["need_bundles"], c["need_bundles_stock_ok"] = int(agg[0]), int(agg[1] or 0)
     summary.figures["need_bundle_mean_confidence"] = float(agg[2] or 0.0)
     nb.unpersist()
-    network = available_stock(spark, cfg).groupBy("key").agg(F.sum("available").alias("available")).toPandas()
+    network = available_stock(tables).groupBy("key").agg(F.sum("available").alias("available")).toPandas()
     network = network.set_index("key").available
-    reference = competitor_reference(spark, cfg, c)
-    rel = relationship_frame(spark, cfg)
+    reference = competitor_reference(tables, c)
+    rel = relationship_frame(tables)
     c["relationships_read"] = len(rel)
     pb = product_bundles(rel, prices, network, reference, cfg, c)
     pb["dt"], pb["run_id"] = dt, summary.run_id
-    frame = catalog_frame(spark, "bundles", pb) if len(pb) else spark.createDataFrame([], _ddl("bundles"))
-    replace_rows(spark, frame, "bundles", f"dt = DATE'{dt}'", cfg)
-    summary.figures["seconds"] = round(time.time() - t0, 1)
-    summary.notes = ("product bundle acceptance: co-purchase rates of the anchor at list price, price response from "
+    tables.replace("bundles", tables.frame("bundles", pb), dt=dt)
+    summary.notes.append("product bundle acceptance: co-purchase rates of the anchor at list price, price response from "
                      "the pricing prior (offers refit it once redemptions exist)")
-    record(spark, cfg, dt, "bundles", summary)
+    record(tables, summary.finish())
     progress(render(summary))
     return summary
 
 
-def _ddl(name: str) -> str:
-    from bundlecast.jobs.core import catalog
-    return catalog.table(name).ddl()
-
-
-def record(spark, cfg: dict, dt: str, step: str, summary) -> None:
-    """One ``offer_runs`` row per date and step (replaced on re-run)."""
-    row = {"dt": dt, "step": step, "run_id": summary.run_id, "counts": {k: int(v) for k, v in summary.counts.items()},
-           "figures": {k: float(v) for k, v in summary.figures.items()}, "notes": summary.notes,
-           "finished_at": datetime.now(timezone.utc).replace(tzinfo=None)}
-    replace_rows(spark, catalog_frame(spark, "offer_runs", [row]), "offer_runs",
-                 f"dt = DATE'{dt}' AND step = '{step}'", cfg)
-
-
-def render(s: StepSummary) -> str:
+def render(s: StepRun) -> str:
     c = s.counts
     skipped = {k: v for k, v in c.items() if ("skipped" in k or "without" in k or "ignored" in k or "negative" in k) and v}
     return (f"bundles {s.run_id} for {s.dt}: {c.get('need_bundles', 0):,} need bundles "
             f"({c.get('need_bundles_stock_ok', 0):,} covered by stock, mean confidence "
             f"{s.figures.get('need_bundle_mean_confidence', 0):.2f}); product bundles: "
             f"{c.get('bundles_complementary', 0):,} complementary, {c.get('bundles_alternative', 0):,} alternative, "
-            f"{c.get('bundles_value', 0):,} value; {s.figures.get('seconds', 0):.0f} s"
+            f"{c.get('bundles_value', 0):,} value; {s.seconds:.0f} s"
             + (f"\n  skipped: {', '.join(f'{k} {v:,}' for k, v in skipped.items())}" if skipped else ""))
 
 
@@ -307,7 +82,7 @@ def generate_bundle(user_id: str, item: str, site: str | None = None, cfg: dict 
         from bundlecast.jobs.core.spark import get_spark
         spark = get_spark("bundlecast-bundle")
     counts: dict = {}
-    prices = item_prices(spark, cfg, counts)
+    prices = item_prices(Tables(spark, cfg), counts)
     if site is None:
         matches = [k for k in prices.index if k.split("|", 1)[1] == item]
         if len(matches) != 1:
@@ -349,7 +124,7 @@ def generate_bundle(user_id: str, item: str, site: str | None = None, cfg: dict 
     items = [anchor, *picked.b]
     base = float(np.mean([max(p, c or 0.0) for p, c in zip(picked.need_p, picked.co_purchase_rate)]))
     base = max(base, float(cfg["pricing"]["min_bundle_acceptance"]))
-    reference = competitor_reference(spark, cfg, counts)
+    reference = competitor_reference(Tables(spark, cfg), counts)
     ref = sum(min(prices.price[k], reference.get(k, np.inf)) for k in items)
     lp, cost = float(prices.price[items].sum()), float(prices.cost[items].sum())
     acc = Acceptance(float(cfg["pricing"]["prior_beta"]), float(cfg["pricing"]["gamma"]), "prior")

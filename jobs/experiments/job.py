@@ -1,17 +1,4 @@
-"""Experiment analysis: conversion, revenue and margin per user per variant.
-
-    spark-submit jobs/experiments.py --date 2026-11-27
-    bundlecast experiments report [--date D] [--experiment NAME]
-
-For each configured experiment, every user exposed (``experiment_exposures``, control
-included) whose attribution window (first exposure + ``attribution_days``) has ended by the
-run date counts once, in the variant of the first exposure. Outcomes in the window: any
-non-cancelled order (conversion), its revenue after discounts, and its margin (revenue -
-item cost - the cash cost of redeemed offer incentives, from ``feedback`` offer_redeem).
-Per variant and metric: the estimate with a 95% interval (Wilson for conversion), the
-difference to control with a Welch interval and p-value, the sample-ratio-mismatch check,
-and the winner per metric. Writes ``experiment_results`` (the run date's rows).
-"""
+"""The experiments step's run (see the package docstring)."""
 from __future__ import annotations
 
 import uuid
@@ -22,6 +9,7 @@ import pandas as pd
 from bundlecast.jobs.core.config import config
 from bundlecast.jobs.core.delta import catalog_frame, read_table, replace_rows
 from bundlecast.models import experiments as X
+from bundlecast.models import offer_types
 
 
 def per_user(spark, cfg: dict, exp: dict, dt: str) -> pd.DataFrame:
@@ -53,11 +41,8 @@ def per_user(spark, cfg: dict, exp: dict, dt: str) -> pd.DataFrame:
               .select(F.col("reference_id").alias("offer_id"), "feedback_ts").join(offers, "offer_id"))
     incentive = (exp_rows.join(redeem, "offer_id")
                  .filter((F.col("feedback_ts") >= F.col("t0")) & (F.col("feedback_ts") < window_end))
-                 .groupBy("user_id").agg(F.sum(F.when(F.col("offer_type") == "loyalty_points",
-                                                      F.col("incentive_value") * float(cfg["incentives"]["loyalty_cost_share"]))
-                                               .when(F.col("offer_type").isin("percent_discount", "fixed_discount", "instant_rebate",
-                                                                              "early_bird"), F.lit(0.0))
-                                               .otherwise(F.col("incentive_value"))).alias("extra_cost")))
+                 .groupBy("user_id").agg(F.sum(offer_types.cost_beyond_revenue_column(
+                     F.col("offer_type"), F.col("incentive_value"), cfg["incentives"]["loyalty_cost_share"])).alias("extra_cost")))
     # Price incentives are already in the order's revenue (the user paid less); the others cost on top.
     out = (exp_rows.join(outcome, "user_id", "left").join(incentive, "user_id", "left")
            .na.fill(0, subset=["conversion", "revenue", "cogs", "extra_cost"])

@@ -1,58 +1,22 @@
-"""Personalised offers: candidates, incentives, the global allocation, experiments.
-
-    spark-submit jobs/offers.py --date 2026-11-20 [--mode nightly|reprice]
-    bundlecast offers --date 2026-11-20 [--mode reprice]
-
-Nightly:
-
-1. **Candidates** per user (never users x bundles): the user's need bundle, and the
-   complementary / value bundles anchored on the items the user is likely to need, at most
-   ``offers.max_candidates_per_user``. Acceptance at the bundle price: the need bundle's
-   confidence; a product bundle's acceptance times the user's need probability of its anchor.
-2. **Experiment**: the active experiment (``experiments`` in configuration) assigns each
-   candidate user a variant by hash (``models.experiments``); ``control`` gets no offer; a
-   variant may force an offer-type policy and scale the incentive (``level``).
-3. **Incentive** per candidate from ``models.incentives``: user value (``user_value``),
-   consolidation with tomorrow's routes, over-stock and stock-out risk (``inventory``,
-   ``demand_forecast``), carbon saved; capped by the maximum discount and minimum margin.
-   Acceptance with the incentive uses the price response fitted on past offers and their
-   redemptions (``feedback``), or the configured prior when there are too few.
-4. **Allocation** (``models.pricing.allocate``, OR-Tools CP-SAT): at most
-   ``max_offers_per_user`` per user, never more offers on an item than the user's warehouse
-   has available, expected incentive cost within ``offers.budget``; maximising expected
-   profit; the greedy allocation is the reported baseline.
-5. Writes ``offers`` and ``experiment_exposures`` (the run date's rows) and the run summary.
-
-Reprice (hourly): active offers of the latest nightly run are withdrawn when the warehouse
-can no longer cover them or the user has since bought the items, and re-priced (or
-withdrawn when the margin does not allow it) when a competitor price fell below ours.
-"""
+"""The offers step's run (see the package docstring)."""
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from datetime import date, datetime, timedelta, timezone
 
 import numpy as np
 import pandas as pd
-from bundlecast.jobs.bundles.job import (
-    StepSummary,
-    available_stock,
-    competitor_reference,
-    item_prices,
-    record,
-    stable_id,
-    user_warehouses,
-)
+from bundlecast.jobs.core.commerce import available_stock, competitor_reference, item_prices, stable_id, user_warehouses
 from bundlecast.jobs.core.config import config
 from bundlecast.jobs.core.delta import catalog_frame, read_table, replace_rows
 from bundlecast.jobs.core.errors import BundlecastError
+from bundlecast.jobs.core.runs import StepRun, record
+from bundlecast.jobs.core.tables import Tables
 from bundlecast.models import experiments as X
 from bundlecast.models import incentives as I
+from bundlecast.models import offer_types
 from bundlecast.models.pricing import allocate, fit_acceptance
-
-PRICE_TYPES = {"percent_discount", "fixed_discount", "instant_rebate", "early_bird"}
 
 
 def _pd(df) -> pd.DataFrame:
@@ -77,7 +41,7 @@ def candidates(spark, cfg: dict, dt: str, counts: dict) -> pd.DataFrame:
                           "acceptance": nb.confidence, "warehouse_id": nb.warehouse_id})]
     if len(pb) and len(need):
         joined = need.merge(pb, on="anchor")
-        wh = _pd(user_warehouses(spark, cfg)).set_index("user_id").warehouse_id
+        wh = _pd(user_warehouses(Tables(spark, cfg))).set_index("user_id").warehouse_id
         rows.append(pd.DataFrame({"user_id": joined.user_id, "bundle_id": joined.bundle_id, "bundle_kind": joined.kind,
                                   "items": joined["items"], "list_price": joined.list_price,
                                   "bundle_price": joined.bundle_price, "cost": joined.cost,
@@ -171,7 +135,7 @@ def past_offers(spark, cfg: dict, dt: str) -> pd.DataFrame:
                          "base": base}).dropna()
 
 
-def build(spark, cfg: dict, dt: str, run_id: str, summary: StepSummary) -> tuple[pd.DataFrame, pd.DataFrame]:
+def build(spark, cfg: dict, dt: str, run_id: str, summary: StepRun) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Offers and exposures of run date ``dt`` (pandas)."""
     c = summary.counts
     cand = candidates(spark, cfg, dt, c)
@@ -188,10 +152,10 @@ def build(spark, cfg: dict, dt: str, run_id: str, summary: StepSummary) -> tuple
     c["control_users"] = int(cand[in_control].user_id.nunique())
     cand = cand[~in_control].reset_index(drop=True)
     acc = fit_acceptance(past_offers(spark, cfg, dt), cfg["pricing"])
-    stock = _pd(available_stock(spark, cfg))
-    summary.notes = f"price response: {acc.source} (beta {acc.beta:.2f})"
+    stock = _pd(available_stock(Tables(spark, cfg)))
+    summary.notes.append(f"price response: {acc.source} (beta {acc.beta:.2f})")
     if len(cand):
-        cand = context(spark, cfg, dt, cand, c, stock, item_prices(spark, cfg, {}))
+        cand = context(spark, cfg, dt, cand, c, stock, item_prices(Tables(spark, cfg), {}))
         inc_cfg = {**cfg["incentives"], **cfg["pricing"]}
         parts = []
         for v, g in cand.groupby("variant", sort=True):
@@ -208,9 +172,9 @@ def build(spark, cfg: dict, dt: str, run_id: str, summary: StepSummary) -> tuple
         f["bound_by"] = np.where(f["value"] > room + 1e-9, "max_discount", f.bound_by)
         f["value"] = np.round(np.minimum(f["value"], room), 2)
         cand["offer_type"], cand["incentive_value"] = f.offer_type, f["value"]
-        is_price = cand.offer_type.isin(PRICE_TYPES).to_numpy()
+        is_price = cand.offer_type.isin(offer_types.PRICE_TYPES).to_numpy()
         cand["price"] = np.where(is_price, cand.bundle_price - cand.incentive_value, cand.bundle_price)
-        cash = I.cash_cost(cand.offer_type, cand.incentive_value, cfg["incentives"])
+        cash = offer_types.cash_cost(cand.offer_type, cand.incentive_value, cfg["incentives"]["loyalty_cost_share"])
         a = acc(cand.acceptance, cand.incentive_value / cand.bundle_price)
         cand["expected_acceptance"] = a
         cand["profit"] = a * (cand.bundle_price - cand.cost - cash)
@@ -226,7 +190,7 @@ def build(spark, cfg: dict, dt: str, run_id: str, summary: StepSummary) -> tuple
         summary.figures.update(expected_profit=alloc.objective, greedy_expected_profit=alloc.greedy_objective,
                                upper_bound=alloc.bound, allocation_seconds=alloc.seconds,
                                binding_items=alloc.binding_items, model_candidates=alloc.model_candidates)
-        summary.notes += f"; allocation {alloc.status}"
+        summary.notes.append(f"allocation {alloc.status}")
     else:
         chosen = cand
     valid_from = datetime.combine(date.fromisoformat(dt) + timedelta(days=1), datetime.min.time())
@@ -258,12 +222,11 @@ def build(spark, cfg: dict, dt: str, run_id: str, summary: StepSummary) -> tuple
 
 
 def run(spark, dt: str, mode: str = "nightly", run_id: str | None = None, cfg: dict | None = None,
-        progress=print) -> StepSummary:
+        progress=print) -> StepRun:
     cfg = cfg or config()
     if mode not in ("nightly", "reprice"):
         raise BundlecastError(f"unknown offers mode {mode!r}: nightly or reprice")
-    summary = StepSummary(dt, run_id or f"offers-{dt}-{uuid.uuid4().hex[:8]}")
-    t0 = time.time()
+    summary = StepRun("offers", dt, run_id or f"offers-{dt}-{uuid.uuid4().hex[:8]}", mode)
     if mode == "reprice":
         reprice(spark, cfg, dt, summary)
     else:
@@ -271,8 +234,7 @@ def run(spark, dt: str, mode: str = "nightly", run_id: str | None = None, cfg: d
         where = f"dt = DATE'{dt}'"
         replace_rows(spark, _frame(spark, "offers", offers), "offers", where, cfg)
         replace_rows(spark, _frame(spark, "experiment_exposures", exposures), "experiment_exposures", where, cfg)
-    summary.figures["seconds"] = round(time.time() - t0, 1)
-    record(spark, cfg, dt, "offers" if mode == "nightly" else "reprice", summary)
+    record(Tables(spark, cfg), summary.finish())
     progress(render(summary))
     return summary
 
@@ -282,7 +244,7 @@ def _frame(spark, name: str, rows: pd.DataFrame):
     return catalog_frame(spark, name, rows) if len(rows) else spark.createDataFrame([], catalog.table(name).ddl())
 
 
-def reprice(spark, cfg: dict, dt: str, summary: StepSummary) -> None:
+def reprice(spark, cfg: dict, dt: str, summary: StepRun) -> None:
     """Withdraw or re-price the active offers of the latest nightly run on or before ``dt``."""
     from pyspark.sql import functions as F
 
@@ -290,15 +252,15 @@ def reprice(spark, cfg: dict, dt: str, summary: StepSummary) -> None:
     table = read_table(spark, "offers", cfg).filter(F.col("dt") <= F.lit(dt).cast("date"))
     last = table.agg(F.max("dt")).first()[0]
     if last is None:
-        summary.notes = "no offers yet"
+        summary.notes.append("no offers yet")
         return
     offers = _pd(table.filter(F.col("dt") == F.lit(last)))
     active = offers.status != "withdrawn"
     c["offers_checked"] = int(active.sum())
     now = datetime.now(timezone.utc).replace(tzinfo=None)
-    stock = _pd(available_stock(spark, cfg))
+    stock = _pd(available_stock(Tables(spark, cfg)))
     stock_map = dict(zip(stock.warehouse_id + "|" + stock.key, stock.available.astype(int)))
-    wh = _pd(user_warehouses(spark, cfg)).set_index("user_id").warehouse_id
+    wh = _pd(user_warehouses(Tables(spark, cfg))).set_index("user_id").warehouse_id
     # Stock: offers on each warehouse item, in order of expected profit, while it lasts.
     o = offers[active].sort_values("expected_profit", ascending=False)
     used: dict[str, int] = {}
@@ -317,8 +279,8 @@ def reprice(spark, cfg: dict, dt: str, summary: StepSummary) -> None:
              .select("user_id", F.concat_ws("|", "site_id", "item_id").alias("key")))
     bought = _pd(lines.join(spark.createDataFrame(offers[["user_id"]].drop_duplicates()), "user_id"))
     bought_by = bought.groupby("user_id").key.agg(set).to_dict() if len(bought) else {}
-    reference = competitor_reference(spark, cfg, c)
-    prices = item_prices(spark, cfg, {})
+    reference = competitor_reference(Tables(spark, cfg), c)
+    prices = item_prices(Tables(spark, cfg), {})
     min_margin, drop = float(cfg["pricing"]["min_margin"]), float(cfg["offers"]["reprice_price_drop"])
     changed = 0
     for i in offers.index[active]:
@@ -343,21 +305,21 @@ def reprice(spark, cfg: dict, dt: str, summary: StepSummary) -> None:
             changed += 1
             c[f"offers_{status}"] = c.get(f"offers_{status}", 0) + 1
     c["offers_changed"] = changed
-    summary.notes = f"checked the offers of {last}"
+    summary.notes.append(f"checked the offers of {last}")
     if changed:
         offers["dt"] = str(last)
         replace_rows(spark, _frame(spark, "offers", offers), "offers", f"dt = DATE'{last}'", cfg)
 
 
-def render(s: StepSummary) -> str:
+def render(s: StepRun) -> str:
     c, f = s.counts, s.figures
     if "offers" not in c:
         return (f"offers reprice {s.run_id} for {s.dt}: {c.get('offers_checked', 0):,} checked, "
-                f"{c.get('offers_withdrawn', 0):,} withdrawn, {c.get('offers_repriced', 0):,} re-priced ({s.notes})")
+                f"{c.get('offers_withdrawn', 0):,} withdrawn, {c.get('offers_repriced', 0):,} re-priced ({'; '.join(s.notes)})")
     types = ", ".join(f"{k[7:]} {v:,}" for k, v in sorted(c.items()) if k.startswith("offers_"))
     return (f"offers {s.run_id} for {s.dt}: {c['offers']:,} offers to {c.get('candidate_users', 0):,} candidate users "
             f"({c.get('control_users', 0):,} in control, no offer); {types}\n"
             f"  expected profit {f.get('expected_profit', 0):,.2f} (greedy baseline {f.get('greedy_expected_profit', 0):,.2f}, "
             f"upper bound {f.get('upper_bound', float('nan')):,.2f} on {f.get('model_candidates', 0):,.0f} "
             f"candidates); incentive cost {f.get('incentive_cost', 0):,.2f} "
-            f"of budget {f.get('budget', 0):,.2f}; {f.get('seconds', 0):.0f} s\n  {s.notes}")
+            f"of budget {f.get('budget', 0):,.2f}; {s.seconds:.0f} s\n  {'; '.join(s.notes)}")

@@ -1,43 +1,4 @@
-"""Proactive shipping: ship a user's need bundle before they order, as an extra stop on a
-delivery route that already passes nearby.
-
-    spark-submit jobs/proactive.py --date 2026-11-20 --mode nightly|hourly
-    bundlecast proactive --date 2026-11-20 [--mode hourly]
-
-Each run, in order:
-
-1. **feedback** (``feedback``, ``reference_id`` = shipment id). The customer's
-   shipment_cancel releases the reservation and takes the stop off the next plan,
-   shipment_postpone moves the delivery day, shipment_accept confirms; after the delivery
-   day they are too late (counted). Dispatch's proof of delivery: shipment_delivered fulfils
-   the reservation, shipment_failed releases it. Past delivery days are closed: a routed
-   shipment without proof after ``proof_grace_days`` counts as delivered; one never routed
-   is dropped and its stock released.
-2. **thresholds**: per category, the share of notified shipments cancelled over the
-   lookback; above the rule's limit the category's confidence threshold is raised
-   (``proactive_thresholds``).
-3. **decision**: need bundles (nightly: the ``need_bundles`` table; hourly: rebuilt from the
-   re-scored predictions) whose confidence passes their category's threshold, for opted-in
-   users not in cool-down and without a proactive shipment in the window, delivered no
-   later than the need date; highest confidence first, at most ``max_shipments`` per
-   delivery day (whatever ran before counts, so a re-run adds nothing).
-4. **reservation**: from the nearest warehouse whose stock (on hand - reserved - active
-   reservations) covers every item and whose routes that day still have room
-   (``max_stops_per_vehicle`` per van, ``route_room``), committed through the ledger's
-   compare-and-set so concurrent runs never oversell (``inventory_reservations``).
-5. **packaging**: boxes by bin packing (``models.packaging``).
-6. **routes**: every active shipment of the delivery day inserted into that day's planned
-   routes (``models.routing.insert``); planned stops keep vehicle, order and window;
-   uneconomic or infeasible stops are dropped and their stock released
-   (``route_stops``, ``route_plans``).
-7. **notifications**: a heads-up with the expected arrival, the early-bird incentive (from
-   ``models.incentives``, sized by the exact consolidation saving) and a cancel/postpone
-   token (``notifications``).
-
-Every decision is additive and keyed (shipment id = hash of user and delivery day): a
-re-run finds its own shipments, reserves nothing twice and re-plans the day to the same
-stops (the route search ends on a solution limit, not on the clock).
-"""
+"""The proactive step's run (see the package docstring)."""
 from __future__ import annotations
 
 import hashlib
@@ -49,13 +10,17 @@ from datetime import date, datetime, timedelta, timezone
 
 import numpy as np
 import pandas as pd
-from bundlecast.jobs.bundles.job import StepSummary, available_stock, need_bundles, record, stable_id, usable_prices
+from bundlecast.jobs.bundles.job import build_need_bundles
 from bundlecast.jobs.core import catalog
+from bundlecast.jobs.core.commerce import available_stock, stable_id, usable_prices
 from bundlecast.jobs.core.config import config
 from bundlecast.jobs.core.delta import catalog_frame, ensure_table, read_table, replace_rows
 from bundlecast.jobs.core.errors import BundlecastError
+from bundlecast.jobs.core.runs import StepRun, record
+from bundlecast.jobs.core.tables import Tables
 from bundlecast.models import incentives as I
 from bundlecast.models import packaging, routing
+from bundlecast.models.offer_types import EARLY_BIRD
 
 LEDGER = "__ledger__"
 ACTIVE = ("planned", "notified", "confirmed", "postponed")
@@ -125,7 +90,7 @@ def _ensure_ledger(spark, cfg: dict) -> str:
     return path
 
 
-def commit_reservations(spark, cfg: dict, plan, summary: StepSummary):
+def commit_reservations(spark, cfg: dict, plan, summary: StepRun):
     """Optimistic compare-and-set on the reservation ledger.
 
     ``plan(active)`` gets the active reservations (pandas) of one table version and returns
@@ -196,7 +161,7 @@ def release_rows(active: pd.DataFrame, shipment_ids, reason: str) -> pd.DataFram
     return out
 
 
-def release(spark, cfg: dict, shipment_ids, reason: str, summary: StepSummary) -> int:
+def release(spark, cfg: dict, shipment_ids, reason: str, summary: StepRun) -> int:
     """Release (or, for delivered, fulfil) the active reservations of these shipments."""
     ids = set(shipment_ids)
     if not ids:
@@ -213,7 +178,7 @@ def release(spark, cfg: dict, shipment_ids, reason: str, summary: StepSummary) -
 def stock_by_warehouse(spark, cfg: dict) -> pd.DataFrame:
     """available (on hand - reserved in the snapshot), before proactive reservations, per
     (warehouse_id, key)."""
-    return available_stock(spark, cfg, subtract_reservations=False).toPandas()
+    return available_stock(Tables(spark, cfg), subtract_reservations=False).toPandas()
 
 
 def pick_warehouses(cands: pd.DataFrame, stock: pd.DataFrame, active: pd.DataFrame, warehouses: pd.DataFrame,
@@ -384,7 +349,7 @@ def pack_all(picks: pd.DataFrame, items: pd.DataFrame, cfg: dict, counts: dict) 
     return out
 
 
-def decide(spark, cfg: dict, dt: str, origin: str, run_id: str, limits: pd.DataFrame, summary: StepSummary) -> int:
+def decide(spark, cfg: dict, dt: str, origin: str, run_id: str, limits: pd.DataFrame, summary: StepRun) -> int:
     """Steps 3-5 for the delivery day ``dt + delivery_offset_days``: eligible need bundles,
     reserved (CAS), packed, written as ``planned`` shipments. Returns shipments created."""
     from pyspark.sql import functions as F
@@ -398,7 +363,7 @@ def decide(spark, cfg: dict, dt: str, origin: str, run_id: str, limits: pd.DataF
     if origin == "nightly":
         nb = read_table(spark, "need_bundles", cfg).filter(F.col("dt") == F.lit(dt).cast("date")).toPandas()
     else:  # hourly: the re-scored predictions, bundled the same way
-        nb = need_bundles(spark, cfg, dt, run_id, items, {}).toPandas()
+        nb = build_need_bundles(Tables(spark, cfg), cfg, dt, run_id, items, {}).toPandas()
     c["need_bundles_read"] = len(nb)
     users = read_table(spark, "users", cfg).select("user_id", "proactive_opt_in", "delivery_window_start",
                                                    "delivery_window_end", "lat", "lon").toPandas()
@@ -467,7 +432,7 @@ def unapplied(fb: pd.DataFrame, shipments: pd.DataFrame) -> pd.Series:
                       for r in fb.itertuples()], index=fb.index, dtype=bool)
 
 
-def apply_feedback(spark, cfg: dict, dt: str, run_id: str, summary: StepSummary) -> set[date]:
+def apply_feedback(spark, cfg: dict, dt: str, run_id: str, summary: StepRun) -> set[date]:
     """Customers' cancel / postpone / accept and dispatch's proof of delivery (delivered /
     failed) from ``feedback`` up to the end of ``dt``, then close past delivery days.
     Returns the delivery days whose plan changed.
@@ -618,7 +583,7 @@ def day_problem(depot: tuple[float, float], stops: pd.DataFrame, props: pd.DataF
     return problem, planned, widened
 
 
-def replan(spark, cfg: dict, days: set[date], dt: str, run_id: str, summary: StepSummary) -> None:
+def replan(spark, cfg: dict, days: set[date], dt: str, run_id: str, summary: StepRun) -> None:
     """Re-plan each delivery day: planned routes of the latest routes feed for that day plus
     every active shipment of the day, per depot. On the delivery day itself (an hourly
     re-plan after a same-day cancel) the vans are loaded: routed shipments keep their van."""
@@ -711,7 +676,7 @@ def read_users(spark, cfg: dict, ships: pd.DataFrame) -> pd.DataFrame:
 
 
 def finish_day(spark, cfg: dict, todays: pd.DataFrame, routed: dict, dropped: list, dt: str, run_id: str,
-               summary: StepSummary) -> None:
+               summary: StepRun) -> None:
     """Write the route outcome onto the shipments, release what no route took, size the
     early-bird incentive from the exact consolidation saving and notify the newly routed."""
     now = _now()
@@ -726,7 +691,7 @@ def finish_day(spark, cfg: dict, todays: pd.DataFrame, routed: dict, dropped: li
         value = float(f["value"].iloc[0])
         new_status = "notified" if s.loc[sid, "status"] == "planned" else s.loc[sid, "status"]
         s.loc[sid, ["route_id", "planned_arrival", "added_km", "incentive_type", "incentive_value", "status", "updated_at"]] = \
-            [rid, arrival.to_pydatetime(warn=False), added, "early_bird", round(value, 2), new_status, now]
+            [rid, arrival.to_pydatetime(warn=False), added, EARLY_BIRD, round(value, 2), new_status, now]
     if dropped:
         s.loc[dropped, ["status", "status_reason", "route_id", "planned_arrival", "added_km", "updated_at"]] = \
             ["dropped", "no route could take it within its value", None, None, None, now]
@@ -808,14 +773,13 @@ def arrival_messages(heads_up: pd.DataFrame, sent: pd.DataFrame) -> pd.DataFrame
 # --------------------------------------------------------------------------- run
 
 def run(spark, dt: str, mode: str = "nightly", run_id: str | None = None, cfg: dict | None = None,
-        progress=print) -> StepSummary:
+        progress=print) -> StepRun:
     """Nightly: feedback, thresholds, decisions for the next delivery day, its plan. Hourly:
     feedback, new high-confidence shipments, re-plan of the days that changed."""
     cfg = cfg or config()
     if mode not in ("nightly", "hourly"):
         raise BundlecastError(f"unknown proactive mode {mode!r}: nightly or hourly")
-    summary = StepSummary(dt, run_id or f"proactive-{mode}-{dt}-{uuid.uuid4().hex[:8]}")
-    t0 = time.time()
+    summary = StepRun("proactive", dt, run_id or f"proactive-{mode}-{dt}-{uuid.uuid4().hex[:8]}", mode)
     for name in ("proactive_shipments", "route_stops", "route_plans", "notifications", "proactive_thresholds"):
         ensure_table(spark, name, cfg)  # present (maybe empty) for readers and exports
     _ensure_ledger(spark, cfg)
@@ -831,8 +795,7 @@ def run(spark, dt: str, mode: str = "nightly", run_id: str | None = None, cfg: d
     delivery = _day(dt) + timedelta(days=int(cfg["proactive"]["delivery_offset_days"]))
     days = {d for d in touched if d >= _day(dt)} | {delivery}
     replan(spark, cfg, days, dt, summary.run_id, summary)
-    summary.figures["seconds"] = round(time.time() - t0, 1)
-    record(spark, cfg, dt, "proactive" if mode == "nightly" else "proactive_hourly", summary)
+    record(Tables(spark, cfg), summary.finish())
     progress(render(summary))
     return summary
 
@@ -868,7 +831,7 @@ def consolidation_potential(spark, cfg: dict, day: str, points: pd.DataFrame) ->
     return points.assign(added_km=out)
 
 
-def render(s: StepSummary) -> str:
+def render(s: StepRun) -> str:
     c, f = s.counts, s.figures
     skipped = {k: v for k, v in c.items() if k.startswith("skipped") and v}
     return (f"proactive {s.run_id} for {s.dt}: {c.get('shipments_planned', 0):,} new shipments "
@@ -877,5 +840,5 @@ def render(s: StepSummary) -> str:
             f"{c.get('feedback_cancelled', 0)} cancelled, {c.get('feedback_postponed', 0)} postponed, "
             f"{c.get('feedback_confirmed', 0)} confirmed ({c.get('feedback_unknown_shipment', 0)} for unknown shipments); "
             f"{c.get('reservation_conflicts_retried', 0)} reservation conflicts retried; "
-            f"routing {f.get('routing_seconds', 0):.1f} s, total {f.get('seconds', 0):.0f} s"
+            f"routing {f.get('routing_seconds', 0):.1f} s, total {s.seconds:.0f} s"
             + (f"\n  skipped: {', '.join(f'{k} {v:,}' for k, v in skipped.items())}" if skipped else ""))

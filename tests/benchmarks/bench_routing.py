@@ -50,8 +50,8 @@ def insertion(scale: str) -> None:
     from bundlecast.jobs.core.delta import read_table
     from bundlecast.jobs.core.spark import get_spark
     from bundlecast.jobs.ingest import job as ingest
-    from bundlecast.jobs.proactive import job as proactive
     from bundlecast.jobs.pipeline import STEPS
+    from bundlecast.jobs.proactive import job as proactive
     from pyspark.sql import functions as F
 
     cfg = config()
@@ -64,7 +64,7 @@ def insertion(scale: str) -> None:
         ingest.run(spark, dt, missing, cfg=cfg, with_expectations=False, progress=print)
     # Measure a first decision for the day: forget earlier benchmark runs' proactive state.
     for name in STEPS["proactive"].writes:
-        if name != "offer_runs":
+        if name != "step_runs":
             spark.sql(f"DROP TABLE IF EXISTS {catalog.qualified_name(name, cfg)}")
             shutil.rmtree(catalog.table_path(name, cfg), ignore_errors=True)
     print(f"scale={scale} cores={os.cpu_count()} driver memory={cfg['spark']['driver_memory']}")

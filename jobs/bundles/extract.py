@@ -1,0 +1,24 @@
+"""Reads of the bundles step (prices and stock come from ``jobs/core/commerce``)."""
+from __future__ import annotations
+
+import pandas as pd
+from bundlecast.jobs.core.commerce import available_stock, user_warehouses
+
+
+def need_bundle_inputs(tables, dt: str, prices: pd.DataFrame) -> dict:
+    """The frames ``transform.need_bundles`` needs for run date ``dt``."""
+    from pyspark.sql import functions as F
+
+    return {"preds": tables.read("need_predictions").filter(F.col("dt") == F.lit(dt).cast("date")),
+            "priced": tables.spark.createDataFrame(prices.reset_index()[["key", "price", "cost", "volume_l", "weight_kg"]]),
+            "user_warehouse": user_warehouses(tables), "stock": available_stock(tables)}
+
+
+def relationship_frame(tables) -> pd.DataFrame:
+    """Every scored item pair (``a`` and ``b`` as ``site|item`` keys), as pandas."""
+    from pyspark.sql import functions as F
+
+    return tables.read("item_relationships").select(
+        F.concat_ws("|", "site_a", "item_a").alias("a"), F.concat_ws("|", "site_b", "item_b").alias("b"),
+        "relation", "score", "complementary_score", "alternative_score", "co_purchase_rate",
+        "co_view_support", "view_one_bought_support", "rank").toPandas()
