@@ -33,7 +33,7 @@ def _table(spark, cfg, name):
 
 
 def test_model_beats_baselines_and_is_calibrated(trained):
-    t = trained[0]
+    t = trained
     m, top, pop = t.metrics["model"], t.metrics["topfreq"], t.metrics["popularity"]
     assert m["recall_at_10"] > top["recall_at_10"] and m["recall_at_10"] > pop["recall_at_10"]
     assert m["pr_auc"] > max(top["pr_auc"], pop["pr_auc"])
@@ -41,7 +41,8 @@ def test_model_beats_baselines_and_is_calibrated(trained):
     assert m["brier"] < m["base_rate"] * (1 - m["base_rate"])  # better than the constant base rate
     assert m["ece"] < 0.05
     assert m["need_date_mae_days"] < m["need_date_mae_days_typical_only"]
-    assert t.promoted and t.decision.startswith("recall@10") and "no champion yet" in t.decision
+    assert t.labels["promoted"] == "true" and t.labels["decision"].startswith("recall@10")
+    assert "no champion yet" in t.labels["decision"]
 
 
 def test_features_see_nothing_after_the_cutoff(spark, test_world, need_cfg):
@@ -97,18 +98,18 @@ def test_gate_keeps_the_champion_and_scoring_uses_it(spark, test_world, need_cfg
     from bundlecast.jobs.need import job as need
     from bundlecast.models import registry
 
-    first_version = trained[0].model_version
+    first_version = trained.labels["model_version"]
     strict = copy.deepcopy(need_cfg)
     strict["need"]["gate_margin"] = 0.5  # unreachable: the challenger must not be promoted
     again = need.run(spark, test_world["date"], "train", "need-2", strict, progress=lambda m: None)
-    assert again[0].model_version != first_version
-    assert again[0].promoted is False and "champion v" + first_version in again[0].decision
+    assert again.labels["model_version"] != first_version
+    assert again.labels["promoted"] == "false" and "champion v" + first_version in again.labels["decision"]
     mlflow.set_tracking_uri(need_cfg["mlflow"]["tracking_uri"])
     client = mlflow.MlflowClient()
     name = need_cfg["need"]["model_name"]
     assert str(client.get_model_version_by_alias(name, "champion").version) == first_version
-    assert str(client.get_model_version_by_alias(name, "challenger").version) == again[0].model_version
-    assert client.get_model_version(name, again[0].model_version).tags["gate"] == "rejected"
+    assert str(client.get_model_version_by_alias(name, "challenger").version) == again.labels["model_version"]
+    assert client.get_model_version(name, again.labels["model_version"]).tags["gate"] == "rejected"
     pred = _table(spark, need_cfg, "need_predictions")
     assert set(pred.model_version) == {first_version}
     runs = registry.compare(need_cfg, "need")
@@ -126,7 +127,7 @@ def test_scoring_in_user_batches_gives_the_same_predictions(spark, test_world, n
     key = ["user_id", "site_id", "item_id"]
     a = whole.sort_values(key).reset_index(drop=True)
     b = again.sort_values(key).reset_index(drop=True)
-    assert s.users_scored >= whole.user_id.nunique()
+    assert s.counts["users_scored"] >= whole.user_id.nunique()
     pd.testing.assert_frame_equal(a[key + ["probability", "need_date"]], b[key + ["probability", "need_date"]])
 
 
@@ -135,7 +136,7 @@ def test_hourly_rescore_touches_only_users_with_new_events(spark, test_world, ne
 
     before = _table(spark, need_cfg, "need_predictions")
     out = need.run(spark, test_world["date"], "rescore", "need-h", need_cfg, progress=lambda m: None)
-    assert out[-1].users_scored == 0  # nothing arrived since the nightly run's watermark
+    assert out.counts["users_scored"] == 0  # nothing arrived since the nightly run's watermark
     after = _table(spark, need_cfg, "need_predictions")
     assert len(after) == len(before)
 

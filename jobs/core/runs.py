@@ -57,11 +57,14 @@ def record(tables, run: StepRun) -> StepRun:
     return run
 
 
-def last_watermark(tables, step: str, modes: tuple[str, ...] | None = None) -> datetime | None:
-    """The watermark of the step's latest finished run (in one of ``modes``), or None."""
+def last_watermark(tables, step: str, modes: tuple[str, ...] | None = None, skip_empty: bool = True) -> datetime | None:
+    """The watermark of the step's latest finished run (in one of ``modes``; by default
+    the latest run that had one), or None."""
     from pyspark.sql import functions as F
 
-    runs = tables.read("step_runs").filter((F.col("step") == step) & F.col("watermark").isNotNull())
+    runs = tables.read("step_runs").filter(F.col("step") == step)
+    if skip_empty:
+        runs = runs.filter(F.col("watermark").isNotNull())
     if modes:
         runs = runs.filter(F.col("mode").isin(*modes))
     last = runs.orderBy(F.col("finished_at").desc()).select("watermark").first()

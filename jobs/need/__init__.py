@@ -16,5 +16,5 @@ the model is evaluated there against personal top-frequency and segment populari
 logged to MLflow, registered as ``challenger`` and promoted to ``champion`` only if it
 beats the champion on the same evaluation frame (``models/registry.py``). Then it scores.
 ``rescore`` (hourly): the champion rescores the users with events or orders since the last
-run's watermark (``need_runs``).
+run's watermark (``step_runs``).
 """

@@ -3,35 +3,19 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 
 import numpy as np
 import pandas as pd
 from bundlecast.jobs.core import catalog
 from bundlecast.jobs.core.config import config
-from bundlecast.jobs.core.delta import catalog_frame, ensure_table, read_table, replace_rows
+from bundlecast.jobs.core.delta import read_table
 from bundlecast.jobs.core.errors import BundlecastError
+from bundlecast.jobs.core.runs import StepRun, last_watermark, record
+from bundlecast.jobs.core.tables import Tables
 from bundlecast.models import need as nm
 
 EXPERIMENT = "bundlecast-need-model"
-
-
-@dataclass
-class NeedSummary:
-    dt: str
-    mode: str
-    run_id: str
-    mlflow_run_id: str = ""
-    model_version: str = ""
-    promoted: bool | None = None
-    decision: str = ""
-    train_examples: int = 0
-    eval_examples: int = 0
-    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
-    users_scored: int = 0
-    predictions: int = 0
-    seconds: float = 0.0
 
 
 def settings(cfg: dict) -> dict:
@@ -306,15 +290,14 @@ def _sampled_training_frame(frame, max_examples: int, seed: int = 11) -> pd.Data
 
 
 # --------------------------------------------------------------------------------- train
-def train(spark, dt: str, run_id: str, cfg: dict) -> NeedSummary:
+def train(spark, dt: str, run_id: str, cfg: dict, summary: StepRun | None = None) -> StepRun:
     import mlflow
     from bundlecast.models import registry
     from bundlecast.models.tracking import experiment
 
     s = settings(cfg)
     H = int(s["horizon_days"])
-    summary = NeedSummary(dt, "train", run_id)
-    t0 = time.time()
+    summary = summary or StepRun("need", dt, run_id, "train")
     purchases, browsing = history(spark, cfg)
     purchases, browsing = purchases.persist(), browsing.persist()
     eval_cut = date.fromisoformat(dt) - timedelta(days=H)
@@ -329,7 +312,7 @@ def train(spark, dt: str, run_id: str, cfg: dict) -> NeedSummary:
     users = active_users(spark, cfg, purchases, eval_cut, s, s.get("max_eval_users"))
     eval_frame, bought = examples(spark, cfg, purchases, browsing, eval_cut, H, users)
     eval_pd = eval_frame.toPandas()
-    summary.train_examples, summary.eval_examples = len(train_pd), len(eval_pd)
+    summary.counts["train_examples"], summary.counts["eval_examples"] = len(train_pd), len(eval_pd)
     if train_pd.label.nunique() < 2 or eval_pd.label.nunique() < 2:
         raise BundlecastError(f"need model: too little history to train (train positives {int(train_pd.label.sum())}, "
                               f"evaluation positives {int(eval_pd.label.sum())}); need at least {2 * H} days of orders")
@@ -352,7 +335,7 @@ def train(spark, dt: str, run_id: str, cfg: dict) -> NeedSummary:
 
     experiment(cfg, EXPERIMENT)
     with mlflow.start_run(run_name=f"need-{dt}") as run:
-        summary.mlflow_run_id = run.info.run_id
+        summary.labels["mlflow_run_id"] = run.info.run_id
         mlflow.log_params({"horizon_days": H, "eval_cutoff": str(eval_cut), "train_cutoffs": ",".join(map(str, train_cuts)),
                            "train_examples": len(train_pd), "eval_examples": len(eval_pd),
                            "train_positive_share": round(float(train_pd.label.mean()), 5),
@@ -363,7 +346,7 @@ def train(spark, dt: str, run_id: str, cfg: dict) -> NeedSummary:
         _log_plots(model, eval_pd, p_model, metrics, bought, s)
         version = registry.log_and_register(model, eval_pd[nm.FEATURES].head(200), p_model[:200], s["model_name"],
                                             {"typical_days_to_need": typical, "horizon_days": H})
-        summary.model_version = version
+        summary.labels["model_version"] = str(version)
         k, metric = int(s["k"]), s["gate_metric"]
         checks = []
         if s.get("gate_requires_baseline", True):
@@ -374,11 +357,11 @@ def train(spark, dt: str, run_id: str, cfg: dict) -> NeedSummary:
             s["model_name"], version, metric, metrics["model"][metric],
             lambda champ: nm.evaluate(eval_pd, nm.predict(champ, eval_pd), bought, k)[metric],
             higher_is_better=metric not in ("brier", "ece"), margin=float(s["gate_margin"]), checks=checks)
-        summary.promoted, summary.decision = decision["promoted"], decision["reason"]
+        summary.labels.update(promoted=str(decision["promoted"]).lower(), decision=decision["reason"])
         mlflow.set_tags({"promoted": str(decision["promoted"]).lower(), "gate_reason": decision["reason"]})
         mlflow.log_metric("promoted", float(decision["promoted"]))
     purchases.unpersist(), browsing.unpersist()
-    summary.seconds = round(time.time() - t0, 1)
+    summary.figures["train_seconds"] = round(time.time() - summary.started, 1)
     return summary
 
 
@@ -417,7 +400,8 @@ def _log_plots(model, eval_pd, p_model, metrics, bought, s) -> None:
 
 
 # --------------------------------------------------------------------------------- score
-def score(spark, dt: str, run_id: str, cfg: dict, users_since: datetime | None = None) -> NeedSummary:
+def score(spark, dt: str, run_id: str, cfg: dict, users_since: datetime | None = None,
+          summary: StepRun | None = None) -> StepRun:
     """Score with the champion: every active user (nightly) or those with events since
     ``users_since`` (hourly). Replaces those users' rows for the run date."""
     import mlflow
@@ -426,8 +410,7 @@ def score(spark, dt: str, run_id: str, cfg: dict, users_since: datetime | None =
 
     s = settings(cfg)
     H = int(s["horizon_days"])
-    summary = NeedSummary(dt, "score", run_id)
-    t0 = time.time()
+    summary = summary or StepRun("need", dt, run_id, "score")
     mlflow.set_tracking_uri(cfg["mlflow"]["tracking_uri"])
     if registry.champion_version(s["model_name"]) is None:
         raise BundlecastError(f"no champion for model {s['model_name']}: run `bundlecast need --mode train` first")
@@ -442,9 +425,8 @@ def score(spark, dt: str, run_id: str, cfg: dict, users_since: datetime | None =
         users = users.join(touched.distinct(), "user_id", "left_semi").localCheckpoint()
         if users.isEmpty():  # nothing arrived since the last run: no model to load, no candidates to build
             purchases.unpersist(), browsing.unpersist()
-            summary.model_version = str(registry.champion_version(s["model_name"]).version)
-            summary.seconds = round(time.time() - t0, 1)
-            return summary
+            summary.labels["scored_with_version"] = str(registry.champion_version(s["model_name"]).version)
+            return summary.finish()
     model, version, meta = registry.champion(cfg, s["model_name"])
     cands = candidates(spark, cfg, purchases, cutoff, users, with_table=_has_rows(spark, cfg, "item_relationships"))
     feats = features(spark, cfg, purchases, browsing, cands, cutoff, H).persist()
@@ -452,26 +434,27 @@ def score(spark, dt: str, run_id: str, cfg: dict, users_since: datetime | None =
     # Scored in hash batches of users, so the driver never holds every candidate at once
     # (on the medium world the whole frame is over 1 GB).
     batches = max(1, -(-n_rows // int(s.get("score_batch_rows") or 500_000)))
-    parts, summary.users_scored = [], 0
+    parts = []
+    summary.counts["users_scored"] = 0
     for b in range(batches):
         frame = (feats if batches == 1 else feats.filter(F.pmod(F.hash("user_id"), F.lit(batches)) == b)).toPandas()
-        summary.users_scored += int(frame.user_id.nunique())
+        summary.counts["users_scored"] += int(frame.user_id.nunique())
         if len(frame):
             parts.append(_top_predictions(frame, model, version, meta, s, cutoff, H, run_id))
     feats.unpersist()
     rows = (pd.concat(parts, ignore_index=True) if parts
             else pd.DataFrame(columns=[c.name for c in catalog.table("need_predictions").columns]))
-    summary.predictions = len(rows)
+    summary.counts["predictions"] = len(rows)
     out = spark.createDataFrame(rows, catalog.table("need_predictions").ddl()) if len(rows) else \
         spark.createDataFrame([], catalog.table("need_predictions").ddl())
+    tables = Tables(spark, cfg)
     if users_since is None:
-        replace_rows(spark, out, "need_predictions", f"dt = DATE'{dt}'", cfg)
+        tables.replace("need_predictions", out, dt=dt)
     else:
-        _replace_users(spark, cfg, out, users, dt)
+        tables.replace("need_predictions", _with_users_replaced(tables, out, users, dt), dt=dt)
     purchases.unpersist(), browsing.unpersist()
-    summary.model_version = str(version)
-    summary.seconds = round(time.time() - t0, 1)
-    return summary
+    summary.labels["scored_with_version"] = str(version)
+    return summary.finish()
 
 
 def _top_predictions(frame: pd.DataFrame, model, version, meta: dict, s: dict, cutoff: date, H: int,
@@ -490,17 +473,16 @@ def _top_predictions(frame: pd.DataFrame, model, version, meta: dict, s: dict, c
         "scored_at": datetime.now(timezone.utc).replace(tzinfo=None), "dt": cutoff, "run_id": run_id})
 
 
-def _replace_users(spark, cfg: dict, out, users, dt: str) -> None:
-    """Hourly: the rescored users' rows for the run date are replaced (delete, then append)."""
-    from delta.tables import DeltaTable
+def _with_users_replaced(tables, out, users, dt: str):
+    """Hourly: the run date's predictions with the rescored users' rows swapped for
+    ``out``, materialised, so the date is replaced in one commit (a reader never sees the
+    table half-written)."""
     from pyspark.sql import functions as F
 
-    path = ensure_table(spark, "need_predictions", cfg)
-    table = DeltaTable.forPath(spark, path)
-    (table.alias("t").merge(users.select("user_id").alias("u"), f"t.user_id = u.user_id AND t.dt = DATE'{dt}'")
-     .whenMatchedDelete().execute())
-    out.select(*[F.col(c.name).cast(c.spark_type) for c in catalog.table("need_predictions").columns]) \
-        .write.format("delta").mode("append").save(path)
+    kept = (tables.read("need_predictions").filter(F.col("dt") == F.lit(dt).cast("date"))
+            .join(users.select("user_id"), "user_id", "left_anti"))
+    columns = [c.name for c in catalog.table("need_predictions").columns]
+    return kept.select(*columns).unionByName(out.select(*columns)).localCheckpoint()
 
 
 def _has_rows(spark, cfg: dict, name: str) -> bool:
@@ -508,7 +490,7 @@ def _has_rows(spark, cfg: dict, name: str) -> bool:
 
 
 def run(spark, dt: str, mode: str = "train", run_id: str | None = None, cfg: dict | None = None,
-        progress=print) -> list[NeedSummary]:
+        progress=print) -> StepRun:
     """``train`` (nightly): train, evaluate, gate, then score every active user with the
     champion; ``score``: score every active user; ``rescore`` (hourly): score the users
     with events or orders after the last run's watermark."""
@@ -519,38 +501,38 @@ def run(spark, dt: str, mode: str = "train", run_id: str | None = None, cfg: dic
     run_id = run_id or f"need-{dt}-{uuid.uuid4().hex[:8]}"
     if mode not in ("train", "score", "rescore"):
         raise BundlecastError(f"mode must be train, score or rescore, not {mode!r}")
-    out = []
+    tables = Tables(spark, cfg)
+    summary = StepRun("need", dt, run_id, mode)
     if mode == "train":
-        out.append(train(spark, dt, run_id, cfg))
-        progress(render(out[-1]))
-    since = None
-    if mode == "rescore":
-        last = (read_table(spark, "need_runs", cfg).orderBy(F.col("finished_at").desc()).select("watermark").first())
-        since = last["watermark"] if last else None
-    watermark = max((t for t in (read_table(spark, "events", cfg).agg(F.max("event_ts")).first()[0],
-                                 read_table(spark, "orders", cfg).agg(F.max("order_ts")).first()[0]) if t is not None),
-                    default=None)
-    scored = score(spark, dt, run_id, cfg, since)
-    out.append(scored)
-    progress(render(scored))
-    row = dict(run_id=run_id, dt=dt, mode=mode, watermark=watermark, users_since=since,
-               users_scored=scored.users_scored, predictions=scored.predictions, model_version=scored.model_version,
-               finished_at=datetime.now(timezone.utc).replace(tzinfo=None))
-    replace_rows(spark, catalog_frame(spark, "need_runs", [row]), "need_runs", f"dt = DATE'{dt}' AND mode = '{mode}'", cfg)
-    return out
+        train(spark, dt, run_id, cfg, summary)
+        progress(render(summary))
+    since = last_watermark(tables, "need", skip_empty=False) if mode == "rescore" else None
+    summary.watermark = max((t for t in (tables.read("events").agg(F.max("event_ts")).first()[0],
+                                         tables.read("orders").agg(F.max("order_ts")).first()[0]) if t is not None),
+                            default=None)
+    if since is not None:
+        summary.labels["users_since"] = since.isoformat(sep=" ")
+    score(spark, dt, run_id, cfg, since, summary)
+    progress(render_scoring(summary))
+    return record(tables, summary)
 
 
-def render(s: NeedSummary) -> str:
-    if s.mode == "score":
-        return (f"need scoring {s.run_id} for {s.dt}: {s.users_scored:,} users, {s.predictions:,} predictions "
-                f"with model version {s.model_version} in {s.seconds:.0f} s")
+def render_scoring(s: StepRun) -> str:
+    return (f"need scoring {s.run_id} for {s.dt}: {s.counts['users_scored']:,} users, {s.counts['predictions']:,} "
+            f"predictions with model version {s.labels.get('scored_with_version')} in {s.seconds:.0f} s")
+
+
+def render(s: StepRun) -> str:
+    """The training part of a need run."""
     k = next((m for m in s.metrics.get("model", {}) if m.startswith("recall_at_")), "recall_at_10")
-    lines = [f"need training {s.run_id} for {s.dt}: {s.train_examples:,} training / {s.eval_examples:,} evaluation "
-             f"examples in {s.seconds:.0f} s; MLflow run {s.mlflow_run_id}, version {s.model_version}",
+    c, lab = s.counts, s.labels
+    lines = [f"need training {s.run_id} for {s.dt}: {c['train_examples']:,} training / {c['eval_examples']:,} "
+             f"evaluation examples; MLflow run {lab.get('mlflow_run_id')}, version {lab.get('model_version')}",
              f"  {'scorer':12s} {'ROC AUC':>8s} {'PR AUC':>8s} {'Brier':>8s} {'ECE':>7s} {k:>12s} "
              f"{k.replace('recall', 'precision'):>15s}"]
     for name, m in s.metrics.items():
         lines.append(f"  {name:12s} {m['roc_auc']:8.4f} {m['pr_auc']:8.4f} {m['brier']:8.5f} {m['ece']:7.4f} "
                      f"{m[k]:12.4f} {m[k.replace('recall', 'precision')]:15.4f}")
-    lines.append(f"  gate: {'promoted to champion' if s.promoted else 'not promoted'} ({s.decision})")
+    promoted = "promoted to champion" if lab.get("promoted") == "true" else "not promoted"
+    lines.append(f"  gate: {promoted} ({lab.get('decision')})")
     return "\n".join(lines)

@@ -54,7 +54,8 @@ def main() -> None:
             trained = need.train(spark, dt, "bench-need", cfg)
             train_s = time.time() - t0
         print(need.render(trained))
-        _row(f"need model training ({trained.train_examples:,} + {trained.eval_examples:,} examples)", train_s, train_mem)
+        n_train, n_eval = trained.counts["train_examples"], trained.counts["eval_examples"]
+        _row(f"need model training ({n_train:,} + {n_eval:,} examples)", train_s, train_mem)
         print(f"need model recall@10 {trained.metrics['model']['recall_at_10']:.4f} vs top-frequency "
               f"{trained.metrics['topfreq']['recall_at_10']:.4f}")
     if "score" in parts:
@@ -62,8 +63,8 @@ def main() -> None:
             t0 = time.time()
             scored = need.score(spark, dt, "bench-need", cfg)
             score_s = time.time() - t0
-        print(need.render(scored))
-        _row(f"need scoring ({scored.users_scored:,} users, {scored.predictions:,} predictions)", score_s, score_mem)
+        print(need.render_scoring(scored))
+        _row(f"need scoring ({scored.counts['users_scored']:,} users, {scored.counts['predictions']:,} predictions)", score_s, score_mem)
 
 
 def _forecast(spark, cfg: dict, dt: str, series: int) -> None:
