@@ -7,12 +7,13 @@ from datetime import date, timedelta
 import numpy as np
 import pandas as pd
 from bundlecast.jobs.core.config import config
-from bundlecast.jobs.core.delta import catalog_frame, read_table, replace_rows
+from bundlecast.jobs.core.runs import StepRun, record
+from bundlecast.jobs.core.tables import Tables
 from bundlecast.models import experiments as X
 from bundlecast.models import offer_types
 
 
-def per_user(spark, cfg: dict, exp: dict, dt: str) -> pd.DataFrame:
+def per_user(tables, cfg: dict, exp: dict, dt: str) -> pd.DataFrame:
     """One row per exposed user with a finished window: variant, conversion, revenue, margin."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
@@ -20,14 +21,14 @@ def per_user(spark, cfg: dict, exp: dict, dt: str) -> pd.DataFrame:
     A = int(exp["attribution_days"])
     last_start = date.fromisoformat(dt) - timedelta(days=A)
     first = Window.partitionBy("user_id").orderBy("exposed_at", "dt")
-    exp_rows = (read_table(spark, "experiment_exposures", cfg).filter(F.col("experiment") == exp["name"])
+    exp_rows = (tables.read("experiment_exposures").filter(F.col("experiment") == exp["name"])
                 .withColumn("_r", F.row_number().over(first)).filter("_r = 1")
                 .filter(F.to_date("exposed_at") <= F.lit(last_start))
                 .select("user_id", "variant", "offer_id", F.col("exposed_at").alias("t0")))
-    orders = (read_table(spark, "orders", cfg).filter(F.col("status") != "cancelled")
+    orders = (tables.read("orders").filter(F.col("status") != "cancelled")
               .select("order_id", "user_id", "order_ts"))
-    lines = read_table(spark, "order_lines", cfg)
-    items = read_table(spark, "items", cfg).select("site_id", "item_id", "cost")
+    lines = tables.read("order_lines")
+    items = tables.read("items").select("site_id", "item_id", "cost")
     amounts = (lines.join(items, ["site_id", "item_id"], "left")
                .select("order_id", (F.col("quantity") * F.col("unit_price") * (1 - F.coalesce("discount", F.lit(0.0)))).alias("rev"),
                        (F.col("quantity") * F.coalesce("cost", F.lit(0.0))).alias("cogs"))
@@ -36,8 +37,8 @@ def per_user(spark, cfg: dict, exp: dict, dt: str) -> pd.DataFrame:
     outcome = (exp_rows.join(orders, "user_id").filter((F.col("order_ts") >= F.col("t0")) & (F.col("order_ts") < window_end))
                .join(amounts, "order_id").groupBy("user_id")
                .agg(F.lit(1).alias("conversion"), F.sum("rev").alias("revenue"), F.sum("cogs").alias("cogs")))
-    offers = read_table(spark, "offers", cfg).select("offer_id", "offer_type", "incentive_value")
-    redeem = (read_table(spark, "feedback", cfg).filter(F.col("kind") == "offer_redeem")
+    offers = tables.read("offers").select("offer_id", "offer_type", "incentive_value")
+    redeem = (tables.read("feedback").filter(F.col("kind") == "offer_redeem")
               .select(F.col("reference_id").alias("offer_id"), "feedback_ts").join(offers, "offer_id"))
     incentive = (exp_rows.join(redeem, "offer_id")
                  .filter((F.col("feedback_ts") >= F.col("t0")) & (F.col("feedback_ts") < window_end))
@@ -54,12 +55,15 @@ def per_user(spark, cfg: dict, exp: dict, dt: str) -> pd.DataFrame:
 
 def run(spark, dt: str, run_id: str | None = None, cfg: dict | None = None, progress=print) -> pd.DataFrame:
     cfg = cfg or config()
-    run_id = run_id or f"experiments-{dt}-{uuid.uuid4().hex[:8]}"
+    tables = Tables(spark, cfg)
+    summary = StepRun("experiments", dt, run_id or f"experiments-{dt}-{uuid.uuid4().hex[:8]}")
+    run_id = summary.run_id
     results = []
     for exp in cfg.get("experiments") or []:
         X.validate(exp)
-        users = per_user(spark, cfg, exp, dt)
+        users = per_user(tables, cfg, exp, dt)
         if users.empty:
+            summary.counts["experiments_without_finished_windows"] += 1
             progress(f"experiment {exp['name']}: no exposure with a finished {exp['attribution_days']}-day window by {dt}")
             continue
         r = X.analyse(users, exp)
@@ -71,11 +75,10 @@ def run(spark, dt: str, run_id: str | None = None, cfg: dict | None = None, prog
     if len(out):
         out["dt"], out["run_id"] = dt, run_id
         out = out.replace({np.nan: None})
-        frame = catalog_frame(spark, "experiment_results", out)
-    else:
-        from bundlecast.jobs.core import catalog
-        frame = spark.createDataFrame([], catalog.table("experiment_results").ddl())
-    replace_rows(spark, frame, "experiment_results", f"dt = DATE'{dt}'", cfg)
+    tables.replace("experiment_results", tables.frame("experiment_results", out), dt=dt)
+    summary.counts["experiments_analysed"] = len(results)
+    summary.counts["result_rows"] = len(out)
+    record(tables, summary.finish())
     progress(render(out, cfg))
     return out
 
@@ -88,7 +91,7 @@ def report(dt: str | None = None, experiment: str | None = None, cfg: dict | Non
     if spark is None:
         from bundlecast.jobs.core.spark import get_spark
         spark = get_spark("bundlecast-experiments")
-    res = read_table(spark, "experiment_results", cfg)
+    res = Tables(spark, cfg).read("experiment_results")
     if experiment:
         res = res.filter(F.col("experiment") == experiment)
     day = dt or res.agg(F.max("dt")).first()[0]

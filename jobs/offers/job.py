@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 from bundlecast.jobs.core.commerce import available_stock, competitor_reference, item_prices, stable_id, user_warehouses
 from bundlecast.jobs.core.config import config
-from bundlecast.jobs.core.delta import catalog_frame, read_table, replace_rows
 from bundlecast.jobs.core.errors import BundlecastError
 from bundlecast.jobs.core.runs import StepRun, record
 from bundlecast.jobs.core.tables import Tables
@@ -29,11 +28,11 @@ def candidates(spark, cfg: dict, dt: str, counts: dict) -> pd.DataFrame:
     from pyspark.sql import functions as F
 
     day = F.lit(dt).cast("date")
-    nb = _pd(read_table(spark, "need_bundles", cfg).filter(F.col("dt") == day)
+    nb = _pd(Tables(spark, cfg).read("need_bundles").filter(F.col("dt") == day)
              .select("user_id", "bundle_id", "items", "list_price", "cost", "confidence", "warehouse_id"))
-    pb = _pd(read_table(spark, "bundles", cfg).filter((F.col("dt") == day) & F.col("kind").isin("complementary", "value"))
+    pb = _pd(Tables(spark, cfg).read("bundles").filter((F.col("dt") == day) & F.col("kind").isin("complementary", "value"))
              .select("bundle_id", "kind", "anchor", "items", "list_price", "bundle_price", "cost", "expected_acceptance"))
-    need = _pd(read_table(spark, "need_predictions", cfg).filter(F.col("dt") == day)
+    need = _pd(Tables(spark, cfg).read("need_predictions").filter(F.col("dt") == day)
                .select("user_id", F.concat_ws("|", "site_id", "item_id").alias("anchor"), "probability"))
     counts["need_bundles_read"] = len(nb)
     rows = [pd.DataFrame({"user_id": nb.user_id, "bundle_id": nb.bundle_id, "bundle_kind": "need", "items": nb["items"],
@@ -58,25 +57,37 @@ def candidates(spark, cfg: dict, dt: str, counts: dict) -> pd.DataFrame:
     counts["candidates"] = len(cand)
     counts["candidate_users"] = int(cand.user_id.nunique())
     # Users with no history have no need predictions, hence no candidates: counted, no offer.
-    counts["users_without_candidates"] = int(read_table(spark, "users", cfg).count()) - counts["candidate_users"]
+    counts["users_without_candidates"] = int(Tables(spark, cfg).read("users").count()) - counts["candidate_users"]
     return cand
 
 
-def context(spark, cfg: dict, dt: str, cand: pd.DataFrame, counts: dict, stock: pd.DataFrame,
-            prices: pd.DataFrame) -> pd.DataFrame:
-    """Per candidate: user value, opt-in, consolidation with the next day's routes,
-    inventory cost and stock-out risk of its items, carbon."""
+def context_inputs(tables, dt: str) -> dict[str, pd.DataFrame]:
+    """What ``context`` needs, read once (pandas): users with location and opt-in, the
+    latest user value on or before ``dt``, warehouses, the next day's planned stops, and
+    the latest forecast's units per item."""
     from pyspark.sql import functions as F
 
-    users = _pd(read_table(spark, "users", cfg).select("user_id", "lat", "lon", "region", "proactive_opt_in")).set_index("user_id")
-    values = read_table(spark, "user_value", cfg).filter(F.col("dt") <= F.lit(dt).cast("date"))
-    last = values.agg(F.max("dt")).first()[0]
-    value = (_pd(values.filter(F.col("dt") == F.lit(last)).select("user_id", "predicted_value", "value_decile")).set_index("user_id")
+    users = _pd(tables.read("users").select("user_id", "lat", "lon", "region", "proactive_opt_in")).set_index("user_id")
+    values, last = tables.latest("user_value", dt)
+    value = (_pd(values.select("user_id", "predicted_value", "value_decile")).set_index("user_id")
              if last is not None else pd.DataFrame(columns=["predicted_value", "value_decile"]))
-    counts["candidates_without_user_value"] = int((~cand.user_id.isin(value.index)).sum())
-    wh = _pd(read_table(spark, "warehouses", cfg).select("warehouse_id", "lat", "lon")).set_index("warehouse_id")
+    wh = _pd(tables.read("warehouses").select("warehouse_id", "lat", "lon")).set_index("warehouse_id")
     next_day = date.fromisoformat(dt) + timedelta(days=1)
-    stops = _pd(read_table(spark, "routes", cfg).filter(F.col("route_date") == F.lit(next_day)).select("depot_id", "lat", "lon"))
+    stops = _pd(tables.read("routes").filter(F.col("route_date") == F.lit(next_day)).select("depot_id", "lat", "lon"))
+    fc, fc_last = tables.latest("demand_forecast", dt)
+    fc_units = (_pd(fc.groupBy(F.concat_ws("|", "site_id", "item_id").alias("key"))
+                    .agg(F.sum("yhat").alias("units"))).set_index("key").units if fc_last is not None else pd.Series(dtype=float))
+    return {"users": users, "value": value, "warehouses": wh, "stops": stops, "forecast_units": fc_units}
+
+
+def context(cand: pd.DataFrame, inputs: dict, counts: dict, stock: pd.DataFrame, prices: pd.DataFrame,
+            incentives: dict) -> pd.DataFrame:
+    """Pure: per candidate, user value, opt-in, consolidation with the next day's routes,
+    inventory cost and stock-out risk of its items, carbon (``inputs``: ``context_inputs``;
+    ``incentives``: the ``incentives`` settings)."""
+    users, value, wh, stops = inputs["users"], inputs["value"], inputs["warehouses"], inputs["stops"]
+    fc_units = inputs["forecast_units"]
+    counts["candidates_without_user_value"] = int((~cand.user_id.isin(value.index)).sum())
     counts["route_stops_next_day"] = len(stops)
     out = cand.copy()
     u = users.reindex(out.user_id)
@@ -91,7 +102,7 @@ def context(spark, cfg: dict, dt: str, cand: pd.DataFrame, counts: dict, stock: 
     for w, idx in per_user.groupby("warehouse_id").groups.items():
         s = stops[stops.depot_id == w]
         c = I.consolidation(uu.lat.to_numpy()[idx], uu.lon.to_numpy()[idx], depot.lat.to_numpy()[idx],
-                            depot.lon.to_numpy()[idx], s.lat, s.lon, cfg["incentives"])
+                            depot.lon.to_numpy()[idx], s.lat, s.lon, incentives)
         c.index = per_user.user_id.to_numpy()[idx]
         cons.append(c)
     cons = pd.concat(cons) if cons else pd.DataFrame(columns=["saving", "co2_saved_kg", "detour_km"])
@@ -100,10 +111,6 @@ def context(spark, cfg: dict, dt: str, cand: pd.DataFrame, counts: dict, stock: 
     out["saving"] = out.user_id.map(cons.saving).fillna(0.0).to_numpy()
     out["co2_kg"] = out.user_id.map(cons.co2_saved_kg).fillna(0.0).to_numpy()
     # Inventory: per item at the user's warehouse, against the network forecast share.
-    fc = read_table(spark, "demand_forecast", cfg).filter(F.col("dt") <= F.lit(dt).cast("date"))
-    fc_last = fc.agg(F.max("dt")).first()[0]
-    fc_units = (_pd(fc.filter(F.col("dt") == F.lit(fc_last)).groupBy(F.concat_ws("|", "site_id", "item_id").alias("key"))
-                    .agg(F.sum("yhat").alias("units"))).set_index("key").units if fc_last is not None else pd.Series(dtype=float))
     n_wh = max(1, stock.warehouse_id.nunique())
     counts["candidates_without_forecast"] = int((~out["items"].map(lambda i: all(k in fc_units.index for k in i))).sum())
     ex = out[["warehouse_id", "items"]].reset_index().explode("items").rename(columns={"items": "key"})
@@ -111,7 +118,7 @@ def context(spark, cfg: dict, dt: str, cand: pd.DataFrame, counts: dict, stock: 
     ex["available"] = ex.available.fillna(0)
     ex["units"] = ex.key.map(fc_units).fillna(0.0) / n_wh
     ex["unit_cost"] = ex.key.map(prices.cost).fillna(0.0)
-    ex["holding"], ex["risk"] = I.inventory_factor(ex.available, ex.units, ex.unit_cost, cfg["incentives"])
+    ex["holding"], ex["risk"] = I.inventory_factor(ex.available, ex.units, ex.unit_cost, incentives)
     g = ex.groupby("index")
     out["holding"] = g.holding.sum().reindex(out.index).fillna(0.0).to_numpy()
     out["stockout_risk"] = g.risk.max().reindex(out.index).fillna(0.0).to_numpy()
@@ -123,9 +130,9 @@ def past_offers(spark, cfg: dict, dt: str) -> pd.DataFrame:
     """Past offers whose validity has ended, with whether they were redeemed."""
     from pyspark.sql import functions as F
 
-    offers = read_table(spark, "offers", cfg).filter((F.col("dt") < F.lit(dt).cast("date"))
+    offers = Tables(spark, cfg).read("offers").filter((F.col("dt") < F.lit(dt).cast("date"))
                                                      & (F.col("valid_to") <= F.lit(dt).cast("timestamp")))
-    redeemed = (read_table(spark, "feedback", cfg).filter(F.col("kind") == "offer_redeem")
+    redeemed = (Tables(spark, cfg).read("feedback").filter(F.col("kind") == "offer_redeem")
                 .select(F.col("reference_id").alias("offer_id")).distinct().withColumn("redeemed", F.lit(1)))
     h = _pd(offers.join(redeemed, "offer_id", "left").select("factors", "incentive_value", "list_price", "redeemed"))
     if h.empty:
@@ -138,6 +145,7 @@ def past_offers(spark, cfg: dict, dt: str) -> pd.DataFrame:
 def build(spark, cfg: dict, dt: str, run_id: str, summary: StepRun) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Offers and exposures of run date ``dt`` (pandas)."""
     c = summary.counts
+    tables = Tables(spark, cfg)
     cand = candidates(spark, cfg, dt, c)
     exps = X.active(cfg.get("experiments") or [], dt)
     if len(exps) > 1:
@@ -152,10 +160,10 @@ def build(spark, cfg: dict, dt: str, run_id: str, summary: StepRun) -> tuple[pd.
     c["control_users"] = int(cand[in_control].user_id.nunique())
     cand = cand[~in_control].reset_index(drop=True)
     acc = fit_acceptance(past_offers(spark, cfg, dt), cfg["pricing"])
-    stock = _pd(available_stock(Tables(spark, cfg)))
+    stock = _pd(available_stock(tables))
     summary.notes.append(f"price response: {acc.source} (beta {acc.beta:.2f})")
     if len(cand):
-        cand = context(spark, cfg, dt, cand, c, stock, item_prices(Tables(spark, cfg), {}))
+        cand = context(cand, context_inputs(tables, dt), c, stock, item_prices(tables, {}), cfg["incentives"])
         inc_cfg = {**cfg["incentives"], **cfg["pricing"]}
         parts = []
         for v, g in cand.groupby("variant", sort=True):
@@ -227,21 +235,16 @@ def run(spark, dt: str, mode: str = "nightly", run_id: str | None = None, cfg: d
     if mode not in ("nightly", "reprice"):
         raise BundlecastError(f"unknown offers mode {mode!r}: nightly or reprice")
     summary = StepRun("offers", dt, run_id or f"offers-{dt}-{uuid.uuid4().hex[:8]}", mode)
+    tables = Tables(spark, cfg)
     if mode == "reprice":
         reprice(spark, cfg, dt, summary)
     else:
         offers, exposures = build(spark, cfg, dt, summary.run_id, summary)
-        where = f"dt = DATE'{dt}'"
-        replace_rows(spark, _frame(spark, "offers", offers), "offers", where, cfg)
-        replace_rows(spark, _frame(spark, "experiment_exposures", exposures), "experiment_exposures", where, cfg)
-    record(Tables(spark, cfg), summary.finish())
+        tables.replace("offers", tables.frame("offers", offers), dt=dt)
+        tables.replace("experiment_exposures", tables.frame("experiment_exposures", exposures), dt=dt)
+    record(tables, summary.finish())
     progress(render(summary))
     return summary
-
-
-def _frame(spark, name: str, rows: pd.DataFrame):
-    from bundlecast.jobs.core import catalog
-    return catalog_frame(spark, name, rows) if len(rows) else spark.createDataFrame([], catalog.table(name).ddl())
 
 
 def reprice(spark, cfg: dict, dt: str, summary: StepRun) -> None:
@@ -249,16 +252,16 @@ def reprice(spark, cfg: dict, dt: str, summary: StepRun) -> None:
     from pyspark.sql import functions as F
 
     c = summary.counts
-    table = read_table(spark, "offers", cfg).filter(F.col("dt") <= F.lit(dt).cast("date"))
-    last = table.agg(F.max("dt")).first()[0]
+    tables = Tables(spark, cfg)
+    latest, last = tables.latest("offers", dt)
     if last is None:
         summary.notes.append("no offers yet")
         return
-    offers = _pd(table.filter(F.col("dt") == F.lit(last)))
+    offers = _pd(latest)
     active = offers.status != "withdrawn"
     c["offers_checked"] = int(active.sum())
     now = datetime.now(timezone.utc).replace(tzinfo=None)
-    stock = _pd(available_stock(Tables(spark, cfg)))
+    stock = _pd(available_stock(tables))
     stock_map = dict(zip(stock.warehouse_id + "|" + stock.key, stock.available.astype(int)))
     wh = _pd(user_warehouses(Tables(spark, cfg))).set_index("user_id").warehouse_id
     # Stock: offers on each warehouse item, in order of expected profit, while it lasts.
@@ -273,9 +276,9 @@ def reprice(spark, cfg: dict, dt: str, summary: StepRun) -> None:
         for k in keys:
             used[k] = used.get(k, 0) + 1
     # Behaviour: the user bought any of the items after the offer was made.
-    lines = (read_table(spark, "orders", cfg).filter(F.col("order_ts") > F.lit(last).cast("timestamp") + F.expr("INTERVAL 1 DAY"))
+    lines = (Tables(spark, cfg).read("orders").filter(F.col("order_ts") > F.lit(last).cast("timestamp") + F.expr("INTERVAL 1 DAY"))
              .filter(F.col("status") != "cancelled").select("order_id", "user_id")
-             .join(read_table(spark, "order_lines", cfg), "order_id")
+             .join(Tables(spark, cfg).read("order_lines"), "order_id")
              .select("user_id", F.concat_ws("|", "site_id", "item_id").alias("key")))
     bought = _pd(lines.join(spark.createDataFrame(offers[["user_id"]].drop_duplicates()), "user_id"))
     bought_by = bought.groupby("user_id").key.agg(set).to_dict() if len(bought) else {}
@@ -308,7 +311,7 @@ def reprice(spark, cfg: dict, dt: str, summary: StepRun) -> None:
     summary.notes.append(f"checked the offers of {last}")
     if changed:
         offers["dt"] = str(last)
-        replace_rows(spark, _frame(spark, "offers", offers), "offers", f"dt = DATE'{last}'", cfg)
+        tables.replace("offers", tables.frame("offers", offers), dt=str(last))
 
 
 def render(s: StepRun) -> str:
