@@ -1,7 +1,8 @@
 """Validation transforms on a few explicit rows: every contract rule and its reason."""
 import pytest
 from bundlecast.jobs.core.catalog import Column, DatasetSpec, Reference
-from bundlecast.jobs.ingest.job import CORRUPT, deduplicate, validate
+from bundlecast.jobs.ingest.extract import CORRUPT
+from bundlecast.jobs.ingest.transform import deduplicate, validate
 
 SPEC = DatasetSpec(
     name="lines", description="", keys=("order_id", "line_no"), load="partition",

@@ -104,6 +104,11 @@ class Tables:
 
         return df.select(*[F.col(f"`{c.name}`").cast(c.spark_type).alias(c.name) for c in catalog.table(name).columns])
 
+    @staticmethod
+    def mode(name: str) -> str:
+        """The catalog's write mode of ``name``: ``replace`` or ``upsert``."""
+        return catalog.table(name).write
+
     def _mode(self, name: str, wanted: str) -> None:
         mode = catalog.table(name).write
         if mode != wanted:

@@ -1,0 +1,28 @@
+"""Writes of the ingest step: silver tables, the quarantine, unreadable files, the audit."""
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from bundlecast.jobs.core.catalog import DatasetSpec
+from bundlecast.jobs.ingest.transform import AuditRow
+
+
+def write_silver(tables, df, spec: DatasetSpec, dt: str) -> None:
+    """Dimensions are upserted on their keys, facts replace their landing-date partition
+    (the catalog's write mode, from the contract's ``load``)."""
+    if tables.mode(spec.name) == "upsert":
+        tables.upsert(spec.name, df)
+    else:
+        tables.replace(spec.name, df, dt=dt)
+
+
+def write_quarantine(tables, rows, dataset: str, dt: str) -> None:
+    """Replace the (dataset, dt) partition of ``quarantine`` with this run's rejected rows."""
+    tables.replace("quarantine", rows if rows is not None else tables.frame("quarantine", None), dataset=dataset, dt=dt)
+
+
+def write_ops(tables, bad_files: list[dict], audit: list[AuditRow], dt: str, now) -> None:
+    """Unreadable files and the audit rows, each replacing the run's (dataset, dt)."""
+    tables.replace("quarantine_files", tables.frame("quarantine_files", bad_files),
+                   dataset=[a.dataset for a in audit], dt=dt)
+    tables.upsert("ingestion_audit", tables.frame("ingestion_audit", [{**asdict(a), "ingested_at": now} for a in audit]))

@@ -1,0 +1,138 @@
+"""Pure transforms of the ingest step: typing and the contract's rules row by row,
+de-duplication, the accounting."""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+from bundlecast.jobs.core.catalog import DatasetSpec
+from bundlecast.jobs.ingest.extract import CORRUPT
+from bundlecast.jobs.ingest.quality import ROW_ID
+
+ZONE_PATTERN = r"(Z|[+-][0-9]{2}:?[0-9]{2})$"
+
+
+@dataclass
+class AuditRow:
+    dataset: str
+    dt: str
+    run_id: str
+    files_read: int
+    files_quarantined: int
+    rows_read: int
+    rows_accepted: int
+    rows_quarantined: int
+    duplicates_dropped: int
+    quarantine_share: float
+    top_reasons: str
+    expectations_passed: bool
+    status: str
+
+    def balanced(self) -> bool:
+        return self.rows_read == self.rows_accepted + self.rows_quarantined + self.duplicates_dropped
+
+
+def _typed(column, raw):
+    """(typed value, cast-failure condition) for one contract column over its raw string."""
+    from pyspark.sql import functions as F
+
+    value = F.when(F.trim(raw) == "", F.lit(None)).otherwise(F.trim(raw))
+    if column.type == "boolean":
+        lowered = F.lower(value)
+        typed = F.when(lowered.isin("true", "1"), F.lit(True)).when(lowered.isin("false", "0"), F.lit(False))
+    elif column.type == "timestamp":
+        typed = F.when(value.rlike(ZONE_PATTERN), value.try_cast("timestamp"))
+    elif column.type in ("int", "long"):
+        # "3.0" is accepted as 3, "3.5" is not an integer.
+        as_double = value.try_cast("double")
+        typed = F.when(as_double == F.floor(as_double), as_double.try_cast(column.spark_type))
+    else:
+        typed = value.try_cast(column.spark_type)
+    return value, typed
+
+
+def validate(raw, spec: DatasetSpec, references: dict | None = None):
+    """Pure transform: raw all-string rows -> typed rows with ``_reasons`` (empty when valid).
+
+    ``references`` maps a contract reference reason (``unknown:site_id+item_id``) to a
+    DataFrame of the referenced keys (named as this dataset's columns). Keeps ``record``
+    (the raw row as JSON, or the unparsable text) for the quarantine.
+    """
+    from pyspark.sql import functions as F
+
+    checks, typed_cols = [], []
+    corrupt = F.col(CORRUPT).isNotNull()
+    for c in spec.columns:
+        value, typed = _typed(c, F.col(f"`{c.name}`"))
+        typed_cols.append(typed.alias(c.name))
+        if c.required:
+            checks.append((value.isNull(), f"missing:{c.name}"))
+        bad_reason = f"bad_type:{c.name}"
+        if c.type == "timestamp":
+            checks.append((value.isNotNull() & ~value.rlike(ZONE_PATTERN), f"timestamp_without_zone:{c.name}"))
+            checks.append((value.isNotNull() & value.rlike(ZONE_PATTERN) & typed.isNull(), bad_reason))
+        else:
+            checks.append((value.isNotNull() & typed.isNull(), bad_reason))
+        if c.min is not None:
+            checks.append((typed < F.lit(c.min), f"below_min:{c.name}"))
+        if c.max is not None:
+            checks.append((typed > F.lit(c.max), f"above_max:{c.name}"))
+        if c.allowed:
+            checks.append((value.isNotNull() & ~value.isin(*c.allowed), f"not_allowed:{c.name}"))
+    record = F.coalesce(F.col(CORRUPT), F.to_json(F.struct(*[F.col(f"`{c}`") for c in spec.column_names])))
+    reasons = F.when(corrupt, F.array(F.lit("malformed_record"))).otherwise(
+        F.array_compact(F.array(*[F.when(cond, F.lit(reason)) for cond, reason in checks])))
+    out = raw.select(*typed_cols, "_source_file", record.alias("record"), reasons.alias("_reasons"))
+    for ref in spec.refs:
+        keys = (references or {}).get(ref.reason)
+        if keys is None:
+            continue
+        flag = f"_ref_{'_'.join(ref.columns)}"
+        known = keys.select(*ref.columns).dropDuplicates().withColumn(flag, F.lit(True))
+        out = out.join(known, on=list(ref.columns), how="left")
+        present = F.lit(True)
+        for col in ref.columns:
+            present = present & F.col(col).isNotNull()
+        orphan = present & F.col(flag).isNull() & ~F.array_contains("_reasons", "malformed_record")
+        out = (out.withColumn("_reasons", F.when(orphan, F.array_append("_reasons", F.lit(ref.reason)))
+                              .otherwise(F.col("_reasons")))
+               .drop(flag))
+    # The raw text is only kept where it is needed (quarantined rows): for a valid row it
+    # would double the size of what ingestion holds.
+    out = out.withColumn("record", F.when(F.size("_reasons") > 0, F.col("record")))
+    return out.select(*spec.column_names, "_source_file", "record", "_reasons")
+
+
+def deduplicate(valid, keys: list[str]):
+    """Keep one row per natural key: the one from the last file in landing order, and
+    within a file the last line (``_row_id`` order, when present)."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    tiebreak = F.col(ROW_ID).desc() if ROW_ID in valid.columns else F.col("record").desc()
+    order = Window.partitionBy(*keys).orderBy(F.col("_source_file").desc(), tiebreak)
+    return valid.withColumn("_n", F.row_number().over(order)).filter("_n = 1").drop("_n")
+
+
+def top_reasons(counter: Counter, n: int = 5) -> list[tuple[str, int]]:
+    return counter.most_common(n)
+
+
+def threshold_message(dataset: str, quarantined: int, read: int, threshold: float, reasons: list) -> str:
+    listed = ", ".join(f"{r} ({n})" for r, n in reasons) or "none"
+    return (f"{dataset}: {quarantined} of {read} rows quarantined ({quarantined / max(read, 1):.1%} > "
+            f"{threshold:.1%} threshold); top reasons: {listed}")
+
+
+_VALID, _REJECTED = "\x00valid", "\x00rejected"
+
+
+def tally(checked) -> tuple[int, int, Counter]:
+    """(valid rows, rejected rows, rows per reason) of validated rows, in one pass."""
+    from pyspark.sql import functions as F
+
+    tags = F.when(F.size("_reasons") == 0, F.array(F.lit(_VALID))) \
+        .otherwise(F.array_append("_reasons", F.lit(_REJECTED)))
+    counts = Counter({r["tag"]: r["count"] for r in
+                      checked.select(F.explode(tags).alias("tag")).groupBy("tag").count().collect()})
+    return counts.pop(_VALID, 0), counts.pop(_REJECTED, 0), counts
