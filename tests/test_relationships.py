@@ -44,7 +44,7 @@ def test_incremental_fold_equals_full_rebuild(incremental_then_full):
     run = incremental_then_full
     assert run["incremental"].mode == "incremental"
     # ~1.6% of the rows are new: the fold read only those.
-    assert 0 < run["incremental"].events_read < 0.05 * run["full"].events_read
+    assert 0 < run["incremental"].counts["events_read"] < 0.05 * run["full"].counts["events_read"]
     keys = ["kind", "site_a", "item_a", "site_b", "item_b"]
     fold, full = (run[k]["item_pair_counts"].sort_values(keys).reset_index(drop=True) for k in ("fold", "rebuild"))
     assert len(fold) == len(full) > 1000
@@ -94,7 +94,7 @@ def test_weights_are_fitted_per_segment_and_category_with_fit_quality(spark, rel
 
 
 def test_related_items_ranks_filters_and_explains(spark, rel_world, incremental_then_full):
-    from bundlecast.jobs.relationships.job import related_items, render_related
+    from bundlecast.jobs.relationships.query import related_items, render_related
 
     cfg = rel_world["cfg"]
     a, b = rel_world["truth"]["complementary_pairs"][0]
@@ -138,15 +138,16 @@ def test_bad_input_is_skipped_and_counted(spark, rel_world, incremental_then_ful
                  .withColumn("title", F.lit(" ")).withColumn("description", F.lit(None).cast("string")))
     new_items.write.format("delta").mode("append").save(catalog.table_path("items", cfg))
     summary = R.run_full(spark, DT, "full-bad", cfg, fit=False)
-    assert summary.skipped_unknown_item == 1
-    assert summary.skipped_unknown_user == 1
-    assert summary.skipped_bot_user_days == 1
-    assert summary.items_without_text == 1
-    assert summary.sites_without_events == 1
-    runs = _frame(spark, cfg, "relationship_runs")
+    assert summary.counts["skipped_unknown_item"] == 1
+    assert summary.counts["skipped_unknown_user"] == 1
+    assert summary.counts["skipped_bot_user_days"] == 1
+    assert summary.counts["items_without_text"] == 1
+    assert summary.counts["sites_without_events"] == 1
+    runs = _frame(spark, cfg, "step_runs")
+    runs = runs[runs.step == "relationships"]
     # One row per (date, mode): the re-run replaced the earlier full run of the date.
     assert runs.groupby(["dt", "mode"]).size().max() == 1
     row = runs[runs.run_id == "full-bad"].iloc[0]
-    assert row.skipped_bot_user_days == 1 and row.skipped_unknown_item == 1
-    assert summary.events_read == incremental_then_full["full"].events_read + len(bot) + len(odd)
-    assert summary.pairs_scored > 0
+    assert row.counts["skipped_bot_user_days"] == 1 and row.counts["skipped_unknown_item"] == 1
+    assert summary.counts["events_read"] == incremental_then_full["full"].counts["events_read"] + len(bot) + len(odd)
+    assert summary.counts["pairs_scored"] > 0

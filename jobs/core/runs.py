@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -33,8 +34,18 @@ class StepRun:
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # model -> metric -> value
     notes: list[str] = field(default_factory=list)
     watermark: datetime | None = None
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per part of the run
     seconds: float = 0.0
     started: float = field(default_factory=time.time, repr=False)
+
+    @contextmanager
+    def timed(self, part: str):
+        """Add the wall time of the ``with`` block to ``timings[part]``."""
+        t0 = time.time()
+        try:
+            yield
+        finally:
+            self.timings[part] = round(self.timings.get(part, 0.0) + time.time() - t0, 1)
 
     def finish(self) -> StepRun:
         self.seconds = round(time.time() - self.started, 1)
@@ -42,6 +53,7 @@ class StepRun:
 
     def row(self, now: datetime) -> dict:
         figures = {k: float(v) for k, v in self.figures.items() if v is not None}
+        figures.update({f"seconds.{k}": float(v) for k, v in self.timings.items()})
         for model, values in self.metrics.items():
             figures.update({f"{model}.{k}": float(v) for k, v in values.items() if v is not None})
         return {"step": self.step, "mode": self.mode, "dt": self.dt, "run_id": self.run_id,

@@ -137,7 +137,7 @@ def cmd_summary(args) -> None:
 
 
 def cmd_related(args) -> None:
-    from bundlecast.jobs.relationships import job as relationships
+    from bundlecast.jobs.relationships import query as relationships
 
     rows = relationships.related_items(args.item, args.k, args.relation, args.site, args.segment)
     if args.json:

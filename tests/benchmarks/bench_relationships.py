@@ -69,7 +69,7 @@ def main() -> None:
         incr = relationships.run_incremental(spark, str(demo), "bench-incremental", cfg)
         incr_s = time.time() - t0
     print(relationships.render_summary(incr))
-    share = incr.events_read / max(full.events_read, 1)
+    share = incr.counts["events_read"] / max(full.counts["events_read"], 1)
     print(f"\nscale={args.scale} events={n_events:,} cores={os.cpu_count()} driver memory={cfg['spark']['driver_memory']}")
     print(f"{'':44s}{'seconds':>10s}{'peak RSS MiB':>15s}")
     print(f"{'SciPy X.T @ X (read ' + f'{read_s:.1f} s not included)':44s}{floor_s:10.1f}{floor_mem.peak / 2**20:15,.0f}")
