@@ -42,7 +42,7 @@ def consolidation(user_lat, user_lon, depot_lat, depot_lon, stop_lat, stop_lon, 
     planned stop (there and back, times ``road_factor``) against a dedicated trip from the
     user's depot. Returns detour_km, dedicated_km, saving (currency) and co2_saved_kg.
     With no planned stops the detour equals the dedicated trip (nothing saved).
-    ``jobs.proactive.consolidation_potential`` gives the exact marginal cost (cheapest
+    ``bundlecast.jobs.proactive.job.consolidation_potential`` gives the exact marginal cost (cheapest
     feasible insertion into that day's plan); this is the fast estimate used to size
     incentives for every user's offer."""
     road = float(cfg["road_factor"])

@@ -82,7 +82,7 @@ def test_on_the_delivery_day_a_loaded_shipment_stays_on_its_van():
     """A same-day re-plan (after a cancel) may re-sequence a van's proactive stops, but a
     parcel already loaded on van A is not moved to van B, even where B passes closer."""
     from bundlecast.jobs.core.config import load_config
-    from bundlecast.jobs.proactive import job as proactive
+    from bundlecast.jobs.proactive import routes
     cfg = load_config(state_home=Path("/nonexistent"), environ={})
     day = DELIVERY
     at = lambda h: pd.Timestamp(day) + pd.Timedelta(hours=h)  # noqa: E731
@@ -94,14 +94,14 @@ def test_on_the_delivery_day_a_loaded_shipment_stays_on_its_van():
     props = pd.DataFrame({"lat": [52.0], "lon": [13.085], "window_start": [at(8)], "window_end": [at(18)],
                           "weight_kg": [1.0], "volume_l": [2.0], "value": [1000.0], "route_id": ["A"]})
     for loaded, van in ((False, 1), (True, 0)):
-        problem, planned, _ = proactive.day_problem((52.0, 13.0), stops, props, vehicles, day, cfg, loaded=loaded)
+        problem, planned, _ = routes.day_problem((52.0, 13.0), stops, props, vehicles, day, cfg, loaded=loaded)
         solved = routing.insert(problem, planned, time_limit=5, solution_limit=100)
         assert routing.check(problem, solved.routes) == []
         assert 5 in solved.routes[van], (loaded, solved.routes)  # node 5: the proactive stop
 
 
 def test_users_hear_again_only_when_the_expected_arrival_moves():
-    from bundlecast.jobs.proactive.job import arrival_messages
+    from bundlecast.jobs.proactive.notifications import arrival_messages
     day = pd.Timestamp("2026-11-21")
 
     def told(frm, shipment="S1", created=0):
@@ -139,7 +139,7 @@ def test_routing_bench_command_writes_checked_results_and_routes(tmp_path):
 
 def test_cancellations_raise_a_category_threshold():
     from bundlecast.jobs.core.config import load_config
-    from bundlecast.jobs.proactive.job import thresholds
+    from bundlecast.jobs.proactive.decision import thresholds
     cfg = load_config(state_home=Path("/nonexistent"), environ={})
     rule = cfg["proactive"]["cancel_rule"]
     n = int(rule["min_shipments"])
@@ -161,7 +161,7 @@ def test_cancellations_raise_a_category_threshold():
 
 def test_shipment_cap_is_per_delivery_day_so_a_rerun_adds_nothing():
     from bundlecast.jobs.core.config import load_config
-    from bundlecast.jobs.proactive.job import eligible
+    from bundlecast.jobs.proactive.decision import eligible
     cfg = load_config(state_home=Path("/nonexistent"), environ={})
     cfg["proactive"]["max_shipments"] = 3
     n = 6
@@ -189,7 +189,7 @@ def test_shipment_cap_is_per_delivery_day_so_a_rerun_adds_nothing():
 
 
 def test_decision_reserves_only_what_the_days_routes_can_take():
-    from bundlecast.jobs.proactive.job import pick_warehouses, route_room
+    from bundlecast.jobs.proactive.reservations import pick_warehouses, route_room
     stops = pd.DataFrame({"depot_id": ["A", "A", "A", "B"], "route_id": ["A-0", "A-0", "A-1", "B-0"]})
     ships = pd.DataFrame({"warehouse_id": ["A", "A", "A", "B"], "status": ["notified", "dropped", "cancelled", "planned"],
                           "delivery_date": pd.to_datetime([DELIVERY] * 3 + [DELIVERY - timedelta(days=1)])})
@@ -377,9 +377,9 @@ def test_concurrent_reservations_never_oversell(spark, pworld, nightly):
     """Two runs plan on the same ledger version (a barrier makes sure) for more units than
     the warehouse has: one commit wins, the other conflicts, re-reads and re-plans."""
     from bundlecast.jobs.core.runs import StepRun
-    from bundlecast.jobs.proactive import job as proactive
+    from bundlecast.jobs.proactive import reservations
     cfg = pworld["cfg"]
-    stock = proactive.stock_by_warehouse(spark, cfg)
+    stock = reservations.stock_by_warehouse(spark, cfg)
     held = _t(spark, cfg, "inventory_reservations").query("status == 'active'")
     wid, key = stock.warehouse_id.iloc[0], stock.key.iloc[0]
     already = int(((held.warehouse_id == wid) & (held.site_id + "|" + held.item_id == key)).sum())
@@ -401,12 +401,12 @@ def test_concurrent_reservations_never_oversell(spark, pworld, nightly):
             if first[0]:
                 first[0] = False
                 barrier.wait(timeout=120)  # both have read the same version before either commits
-            return proactive.reservation_rows(rows, DT, f"race{i}", f"race-{i}") if n else None, n
+            return reservations.reservation_rows(rows, DT, f"race{i}", f"race-{i}") if n else None, n
         return plan
 
     def worker(i):
         try:
-            got[i] = proactive.commit_reservations(spark, cfg, plan_for(i), summaries[i])
+            got[i] = reservations.commit_reservations(spark, cfg, plan_for(i), summaries[i])
         except Exception as exc:  # noqa: BLE001
             errors.append(exc)
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
