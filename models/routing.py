@@ -288,6 +288,7 @@ SOLVERS = {"ortools": solve_ortools, "pyvrp": solve_pyvrp}
 
 
 def solve(p: Problem, solver: str, time_limit: float) -> Solved:
+    """Build routes from scratch with ``solver`` (``SOLVERS``)."""
     if solver not in SOLVERS:
         raise RoutingError(f"unknown solver {solver!r}: expected one of {sorted(SOLVERS)}")
     return SOLVERS[solver](p, time_limit)
@@ -303,11 +304,24 @@ def gap(found: float, best: float) -> float:
 
 # --------------------------------------------------------------------------- insertion
 
-def insert(p: Problem, planned: list[list[int]], time_limit: float, solution_limit: int | None = None) -> Solved:
+def _insert_ortools(p: Problem, planned: list[list[int]], time_limit: float, solution_limit: int | None) -> Solved:
+    return solve_ortools(p, time_limit, initial=planned, keep_order=True, solution_limit=solution_limit)
+
+
+# Insertion needs pinned vehicles, kept order, priced drops and a warm start: OR-Tools has
+# all four; PyVRP (the better from-scratch solver) has none of the pinning, so it is not here.
+INSERTERS = {"ortools": _insert_ortools}
+
+
+def insert(p: Problem, planned: list[list[int]], time_limit: float, solution_limit: int | None = None,
+           solver: str = "ortools") -> Solved:
     """Add the optional nodes of ``p`` to the ``planned`` routes (one list per vehicle).
     Planned nodes are required, stay on their vehicle (``p.vehicle_of``) and in their
     order; optional ones carry their drop penalty. Starts from the planned routes."""
-    return solve_ortools(p, time_limit, initial=planned, keep_order=True, solution_limit=solution_limit)
+    if solver not in INSERTERS:
+        raise RoutingError(f"solver {solver!r} cannot insert into planned routes (pinned stops, kept order, "
+                           f"priced drops): expected one of {sorted(INSERTERS)}")
+    return INSERTERS[solver](p, planned, time_limit, solution_limit)
 
 
 def insertion_costs(p: Problem, routes: list[list[int]], nodes: list[int]) -> np.ndarray:

@@ -517,3 +517,15 @@ def test_proof_of_delivery_closes_shipments_and_feedback_applies_once_in_order(s
     assert closed.status == "delivered" and "no proof" in closed.status_reason
     res = _t(spark, cfg, "inventory_reservations")
     assert (res[res.shipment_id == late.shipment_id].status == "fulfilled").all()
+
+
+def test_routing_is_one_interface_and_insertion_refuses_a_solver_that_cannot_pin():
+    """``solve``/``insert`` pick the solver by name; PyVRP cannot keep planned stops on
+    their van and in order, so asking it to insert is a clear error, not a silent re-plan."""
+    p = routing.load_solomon(SOLOMON / "C101.txt") if SOLOMON.exists() else None
+    if p is None:
+        pytest.skip("shared data not present")
+    with pytest.raises(routing.RoutingError, match="cannot insert"):
+        routing.insert(p, [[] for _ in range(p.vehicles)], time_limit=1, solver="pyvrp")
+    with pytest.raises(routing.RoutingError, match="unknown solver"):
+        routing.solve(p, "simplex", 1)

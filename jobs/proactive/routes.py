@@ -106,7 +106,8 @@ def replan(spark, cfg: dict, days: set[date], dt: str, run_id: str, summary: Ste
                                                     loaded=day <= as_date(dt))
             c["planned_windows_widened"] += widened
             t0 = time.perf_counter()
-            solved = routing.insert(problem, planned, float(p["solve_seconds"]), int(p["solution_limit"])) if len(props) \
+            solved = routing.insert(problem, planned, float(p["solve_seconds"]), int(p["solution_limit"]),
+                                        p["insertion_solver"]) if len(props) \
                 else routing.Solved(planned, 0.0, "ortools")
             summary.figures["routing_seconds"] = round(summary.figures.get("routing_seconds", 0) + time.perf_counter() - t0, 2)
             if len(props) and solved.seconds >= 0.95 * float(p["solve_seconds"]):
