@@ -1,0 +1,89 @@
+"""The table layer: partition predicates, one commit per write, write modes and keys
+from the catalog; the run record."""
+from __future__ import annotations
+
+from datetime import date, datetime
+
+import pytest
+from bundlecast.jobs.core.errors import BundlecastError
+from bundlecast.jobs.core.tables import merge_condition, predicate
+
+
+def test_predicate_quotes_values_and_types_dates():
+    assert predicate("offers", {"dt": "2026-11-20"}) == "`dt` = DATE'2026-11-20'"
+    assert predicate("quarantine", {"dataset": ["users", "events"], "dt": date(2026, 11, 20)}) == \
+        "`dataset` IN ('events', 'users') AND `dt` = DATE'2026-11-20'"
+    # a quote in a value stays inside the literal: no way out of the predicate
+    assert predicate("step_runs", {"step": "x' OR '1'='1"}) == "`step` = 'x\\' OR \\'1\\'=\\'1'"
+    assert predicate("offers", {}) is None
+    with pytest.raises(BundlecastError, match="not a column"):
+        predicate("offers", {"no_such": 1})
+
+
+def test_merge_condition_comes_from_the_catalog_keys():
+    assert merge_condition("notifications") == "t.`notification_id` <=> s.`notification_id`"
+    assert merge_condition("ingestion_audit") == "t.`dataset` <=> s.`dataset` AND t.`dt` <=> s.`dt`"
+
+
+def _thresholds(day: str, category: str, value: float) -> dict:
+    return {"dt": day, "category": category, "shipments": 3, "cancelled": 0, "cancel_rate": 0.0,
+            "base_threshold": 0.8, "threshold": value}
+
+
+def test_replace_touches_only_its_partition_in_one_commit(unit_tables):
+    from delta.tables import DeltaTable
+
+    t = unit_tables
+    t.replace("proactive_thresholds", t.frame("proactive_thresholds", [_thresholds("2026-11-19", "a", 0.8)]),
+              dt="2026-11-19")
+    t.replace("proactive_thresholds", t.frame("proactive_thresholds", [_thresholds("2026-11-20", "a", 0.8),
+                                                                       _thresholds("2026-11-20", "b", 0.9)]),
+              dt="2026-11-20")
+    version = DeltaTable.forPath(t.spark, t.path("proactive_thresholds")).history(1).first()["version"]
+    t.replace("proactive_thresholds", t.frame("proactive_thresholds", [_thresholds("2026-11-20", "c", 0.7)]),
+              dt="2026-11-20")
+    rows = sorted((str(r.dt), r.category) for r in t.read("proactive_thresholds").collect())
+    assert rows == [("2026-11-19", "a"), ("2026-11-20", "c")]
+    assert DeltaTable.forPath(t.spark, t.path("proactive_thresholds")).history(1).first()["version"] == version + 1
+    latest, day = t.latest("proactive_thresholds", "2026-11-19")
+    assert str(day) == "2026-11-19" and [r.category for r in latest.collect()] == ["a"]
+    assert t.latest("proactive_thresholds", "2026-11-01")[1] is None
+
+
+def test_upsert_merges_on_keys_and_write_modes_are_enforced(unit_tables):
+    t = unit_tables
+    now = datetime(2026, 11, 20, 8)
+
+    def note(nid, kind):
+        return {"notification_id": nid, "shipment_id": "SH1", "user_id": "U1", "kind": kind, "channel": "app",
+                "items": ["s|i"], "expected_from": now, "expected_to": now, "incentive_type": None,
+                "incentive_value": None, "token": "t", "dt": "2026-11-20", "run_id": "r", "created_at": now}
+    t.upsert("notifications", t.frame("notifications", [note("N1", "heads_up")]))
+    t.upsert("notifications", t.frame("notifications", [note("N1", "changed"), note("N2", "heads_up")]), update=False)
+    assert sorted((r.notification_id, r.kind) for r in t.read("notifications").collect()) == \
+        [("N1", "heads_up"), ("N2", "heads_up")]  # insert-only: N1 kept as first sent
+    t.upsert("notifications", t.frame("notifications", [note("N1", "changed")]))
+    assert {r.notification_id: r.kind for r in t.read("notifications").collect()}["N1"] == "changed"
+    with pytest.raises(BundlecastError, match="write: upsert, not replace"):
+        t.replace("notifications", t.frame("notifications", []))
+    with pytest.raises(BundlecastError, match="write: replace, not upsert"):
+        t.upsert("offers", t.frame("offers", []))
+
+
+def test_step_runs_keep_one_row_per_date_step_and_mode_and_the_latest_watermark(unit_tables):
+    from bundlecast.jobs.core.runs import StepRun, last_watermark, record
+
+    t = unit_tables
+    first = StepRun("need", "2026-11-20", "r1", "train", watermark=datetime(2026, 11, 20, 1))
+    first.counts["users_scored"] += 3
+    first.metrics["model"] = {"recall_at_10": 0.5}
+    with first.timed("score"):
+        pass
+    record(t, first.finish())
+    record(t, StepRun("need", "2026-11-20", "r2", "train", watermark=datetime(2026, 11, 20, 2)).finish())
+    record(t, StepRun("need", "2026-11-20", "r3", "rescore", watermark=datetime(2026, 11, 20, 3)).finish())
+    rows = {(r.step, r.mode): r for r in t.read("step_runs").collect()}
+    assert set(rows) == {("need", "train"), ("need", "rescore")} and rows[("need", "train")].run_id == "r2"
+    assert last_watermark(t, "need") == datetime(2026, 11, 20, 3)
+    assert last_watermark(t, "need", modes=("train",)) == datetime(2026, 11, 20, 2)
+    assert first.row(datetime(2026, 11, 20))["figures"] == {"seconds.score": 0.0, "model.recall_at_10": 0.5}
