@@ -16,11 +16,12 @@ RETAIL_DATA ?= $(CURDIR)/../shared/data/online_retail
 EVAL_HOME ?= $(BUNDLECAST_HOME)/eval-online-retail
 EVAL_CUTOFF ?= 2011-09-01
 
-.PHONY: install setup run test bench eval-relationships lock clean help
+.PHONY: install setup run test test-fast lint bench eval-relationships lock clean help
 
 help:
 	@echo "make run    - install, fetch jars once, generate the demo world, run nightly then hourly DAGs"
-	@echo "make test   - install, then the whole test suite"
+	@echo "make test   - install, lint, then the whole test suite"
+	@echo "make test-fast - lint and the unit tests (transforms on explicit rows; no world, no Airflow)"
 	@echo "make bench  - ingestion, relationship, model, offer and routing (Solomon + insertion) benchmarks on the medium world (BENCH_SCALE=small for a quick one)"
 	@echo "make eval-relationships - hit rate/NDCG@10 on UCI Online Retail vs lift and FPGrowth (MLflow)"
 	@echo "make lock   - re-resolve requirements.in into requirements.lock"
@@ -47,8 +48,15 @@ run: setup
 	$(BIN)/bundlecast run hourly --date $(DEMO_DATE) --summary && \
 	echo "make run: demo done in $$(( $$(date +%s) - start )) s"
 
-test: setup
+lint: install
+	$(BIN)/ruff check .
+
+test: setup lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The inner loop: no generated world, no Airflow, no install (about a minute and a half).
+test-fast: install lint
+	$(BIN)/python -m pytest -m "not slow and not world" -p no:cacheprovider $(PYTEST_ARGS)
 
 bench: setup
 	$(BIN)/python tests/benchmarks/bench_ingestion.py --scale $${BENCH_SCALE:-medium}

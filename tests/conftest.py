@@ -14,6 +14,16 @@ PROJECT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("BUNDLECAST_JAR_CACHE", str(Path(os.environ.get("BUNDLECAST_HOME", PROJECT / "var")) / "jars"))
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 SHARED_DATA = PROJECT.parent / "shared" / "data"
+# Fixtures that build a generated world, run Airflow or install the package: a test using
+# one is a world test (`make test` runs it; `make test-fast` leaves it out).
+WORLD_FIXTURES = {"tiny_world", "test_world", "e2e_home", "installed_bundlecast", "world", "pworld", "nightly",
+                  "bad_drop", "rel_world", "dagbag"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if WORLD_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.world)
 
 
 @pytest.fixture(scope="session")
