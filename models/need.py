@@ -1,5 +1,5 @@
 """Need prediction: will this user buy this item within H days? Training, calibration,
-ranking metrics and the two baselines, on pandas frames built by ``jobs/need.py``.
+ranking metrics and the two baselines, on pandas frames built by the need step (``jobs/need/``).
 
 An example frame has one row per (user, candidate item) at a cut-off date, the columns of
 ``FEATURES``, ``label`` (bought within H days after the cut-off) and ``weight`` (inverse of
