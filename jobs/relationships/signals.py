@@ -74,24 +74,61 @@ def score_pairs(spark, cfg: dict, pair_counts_df, item_counts_df, items_pd, run_
     both anchors and text models, only the pairs touching an anchor are read at all.
     Returns (relationships DataFrame, notes, the text models used).
     """
-    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     s = settings(cfg)
     notes = []
-    category_pairs = pair_counts_df  # category affinity needs every pair
-    if anchors is not None and text_models is not None:
-        pair_counts_df = touching(pair_counts_df, anchors)
+    only_anchors = anchors if anchors is not None and text_models is not None else None
+    signals = _candidate_pairs(spark, s, pair_counts_df, item_counts_df, items_pd, only_anchors)
+    # Materialised once: the text models, the weights and the write all read it.
+    signals = _with_pair_features(spark, signals, pair_counts_df, item_counts_df, items_pd).localCheckpoint()
+    if text_models is None:
+        text_models = fit_text_models(signals, s)
+    notes += [f"text model for {t}: {m['source']} ({m['n_positive']} positive of {m['n_labelled']} labelled pairs)"
+              for t, m in text_models.items() if m["source"] != "fitted"]
+    comp_text, alt_text = text_model_exprs(text_models)
+    if anchors is not None:  # after the text models, which learn from every pair
+        signals = signals.join(F.broadcast(anchors), ["site_a", "item_a"], "left_semi")
+    k = float(s["shrinkage_units"])
+    signals = (signals.withColumn("comp_text", comp_text).withColumn("alt_text", alt_text)
+               .withColumn("complementary_score", (F.col("evidence") * F.col("comp_behaviour") + k * F.col("comp_text"))
+                           / (F.col("evidence") + k))
+               .withColumn("alternative_score", (F.col("evidence") * F.col("alt_behaviour") + k * F.col("alt_text"))
+                           / (F.col("evidence") + k)))
+    signals = with_log_lifts(signals)
+    if inventory is not None:
+        signals = signals.join(inventory, ["site_a", "item_a", "site_b", "item_b"], "left")
+    signals = signals.withColumn("inventory_correlation",
+                                 F.coalesce(F.col("inventory_correlation") if inventory is not None else F.lit(None),
+                                            F.lit(0.0)).cast("double"))
+    return _ranked(_combine(spark, signals, weights_df), s, dt, run_id), notes, text_models
+
+
+def _candidate_pairs(spark, s: dict, pair_counts_df, item_counts_df, items_pd, only_anchors=None):
+    """Behaviour signals of every counted pair, plus the text neighbours (zeros where a
+    signal is missing); ``only_anchors`` restricts both to pairs touching those anchors."""
+    from pyspark.sql import functions as F
+
+    if only_anchors is not None:
+        pair_counts_df = touching(pair_counts_df, only_anchors)
     signals = behaviour_signals(spark, pair_counts_df, item_counts_df, s["min_support"], s["chance_pseudo_units"])
     text = text_candidates(items_pd, s["text_neighbours"])
     if len(text):
         text_df = spark.createDataFrame(text)
-        if anchors is not None and text_models is not None:
-            text_df = text_df.join(F.broadcast(anchors), ["site_a", "item_a"], "left_semi")
+        if only_anchors is not None:
+            text_df = text_df.join(F.broadcast(only_anchors), ["site_a", "item_a"], "left_semi")
         signals = signals.unionByName(text_df, allowMissingColumns=True) \
             .groupBy("site_a", "item_a", "site_b", "item_b").agg(
                 *[F.max(c).alias(c) for c in signals.columns if c not in ("site_a", "item_a", "site_b", "item_b")])
-    signals = signals.na.fill(0)
+    return signals.na.fill(0)
+
+
+def _with_pair_features(spark, signals, category_pairs, item_counts_df, items_pd):
+    """The item attributes of both sides (category, brand, price, text embedding), category
+    affinity (from every pair's counts) and the behaviour and attribute features the text
+    models and scores use."""
+    from pyspark.sql import functions as F
+
     # Item attributes (category, price, brand, embedding) for both sides.
     attrs = spark.createDataFrame(items_pd[["site_id", "item_id", "category", "brand", "price"]]
                                   .assign(embedding=items_pd.embedding.map(lambda v: [float(x) for x in v])))
@@ -118,28 +155,15 @@ def score_pairs(spark, cfg: dict, pair_counts_df, item_counts_df, items_pd, run_
                .withColumn("same_brand", F.coalesce((F.col("brand_a") == F.col("brand_b")).cast("double"), F.lit(0.0)))
                .withColumn("price_gap", F.abs(F.log(F.greatest(F.col("price_a"), F.lit(0.01)) /
                                                     F.greatest(F.col("price_b"), F.lit(0.01))))))
-    # Materialised once: the text models, the weights and the write all read it.
-    signals = signals.drop("embedding_a", "embedding_b").localCheckpoint()
-    if text_models is None:
-        text_models = fit_text_models(signals, s)
-    notes += [f"text model for {t}: {m['source']} ({m['n_positive']} positive of {m['n_labelled']} labelled pairs)"
-              for t, m in text_models.items() if m["source"] != "fitted"]
-    comp_text, alt_text = text_model_exprs(text_models)
-    if anchors is not None:  # after the text models, which learn from every pair
-        signals = signals.join(F.broadcast(anchors), ["site_a", "item_a"], "left_semi")
-    k = float(s["shrinkage_units"])
-    signals = (signals.withColumn("comp_text", comp_text).withColumn("alt_text", alt_text)
-               .withColumn("complementary_score", (F.col("evidence") * F.col("comp_behaviour") + k * F.col("comp_text"))
-                           / (F.col("evidence") + k))
-               .withColumn("alternative_score", (F.col("evidence") * F.col("alt_behaviour") + k * F.col("alt_text"))
-                           / (F.col("evidence") + k)))
-    signals = with_log_lifts(signals)
-    if inventory is not None:
-        signals = signals.join(inventory, ["site_a", "item_a", "site_b", "item_b"], "left")
-    signals = signals.withColumn("inventory_correlation",
-                                 F.coalesce(F.col("inventory_correlation") if inventory is not None else F.lit(None),
-                                            F.lit(0.0)).cast("double"))
-    scored = _combine(spark, signals, weights_df)
+    return signals.drop("embedding_a", "embedding_b")
+
+
+def _ranked(scored, s: dict, dt: str, run_id: str):
+    """The relation of each pair (complementary, alternative or other, by the larger score
+    over the threshold) and the top ``max_neighbours`` per anchor, as ``item_relationships`` rows."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
     th = float(s["relation_threshold"])
     relation = (F.when((F.col("complementary_score") >= F.col("alternative_score")) & (F.col("complementary_score") >= th),
                        "complementary")
@@ -150,7 +174,7 @@ def score_pairs(spark, cfg: dict, pair_counts_df, item_counts_df, items_pd, run_
     out = (scored.withColumn("relation", relation).withColumn("rank", rank)
            .filter(F.col("rank") <= s["max_neighbours"])
            .withColumn("dt", F.lit(dt).cast("date")).withColumn("run_id", F.lit(run_id)))
-    return out.select(*[c.name for c in catalog.table("item_relationships").columns]), notes, text_models
+    return out.select(*[c.name for c in catalog.table("item_relationships").columns])
 
 
 def _category_affinity(spark, pair_counts_df, item_counts_df, items_pd):

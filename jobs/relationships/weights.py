@@ -18,10 +18,14 @@ def fit_weights(spark, cfg: dict, dt: str, run_id: str, vu, pu, purchases, items
     the label_days after it. Users are split 70/30 by hash for the fit quality (ROC AUC),
     reported next to co-purchase lift alone on the same users.
     """
-    import pandas as pd
+    ws = settings(cfg)["weights"]
+    return fit_weight_table(weight_examples(spark, cfg, dt, run_id, vu, pu, purchases, items_pd), ws, dt, run_id)
+
+
+def weight_examples(spark, cfg: dict, dt: str, run_id: str, vu, pu, purchases, items_pd):
+    """The labelled examples of the weight fit (pandas): segment, category_a, label,
+    holdout and every signal as of the cut-off (see ``fit_weights``)."""
     from pyspark.sql import functions as F
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import roc_auc_score
 
     ws = settings(cfg)["weights"]
     end = datetime.combine(date.fromisoformat(dt), datetime.min.time()) + timedelta(days=1)
@@ -53,6 +57,16 @@ def fit_weights(spark, cfg: dict, dt: str, run_id: str, vu, pu, purchases, items
                 .select("segment", "category_a", "label", "holdout", *SIGNALS).toPandas())
     pairs_c.unpersist(), items_c.unpersist()
     examples[SIGNALS] = examples[SIGNALS].astype(float)
+    return examples
+
+
+def fit_weight_table(examples, ws: dict, dt: str, run_id: str):
+    """Pure: a logistic regression per segment x category (and per segment, per category,
+    overall), each falling back to its parent where there are too few examples; one
+    ``relationship_weights`` row per cell with its fit quality against co-purchase lift."""
+    import pandas as pd
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
 
     def fit(frame):
         train, test = frame[~frame.holdout], frame[frame.holdout]

@@ -223,12 +223,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bundlecast", description="Anticipatory-commerce batch pipeline.")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("setup", help="fetch jars once, prepare Airflow").set_defaults(func=cmd_setup)
+    _step_commands(sub)
+    _data_commands(sub)
+    _analysis_commands(sub)
+    sub.add_parser("contract", help="print the input data contract (Markdown)").set_defaults(func=cmd_contract)
+    sub.add_parser("summary", help="tables, exports and where to look").set_defaults(func=cmd_summary)
+    return parser
+
+
+def _step_commands(sub) -> None:
+    """One sub-command per pipeline step, built from its declaration (jobs/pipeline.py)."""
     for declared in STEPS.values():
         if declared.name == "experiments":
             continue  # `experiments report|analyse` below
         p = sub.add_parser(declared.name, help=f"{declared.help} (this process, no Airflow)")
         declared.add_arguments(p)
         p.set_defaults(func=cmd_step)
+
+
+def _data_commands(sub) -> None:
+    """Worlds, runs and tables: generate, import, run, tables, sql, export."""
     p = sub.add_parser("generate", help="write the demo world into the raw zone")
     p.add_argument("--scale", choices=list(SCALES), default="tiny")
     p.add_argument("--seed", type=int, default=42)
@@ -259,6 +273,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target")
     p.add_argument("--format", choices=["parquet", "jsonl"])
     p.set_defaults(func=cmd_export)
+
+
+def _analysis_commands(sub) -> None:
+    """Looking at results: related items, evaluations, model runs, bundles, A/B tests, routing."""
     p = sub.add_parser("related", help="the items most related to one item, with every signal")
     p.add_argument("item")
     p.add_argument("--site", help="site of the item (ids are unique per site)")
@@ -300,9 +318,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bks", help="best-known solutions CSV (default: solomon_100_bks.csv next to the folder)")
     p.add_argument("--out", help="results folder (default: $BUNDLECAST_HOME/bench/routing)")
     p.set_defaults(func=cmd_routing)
-    sub.add_parser("contract", help="print the input data contract (Markdown)").set_defaults(func=cmd_contract)
-    sub.add_parser("summary", help="tables, exports and where to look").set_defaults(func=cmd_summary)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
