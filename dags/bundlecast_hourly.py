@@ -21,6 +21,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from airflow.sdk import dag
+
 from bundlecast.dags._steps import export_task, step_task
 
 HOURLY = ["events", "orders", "order_lines", "inventory", "feedback"]

@@ -41,6 +41,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from airflow.sdk import dag, task
+
 from bundlecast.dags._steps import export_task, step_task
 
 

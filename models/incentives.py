@@ -24,6 +24,7 @@ import json
 
 import numpy as np
 import pandas as pd
+
 from bundlecast.models.offer_types import EARLY_BIRD
 from bundlecast.models.offer_types import NAMES as OFFER_TYPES
 

@@ -1,6 +1,7 @@
 """Configuration: overlays, environment references, state directory, catalog consistency."""
 
 import pytest
+
 from bundlecast.jobs.core import catalog
 from bundlecast.jobs.core.config import PROJECT_ROOT, deep_merge, load_config
 from bundlecast.jobs.core.errors import ConfigError

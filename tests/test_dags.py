@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+
 from bundlecast.jobs.tools.airflow_run import DAGS_DIR, airflow_env
 
 EXPECTED = {"bundlecast_nightly", "bundlecast_hourly"}

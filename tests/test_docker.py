@@ -1,6 +1,7 @@
 """The docker/ stack, as far as it can be checked without a Docker engine."""
 
 import yaml
+
 from bundlecast.jobs.core.config import PROJECT_ROOT, load_config
 
 DOCKER = PROJECT_ROOT / "docker"

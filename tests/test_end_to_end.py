@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from bundlecast.jobs.core.config import load_config
 
 pytestmark = pytest.mark.slow

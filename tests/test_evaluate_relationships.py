@@ -3,6 +3,7 @@ import math
 
 import pandas as pd
 import pytest
+
 from bundlecast.jobs.tools.evaluate_relationships import rank_metrics
 
 

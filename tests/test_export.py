@@ -3,6 +3,7 @@ import json
 
 import boto3
 import pytest
+
 from bundlecast.jobs.core.storage import LocalStore, S3Store, open_store
 from bundlecast.jobs.export.job import MANIFEST, export_table, verify
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 
 import pytest
+
 from bundlecast.jobs.core.errors import BundlecastError
 
 pytestmark = pytest.mark.slow

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+
 from bundlecast.models import forecast as fc
 
 S = fc.ForecastSettings(backtest_origins=2)

@@ -6,6 +6,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
 from bundlecast.jobs.core import catalog
 from bundlecast.jobs.core.errors import DataQualityError
 from bundlecast.jobs.ingest import job as ingest
@@ -130,8 +131,9 @@ def test_expectation_failures_are_quarantined(tiny_world, spark, cfg):
 
 
 def test_online_retail_import_passes_the_contract(spark, cfg, tmp_path):
-    from bundlecast.jobs.tools.import_online_retail import import_online_retail
     from conftest import SHARED_DATA
+
+    from bundlecast.jobs.tools.import_online_retail import import_online_retail
 
     source = SHARED_DATA / "online_retail" / "online_retail_2010_2011.csv.gz"
     if not source.exists():

@@ -9,6 +9,7 @@ from datetime import date, timedelta
 
 import pandas as pd
 import pytest
+
 from bundlecast.jobs.core.errors import BundlecastError
 
 pytestmark = pytest.mark.slow
@@ -46,8 +47,9 @@ def test_model_beats_baselines_and_is_calibrated(trained):
 
 
 def test_features_see_nothing_after_the_cutoff(spark, test_world, need_cfg):
-    from bundlecast.jobs.need import job as need
     from pyspark.sql import functions as F
+
+    from bundlecast.jobs.need import job as need
 
     cutoff = date.fromisoformat(test_world["date"]) - timedelta(days=14)
     purchases, browsing = need.history(spark, need_cfg)
@@ -95,6 +97,7 @@ def test_planted_replenishment_is_predicted_with_its_date(spark, test_world, nee
 
 def test_gate_keeps_the_champion_and_scoring_uses_it(spark, test_world, need_cfg, trained):
     import mlflow
+
     from bundlecast.jobs.need import job as need
     from bundlecast.models import registry
 

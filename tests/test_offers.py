@@ -22,20 +22,22 @@ def catalog_path(cfg, name):
 
 
 def _table(spark, cfg, name, dt=None):
-    from bundlecast.jobs.core.delta import read_table
     from pyspark.sql import functions as F
+
+    from bundlecast.jobs.core.delta import read_table
     t = read_table(spark, name, cfg)
     return (t.filter(F.col("dt") == F.lit(dt).cast("date")) if dt else t).toPandas()
 
 
 @pytest.fixture(scope="module")
 def world(spark, test_world):
+    from pyspark.sql import functions as F
+
     from bundlecast.jobs.bundles import job as bundles
     from bundlecast.jobs.core.delta import read_table
     from bundlecast.jobs.need import job as need
     from bundlecast.jobs.offers import job as offers
     from bundlecast.jobs.relationships import job as relationships
-    from pyspark.sql import functions as F
 
     cfg = copy.deepcopy(test_world["cfg"])
     cfg["need"].update(lookback_days=60, train_cutoffs=3, cutoff_step_days=7, model_name="bundlecast-need-test")

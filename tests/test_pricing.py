@@ -3,6 +3,7 @@ hand-made inputs whose right answer is known."""
 import numpy as np
 import pandas as pd
 import pytest
+
 from bundlecast.jobs.core.config import load_config
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+
 from bundlecast.models import packaging, routing
 
 SOLOMON = Path(__file__).resolve().parents[2] / "shared" / "data" / "solomon_vrptw" / "instances"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from bundlecast.jobs.core.errors import BundlecastError
 
 pytestmark = pytest.mark.slow
@@ -117,10 +118,11 @@ def test_bad_input_is_skipped_and_counted(spark, rel_world, incremental_then_ful
     """Behaviour that reached silver around ingestion (a backfill, a bug) must not break the job."""
     from datetime import datetime, timedelta
 
+    from pyspark.sql import functions as F
+
     from bundlecast.jobs.core import catalog
     from bundlecast.jobs.core.delta import read_table
     from bundlecast.jobs.relationships import job as R
-    from pyspark.sql import functions as F
 
     cfg = rel_world["cfg"]
     events = read_table(spark, "events", cfg)

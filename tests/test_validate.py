@@ -1,5 +1,6 @@
 """Validation transforms on a few explicit rows: every contract rule and its reason."""
 import pytest
+
 from bundlecast.jobs.core.catalog import Column, DatasetSpec, Reference
 from bundlecast.jobs.ingest.extract import CORRUPT
 from bundlecast.jobs.ingest.transform import deduplicate, validate

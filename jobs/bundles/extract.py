@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pandas as pd
+
 from bundlecast.jobs.core.commerce import available_stock, user_warehouses
 
 

@@ -5,6 +5,7 @@ import uuid
 
 import numpy as np
 import pandas as pd
+
 from bundlecast.jobs.bundles.extract import need_bundle_inputs, relationship_frame
 from bundlecast.jobs.bundles.transform import need_bundles, product_bundles
 from bundlecast.jobs.core.commerce import (
@@ -74,8 +75,9 @@ def generate_bundle(user_id: str, item: str, site: str | None = None, cfg: dict 
     expected margin for this user (acceptance at list price from the user's need
     probability of the add-ons, else the anchor's co-purchase rate). Returns a dict with
     items, prices and the reasons."""
-    from bundlecast.models.pricing import Acceptance, optimise_price
     from pyspark.sql import functions as F
+
+    from bundlecast.models.pricing import Acceptance, optimise_price
 
     cfg = cfg or config()
     if spark is None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from bundlecast.jobs.core.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]

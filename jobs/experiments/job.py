@@ -6,6 +6,7 @@ from datetime import date, timedelta
 
 import numpy as np
 import pandas as pd
+
 from bundlecast.jobs.core.config import config
 from bundlecast.jobs.core.runs import StepRun, record
 from bundlecast.jobs.core.tables import Tables

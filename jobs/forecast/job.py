@@ -7,6 +7,7 @@ from datetime import date, timedelta
 
 import numpy as np
 import pandas as pd
+
 from bundlecast.jobs.core.config import config
 from bundlecast.jobs.core.runs import StepRun, record
 from bundlecast.jobs.core.tables import Tables
@@ -19,8 +20,9 @@ EXPERIMENT = "bundlecast-demand-forecast"
 
 def run(spark, dt: str, run_id: str | None = None, cfg: dict | None = None, progress=print) -> StepRun:
     import mlflow
-    from bundlecast.models.tracking import experiment
     from pyspark.sql import functions as F
+
+    from bundlecast.models.tracking import experiment
 
     cfg = cfg or config()
     date.fromisoformat(dt)  # a clear error for a bad date

@@ -6,6 +6,7 @@ import zlib
 
 import numpy as np
 import pandas as pd
+
 from bundlecast.jobs.core.errors import BundlecastError
 from bundlecast.models import forecast as fc
 

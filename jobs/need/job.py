@@ -7,6 +7,7 @@ from datetime import date, datetime, timedelta, timezone
 
 import numpy as np
 import pandas as pd
+
 from bundlecast.jobs.core import catalog
 from bundlecast.jobs.core.config import config
 from bundlecast.jobs.core.delta import read_table
@@ -292,6 +293,7 @@ def _sampled_training_frame(frame, max_examples: int, seed: int = 11) -> pd.Data
 # --------------------------------------------------------------------------------- train
 def train(spark, dt: str, run_id: str, cfg: dict, summary: StepRun | None = None) -> StepRun:
     import mlflow
+
     from bundlecast.models import registry
     from bundlecast.models.tracking import experiment
 
@@ -405,8 +407,9 @@ def score(spark, dt: str, run_id: str, cfg: dict, users_since: datetime | None =
     """Score with the champion: every active user (nightly) or those with events since
     ``users_since`` (hourly). Replaces those users' rows for the run date."""
     import mlflow
-    from bundlecast.models import registry
     from pyspark.sql import functions as F
+
+    from bundlecast.models import registry
 
     s = settings(cfg)
     H = int(s["horizon_days"])

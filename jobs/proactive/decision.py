@@ -6,6 +6,7 @@ from datetime import date, datetime, timedelta
 
 import numpy as np
 import pandas as pd
+
 from bundlecast.jobs.bundles.job import build_need_bundles
 from bundlecast.jobs.core.commerce import stable_id, usable_prices
 from bundlecast.jobs.core.runs import StepRun

@@ -4,6 +4,7 @@ from __future__ import annotations
 from datetime import date, timedelta
 
 import pandas as pd
+
 from bundlecast.jobs.core.runs import StepRun
 from bundlecast.jobs.core.tables import Tables
 from bundlecast.jobs.proactive.decision import write_shipments

@@ -5,6 +5,7 @@ from datetime import date, datetime, timezone
 
 import numpy as np
 import pandas as pd
+
 from bundlecast.jobs.core import catalog
 from bundlecast.jobs.core.delta import catalog_frame, read_table
 

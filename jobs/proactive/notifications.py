@@ -5,6 +5,7 @@ import hashlib
 import hmac
 
 import pandas as pd
+
 from bundlecast.jobs.core.commerce import stable_id
 from bundlecast.jobs.core.tables import Tables
 from bundlecast.jobs.proactive.frames import as_date, catalog_rows, now_seconds

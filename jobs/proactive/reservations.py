@@ -5,6 +5,7 @@ from datetime import date
 
 import numpy as np
 import pandas as pd
+
 from bundlecast.jobs.core.commerce import available_stock, stable_id
 from bundlecast.jobs.core.delta import catalog_frame
 from bundlecast.jobs.core.errors import BundlecastError

@@ -6,6 +6,7 @@ from datetime import date
 
 import numpy as np
 import pandas as pd
+
 from bundlecast.jobs.core.runs import StepRun
 from bundlecast.jobs.core.tables import Tables
 from bundlecast.jobs.proactive.decision import write_shipments

@@ -3,6 +3,7 @@ text and inventory signals into complementary and alternative scores."""
 from __future__ import annotations
 
 import numpy as np
+
 from bundlecast.jobs.core import catalog
 from bundlecast.jobs.core.tables import Tables
 from bundlecast.jobs.relationships.counting import ALL, SIGNALS, settings, touching, unit_pairs

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+
 from bundlecast.jobs.core.delta import catalog_frame
 from bundlecast.jobs.core.tables import Tables
 

@@ -149,6 +149,7 @@ def cmd_related(args) -> None:
 
 def cmd_models(args) -> None:
     import pandas as pd
+
     from bundlecast.models import registry
 
     runs = registry.compare(config(), args.model, args.n)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
 from bundlecast.jobs.core.errors import BundlecastError
 from bundlecast.models import forecast as fc
 
@@ -83,6 +84,7 @@ def evaluate(spark, cfg: dict, data_dir: str | Path, holdout_days: int = 56) -> 
 
 def log_to_mlflow(cfg: dict, results: dict, per_series: pd.DataFrame) -> str:
     import mlflow
+
     from bundlecast.models.tracking import experiment
     experiment(cfg, EXPERIMENT)
     meta = results["_meta"]

@@ -24,6 +24,7 @@ from datetime import date, timedelta
 
 import numpy as np
 import pandas as pd
+
 from bundlecast.jobs.core.delta import read_table
 
 
@@ -134,6 +135,7 @@ def evaluate(spark, cfg: dict, cutoff: str, k: int = 10, fpgrowth_support: float
 
 def log_to_mlflow(cfg: dict, results: dict) -> str:
     import mlflow
+
     from bundlecast.models.tracking import experiment
     experiment(cfg, "bundlecast-relationships-eval")
     meta = results["_meta"]

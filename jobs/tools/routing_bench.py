@@ -16,6 +16,7 @@ import math
 from pathlib import Path
 
 import pandas as pd
+
 from bundlecast.jobs.core.errors import BundlecastError
 from bundlecast.models import routing
 

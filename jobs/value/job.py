@@ -6,6 +6,7 @@ from datetime import date, timedelta
 
 import numpy as np
 import pandas as pd
+
 from bundlecast.jobs.core.config import config
 from bundlecast.jobs.core.errors import BundlecastError
 from bundlecast.jobs.core.runs import StepRun, record
@@ -20,6 +21,7 @@ EXPERIMENT = "bundlecast-user-value"
 
 def run(spark, dt: str, run_id: str | None = None, cfg: dict | None = None, progress=print) -> StepRun:
     import mlflow
+
     from bundlecast.models import registry
     from bundlecast.models.tracking import experiment
 

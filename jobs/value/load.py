@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pandas as pd
+
 from bundlecast.jobs.core import catalog
 
 

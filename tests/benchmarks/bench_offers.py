@@ -23,6 +23,8 @@ def main() -> None:
     parser.add_argument("--scale", default="medium")
     args = parser.parse_args()
     home = bench_world(args.scale)
+    from pyspark.sql import functions as F
+
     from bundlecast.jobs.bundles import job as bundles
     from bundlecast.jobs.core import catalog
     from bundlecast.jobs.core.config import config
@@ -30,7 +32,6 @@ def main() -> None:
     from bundlecast.jobs.core.spark import get_spark
     from bundlecast.jobs.ingest import job as ingest
     from bundlecast.jobs.offers import job as offers
-    from pyspark.sql import functions as F
 
     cfg = config()
     dt = cfg["demo"]["date"]

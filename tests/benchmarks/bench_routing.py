@@ -45,6 +45,8 @@ def solomon(time_limit: float, out: Path) -> None:
 
 def insertion(scale: str) -> None:
     home = bench_world(scale)
+    from pyspark.sql import functions as F
+
     from bundlecast.jobs.core import catalog
     from bundlecast.jobs.core.config import config
     from bundlecast.jobs.core.delta import read_table
@@ -52,7 +54,6 @@ def insertion(scale: str) -> None:
     from bundlecast.jobs.ingest import job as ingest
     from bundlecast.jobs.pipeline import STEPS
     from bundlecast.jobs.proactive import job as proactive
-    from pyspark.sql import functions as F
 
     cfg = config()
     dt = cfg["demo"]["date"]

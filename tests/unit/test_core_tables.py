@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import date, datetime
 
 import pytest
+
 from bundlecast.jobs.core.errors import BundlecastError
 from bundlecast.jobs.core.tables import merge_condition, predicate
 

@@ -15,8 +15,9 @@ INCENTIVES = {"road_factor": 1.3, "co2_kg_per_km": 0.25, "cost_per_km": 0.6, "st
 # ------------------------------------------------------------------------------ offer types
 def test_offer_type_costs_agree_between_pandas_and_spark(spark):
     """The A/B margin (Spark) and the offer's cost (numpy) come from one table of types."""
-    from bundlecast.models import offer_types as T
     from pyspark.sql import functions as F
+
+    from bundlecast.models import offer_types as T
 
     types = T.NAMES
     value = np.arange(1, len(types) + 1, dtype=float)
@@ -90,7 +91,7 @@ def test_unit_pairs_pair_each_items_once_and_skip_oversized_units(spark):
 
 # ----------------------------------------------------------------------------------- offers
 def test_offer_context_sizes_consolidation_value_and_inventory_from_explicit_inputs():
-    from bundlecast.jobs.offers.job import context
+    from bundlecast.jobs.offers.transform import context
 
     cand = pd.DataFrame({"user_id": ["U1", "U2"], "warehouse_id": ["W1", "W1"], "items": [["s|a"], ["s|a", "s|b"]]})
     inputs = {
