@@ -47,17 +47,25 @@ def test_model_beats_baselines_and_is_calibrated(trained):
 
 
 def test_features_see_nothing_after_the_cutoff(spark, test_world, need_cfg):
+    from dataclasses import replace
+
     from pyspark.sql import functions as F
 
-    from bundlecast.jobs.need import job as need
+    from bundlecast.jobs.core.tables import Tables
+    from bundlecast.jobs.need import features as need
+    from bundlecast.jobs.need.extract import extract
+    from bundlecast.jobs.need.job import settings
 
     cutoff = date.fromisoformat(test_world["date"]) - timedelta(days=14)
-    purchases, browsing = need.history(spark, need_cfg)
-    users = need.active_users(spark, need_cfg, purchases, cutoff, need.settings(need_cfg), sample=150)
-    cands = need.candidates(spark, need_cfg, purchases, cutoff, users).localCheckpoint()
-    full = need.features(spark, need_cfg, purchases, browsing, cands, cutoff, 7).toPandas()
+    inputs = extract(Tables(spark, need_cfg))
+    s = settings(need_cfg)
+    users = need.active_users(inputs.purchases, cutoff, s, sample=150)
+    cands = need.candidates(inputs, cutoff, users, s).localCheckpoint()
+    full = need.features(inputs, cands, cutoff, 7, s).toPandas()
     cut = F.col("day") <= F.lit(cutoff)
-    truncated = need.features(spark, need_cfg, purchases.filter(cut), browsing.filter(cut), cands, cutoff, 7).toPandas()
+    before = replace(inputs, purchases=inputs.purchases.filter(cut), browsing=inputs.browsing.filter(cut))
+    truncated = need.features(before, cands, cutoff, 7, s).toPandas()
+    purchases = inputs.purchases
     keys = ["user_id", "site_id", "item_id"]
     full, truncated = (x.sort_values(keys).reset_index(drop=True) for x in (full, truncated))
     assert len(full) > 1000
@@ -68,10 +76,11 @@ def test_features_see_nothing_after_the_cutoff(spark, test_world, need_cfg):
 
 
 def test_planted_replenishment_is_predicted_with_its_date(spark, test_world, need_cfg, trained):
-    from bundlecast.jobs.need import job as need
+    from bundlecast.jobs.core.tables import Tables
+    from bundlecast.jobs.need.extract import history
 
     dt = date.fromisoformat(test_world["date"])
-    purchases, _ = need.history(spark, need_cfg)
+    purchases, _ = history(Tables(spark, need_cfg))
     p = purchases.toPandas()
     p["item"] = p.site_id + "|" + p.item_id
     last = p.groupby(["user_id", "item"]).day.max()
