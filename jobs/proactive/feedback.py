@@ -54,9 +54,30 @@ def apply_feedback(spark, cfg: dict, dt: str, run_id: str, summary: StepRun) -> 
     if not len(shipments):
         return set()
     fb = fb[unapplied(fb, shipments)]
-    s = shipments.set_index("shipment_id")
-    touched_days, cancelled, failed, proven = set(), [], [], []
     now = now_seconds()
+    s = shipments.set_index("shipment_id")
+    touched_days, cancelled, failed, proven = apply_events(s, fb, now, c)
+    assumed, expired = close_past_days(s, as_date(dt), int(p["proof_grace_days"]), now, c)
+    changed = s.index.isin(set(fb.reference_id)) | assumed.to_numpy() | expired.to_numpy()
+    write_shipments(spark, cfg, s[changed].reset_index()[columns_of("proactive_shipments")])
+    release(spark, cfg, cancelled, "cancelled", summary)
+    release(spark, cfg, failed, "delivery_failed", summary)
+    release(spark, cfg, s.index[expired], "expired", summary)
+    release(spark, cfg, proven + list(s.index[assumed]), "delivered", summary)
+    if cancelled:
+        notify(spark, cfg, s.loc[cancelled].reset_index(), "cancelled", dt, run_id)
+    postponed = [r.reference_id for r in fb.itertuples() if r.kind == "shipment_postpone"
+                 and s.loc[r.reference_id].status == "postponed"]
+    if postponed:
+        notify(spark, cfg, s.loc[sorted(set(postponed))].reset_index(), "postponed", dt, run_id)
+    return touched_days
+
+
+def apply_events(s: pd.DataFrame, fb: pd.DataFrame, now, c) -> tuple[set, list, list, list]:
+    """Pure: apply the unapplied feedback ``fb`` (time order) to the shipments ``s``
+    (indexed by shipment id, changed in place). Returns (delivery days whose plan changed,
+    cancelled, failed, delivered-with-proof shipment ids); ``c`` counts what happened."""
+    touched_days, cancelled, failed, proven = set(), [], [], []
     for r in fb.itertuples():
         row = s.loc[r.reference_id]
         if row.status in FINAL:
@@ -91,13 +112,17 @@ def apply_feedback(spark, cfg: dict, dt: str, run_id: str, summary: StepRun) -> 
             s.loc[r.reference_id, ["status", "status_reason"]] = ["confirmed", "user accepted"]
             c["feedback_confirmed"] += 1
         s.loc[r.reference_id, ["feedback_id", "updated_at"]] = [r.feedback_id, now]
-    # close past delivery days: a routed shipment waits ``proof_grace_days`` for dispatch's
-    # proof (its stock stays reserved), then counts as delivered; one never routed is dropped
+    return touched_days, cancelled, failed, proven
+
+
+def close_past_days(s: pd.DataFrame, today, grace: int, now, c) -> tuple[pd.Series, pd.Series]:
+    """Pure: close delivery days before ``today`` in ``s`` (in place). A routed shipment
+    waits ``grace`` days for dispatch's proof (its stock stays reserved), then counts as
+    delivered; one never routed is dropped. Returns the (assumed delivered, expired) masks."""
     day_of = pd.to_datetime(s.delivery_date).dt.date
-    grace = int(p["proof_grace_days"])
-    past = (day_of < as_date(dt)) & s.status.isin(ACTIVE)
+    past = (day_of < today) & s.status.isin(ACTIVE)
     routed = past & s.route_id.notna() & s.status.isin(["notified", "confirmed"])
-    assumed = routed & (day_of < as_date(dt) - timedelta(days=grace))
+    assumed = routed & (day_of < today - timedelta(days=grace))
     expired = past & ~routed
     s.loc[assumed, ["status", "status_reason", "updated_at"]] = \
         ["delivered", f"no proof of delivery within {grace} day(s): taken as delivered", now]
@@ -105,16 +130,4 @@ def apply_feedback(spark, cfg: dict, dt: str, run_id: str, summary: StepRun) -> 
     c["shipments_delivered_assumed"] = int(assumed.sum())
     c["shipments_awaiting_proof"] = int((routed & ~assumed).sum())
     c["shipments_expired"] = int(expired.sum())
-    changed = s.index.isin(set(fb.reference_id)) | assumed.to_numpy() | expired.to_numpy()
-    write_shipments(spark, cfg, s[changed].reset_index()[columns_of("proactive_shipments")])
-    release(spark, cfg, cancelled, "cancelled", summary)
-    release(spark, cfg, failed, "delivery_failed", summary)
-    release(spark, cfg, s.index[expired], "expired", summary)
-    release(spark, cfg, proven + list(s.index[assumed]), "delivered", summary)
-    if cancelled:
-        notify(spark, cfg, s.loc[cancelled].reset_index(), "cancelled", dt, run_id)
-    postponed = [r.reference_id for r in fb.itertuples() if r.kind == "shipment_postpone"
-                 and s.loc[r.reference_id].status == "postponed"]
-    if postponed:
-        notify(spark, cfg, s.loc[sorted(set(postponed))].reset_index(), "postponed", dt, run_id)
-    return touched_days
+    return assumed, expired

@@ -121,45 +121,11 @@ def replan(spark, cfg: dict, days: set[date], dt: str, run_id: str, summary: Ste
             n_plan = len(stops)
             depot_dropped = [int(k) for k in range(1 + n_plan, problem.n) if k not in {x for r in solved.routes for x in r}]
             dropped += [props.shipment_id.iloc[k - 1 - n_plan] for k in depot_dropped]
-            for v, route in enumerate(solved.routes):
-                veh = vehicles.iloc[v]
-                arrivals = routing.route_schedule(problem, v, route)
-                path = [0, *route, 0]
-                added_total, dedicated = 0.0, 0.0
-                for seq, (node, t) in enumerate(zip(route, arrivals), start=1):
-                    proactive = node > n_plan
-                    prev, nxt = path[seq - 1], path[seq + 1]
-                    added = problem.dist[prev, node] + problem.dist[node, nxt] - problem.dist[prev, nxt]
-                    base = {"route_date": day, "route_id": veh.route_id, "vehicle_id": veh.vehicle_id, "depot_id": depot_id,
-                            "sequence": seq, "planned_arrival": (pd.Timestamp(day) + pd.Timedelta(minutes=float(t))).round("s"),
-                            "run_id": run_id}
-                    if proactive:
-                        sh = props.iloc[node - 1 - n_plan]
-                        added_total += added
-                        dedicated += 2 * problem.dist[0, node]
-                        routed[sh.shipment_id] = (veh.route_id, base["planned_arrival"], round(float(added), 3),
-                                                  float(2 * problem.dist[0, node]))
-                        stop_rows.append(base | {"stop_type": "proactive", "order_id": None, "shipment_id": sh.shipment_id,
-                                                 "planned_seq": None, "lat": float(sh.lat), "lon": float(sh.lon),
-                                                 "window_start": sh.window_start, "window_end": sh.window_end,
-                                                 "added_km": round(float(added), 3), "load_kg": float(sh.weight_kg)})
-                    else:
-                        st = stops.iloc[node - 1]
-                        stop_rows.append(base | {"stop_type": "planned", "order_id": st.order_id, "shipment_id": None,
-                                                 "planned_seq": int(st.stop_seq), "lat": float(st.lat), "lon": float(st.lon),
-                                                 "window_start": st.window_start, "window_end": st.window_end,
-                                                 "added_km": None, "load_kg": float(st.load_kg) if pd.notna(st.load_kg) else None})
-                before = routing.distance(problem, [planned[v]]) if planned[v] else 0.0
-                after = routing.distance(problem, [route]) if route else 0.0
-                co2 = float(cfg["incentives"]["co2_kg_per_km"])
-                plan_rows.append({"route_date": day, "route_id": veh.route_id, "vehicle_id": veh.vehicle_id,
-                                  "depot_id": depot_id, "planned_stops": len(planned[v]),
-                                  "proactive_stops": sum(1 for x in route if x > n_plan),
-                                  "dropped_at_depot": len(depot_dropped), "km_before": round(before, 3),
-                                  "km_after": round(after, 3), "dedicated_km": round(dedicated, 3),
-                                  "co2_kg_added": round((after - before) * co2, 3),
-                                  "co2_kg_saved": round(max(dedicated - (after - before), 0) * co2, 3),
-                                  "solver_status": status, "run_id": run_id})
+            rows = route_rows(problem, solved.routes, planned, stops, props, vehicles, depot_id, day,
+                              status, len(depot_dropped), float(cfg["incentives"]["co2_kg_per_km"]), run_id)
+            stop_rows += rows[0]
+            plan_rows += rows[1]
+            routed.update(rows[2])
         tables = Tables(spark, cfg)
         tables.replace("route_stops", catalog_rows(spark, "route_stops", pd.DataFrame(stop_rows)), route_date=day)
         tables.replace("route_plans", catalog_rows(spark, "route_plans", pd.DataFrame(plan_rows)), route_date=day)
@@ -200,3 +166,52 @@ def finish_day(spark, cfg: dict, todays: pd.DataFrame, routed: dict, dropped: li
     release(spark, cfg, dropped, "dropped", summary)
     newly = s.loc[list(routed)].reset_index()
     notify(spark, cfg, newly[newly.status.isin(["notified", "confirmed", "postponed"])], "heads_up", dt, run_id)
+
+
+def route_rows(problem, routes: list[list[int]], planned: list[list[int]], stops: pd.DataFrame, props: pd.DataFrame,
+               vehicles: pd.DataFrame, depot_id: str, day, status: str, n_dropped: int, co2: float,
+               run_id: str) -> tuple[list[dict], list[dict], dict]:
+    """Pure: the ``route_stops`` and ``route_plans`` rows of one depot's solved day, and
+    each routed proactive shipment's (route, planned arrival, added km, dedicated km).
+    Nodes 1..len(stops) are the planned stops, the rest the proactive ones (``props``)."""
+    n_plan = len(stops)
+    stop_rows, plan_rows, routed = [], [], {}
+    for v, route in enumerate(routes):
+        veh = vehicles.iloc[v]
+        arrivals = routing.route_schedule(problem, v, route)
+        path = [0, *route, 0]
+        added_total, dedicated = 0.0, 0.0
+        for seq, (node, t) in enumerate(zip(route, arrivals), start=1):
+            proactive = node > n_plan
+            prev, nxt = path[seq - 1], path[seq + 1]
+            added = problem.dist[prev, node] + problem.dist[node, nxt] - problem.dist[prev, nxt]
+            base = {"route_date": day, "route_id": veh.route_id, "vehicle_id": veh.vehicle_id, "depot_id": depot_id,
+                    "sequence": seq, "planned_arrival": (pd.Timestamp(day) + pd.Timedelta(minutes=float(t))).round("s"),
+                    "run_id": run_id}
+            if proactive:
+                sh = props.iloc[node - 1 - n_plan]
+                added_total += added
+                dedicated += 2 * problem.dist[0, node]
+                routed[sh.shipment_id] = (veh.route_id, base["planned_arrival"], round(float(added), 3),
+                                          float(2 * problem.dist[0, node]))
+                stop_rows.append(base | {"stop_type": "proactive", "order_id": None, "shipment_id": sh.shipment_id,
+                                         "planned_seq": None, "lat": float(sh.lat), "lon": float(sh.lon),
+                                         "window_start": sh.window_start, "window_end": sh.window_end,
+                                         "added_km": round(float(added), 3), "load_kg": float(sh.weight_kg)})
+            else:
+                st = stops.iloc[node - 1]
+                stop_rows.append(base | {"stop_type": "planned", "order_id": st.order_id, "shipment_id": None,
+                                         "planned_seq": int(st.stop_seq), "lat": float(st.lat), "lon": float(st.lon),
+                                         "window_start": st.window_start, "window_end": st.window_end,
+                                         "added_km": None, "load_kg": float(st.load_kg) if pd.notna(st.load_kg) else None})
+        before = routing.distance(problem, [planned[v]]) if planned[v] else 0.0
+        after = routing.distance(problem, [route]) if route else 0.0
+        plan_rows.append({"route_date": day, "route_id": veh.route_id, "vehicle_id": veh.vehicle_id,
+                          "depot_id": depot_id, "planned_stops": len(planned[v]),
+                          "proactive_stops": sum(1 for x in route if x > n_plan),
+                          "dropped_at_depot": n_dropped, "km_before": round(before, 3),
+                          "km_after": round(after, 3), "dedicated_km": round(dedicated, 3),
+                          "co2_kg_added": round((after - before) * co2, 3),
+                          "co2_kg_saved": round(max(dedicated - (after - before), 0) * co2, 3),
+                          "solver_status": status, "run_id": run_id})
+    return stop_rows, plan_rows, routed
