@@ -126,8 +126,6 @@ def allocate(cand: pd.DataFrame, stock: dict, budget: float, cfg: dict) -> Alloc
     in their stock need no constraint and are left out of the model."""
     import time
 
-    from ortools.sat.python import cp_model
-
     t0 = time.time()
     cand = cand.reset_index(drop=True)
     n = len(cand)
@@ -165,6 +163,19 @@ def allocate(cand: pd.DataFrame, stock: dict, budget: float, cfg: dict) -> Alloc
             chosen = greedy
         return Allocation(chosen, float(profit[chosen].sum() / 100), float(profit[greedy].sum() / 100), bound,
                           status_name, len(binding), round(time.time() - t0, 2), len(core))
+    chosen, bound, status_name = _cp_sat(core, in_core, profit, spend, users, rows_of, binding, binds, budget_c,
+                                         per_user, greedy, cfg)
+    return Allocation(chosen, float(profit[chosen].sum() / 100), float(profit[greedy].sum() / 100), bound,
+                      status_name, len(binding), round(time.time() - t0, 2), len(core))
+
+
+def _cp_sat(core, in_core, profit, spend, users, rows_of, binding, binds, budget_c, per_user, greedy,
+            cfg: dict) -> tuple[np.ndarray, float, str]:
+    """The exact allocation of the ``core`` candidates with CP-SAT, hinted with the greedy
+    choice; never worse than the greedy. Returns (chosen mask, upper bound, status)."""
+    from ortools.sat.python import cp_model
+
+    n = len(profit)
     model = cp_model.CpModel()
     x = {i: model.NewBoolVar("") for i in core}
     for idx in pd.Series(core).groupby(users[core]).groups.values():
@@ -192,8 +203,7 @@ def allocate(cand: pd.DataFrame, stock: dict, budget: float, cfg: dict) -> Alloc
         bound = solver.BestObjectiveBound() / 100
     else:
         chosen, bound = greedy, float("nan")
-    return Allocation(chosen, float(profit[chosen].sum() / 100), float(profit[greedy].sum() / 100), float(bound),
-                      solver.StatusName(status), len(binding), round(time.time() - t0, 2), len(core))
+    return chosen, float(bound), solver.StatusName(status)
 
 
 def _lp_round(core, profit, spend, users, items, rows_of, binding, binds, budget_c, per_user, stock, order,
