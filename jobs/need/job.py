@@ -22,38 +22,51 @@ EXPERIMENT = "bundlecast-need-model"
 
 
 def train(spark, dt: str, run_id: str, cfg: dict, summary: StepRun | None = None) -> StepRun:
-    import mlflow
-
-    from bundlecast.models import registry
-    from bundlecast.models.tracking import experiment
-
+    """Train on a strict time split, evaluate against the baselines on the same users,
+    register in MLflow and promote through the gate."""
     s = settings(cfg)
     H = int(s["horizon_days"])
     summary = summary or StepRun("need", dt, run_id, "train")
-    tables = Tables(spark, cfg)
-    inputs = extract(tables).persisted()
-    purchases = inputs.purchases
+    inputs = extract(Tables(spark, cfg)).persisted()
     eval_cut = date.fromisoformat(dt) - timedelta(days=H)
     train_cuts = [eval_cut - timedelta(days=H + i * int(s["cutoff_step_days"])) for i in range(int(s["train_cutoffs"]))]
-    parts = []
-    for cut in train_cuts:
-        users = active_users(purchases, cut, s, s.get("max_train_users"))
-        frame, _ = examples(inputs, cut, H, users, s)
-        part = _sampled_training_frame(frame, int(s["max_train_examples"]) // len(train_cuts))
-        parts.append(part.assign(cutoff=str(cut)))
-    train_pd = pd.concat(parts, ignore_index=True)
-    users = active_users(purchases, eval_cut, s, s.get("max_eval_users"))
-    eval_frame, bought = examples(inputs, eval_cut, H, users, s)
-    eval_pd = eval_frame.toPandas()
+    train_pd, eval_pd, bought = training_frames(inputs, eval_cut, train_cuts, H, s)
     summary.counts["train_examples"], summary.counts["eval_examples"] = len(train_pd), len(eval_pd)
     if train_pd.label.nunique() < 2 or eval_pd.label.nunique() < 2:
         raise BundlecastError(f"need model: too little history to train (train positives {int(train_pd.label.sum())}, "
                               f"evaluation positives {int(eval_pd.label.sum())}); need at least {2 * H} days of orders")
     model = nm.fit(train_pd, seed=int(s.get("seed", 0)))
     p_model = nm.predict(model, eval_pd)
-    metrics = {"model": nm.evaluate(eval_pd, p_model, bought, int(s["k"]))}
+    summary.metrics, typical = evaluate_with_baselines(train_pd, eval_pd, p_model, bought, eval_cut, H, int(s["k"]))
+    _register_and_gate(cfg, s, dt, run_id, summary, model, train_pd, eval_pd, p_model, bought,
+                       {"eval_cutoff": str(eval_cut), "train_cutoffs": ",".join(map(str, train_cuts)),
+                        "typical_days_to_need": typical})
+    inputs.unpersist()
+    summary.figures["train_seconds"] = round(time.time() - summary.started, 1)
+    return summary
+
+
+def training_frames(inputs, eval_cut: date, train_cuts: list[date], H: int, s: dict):
+    """(training examples, sampled per cut-off; evaluation examples; items bought per
+    evaluation user), as pandas."""
+    parts = []
+    for cut in train_cuts:
+        users = active_users(inputs.purchases, cut, s, s.get("max_train_users"))
+        frame, _ = examples(inputs, cut, H, users, s)
+        part = _sampled_training_frame(frame, int(s["max_train_examples"]) // len(train_cuts))
+        parts.append(part.assign(cutoff=str(cut)))
+    users = active_users(inputs.purchases, eval_cut, s, s.get("max_eval_users"))
+    eval_frame, bought = examples(inputs, eval_cut, H, users, s)
+    return pd.concat(parts, ignore_index=True), eval_frame.toPandas(), bought
+
+
+def evaluate_with_baselines(train_pd: pd.DataFrame, eval_pd: pd.DataFrame, p_model, bought, eval_cut: date, H: int,
+                            k: int) -> tuple[dict, int]:
+    """Pure: the model's metrics and each baseline's on the same evaluation frame, plus
+    the need-date error; returns (metrics per scorer, typical days to need)."""
+    metrics = {"model": nm.evaluate(eval_pd, p_model, bought, k)}
     for name, fn in nm.BASELINES.items():
-        metrics[name] = nm.evaluate(eval_pd, nm.calibrate_score(train_pd, fn)(eval_pd), bought, int(s["k"]),
+        metrics[name] = nm.evaluate(eval_pd, nm.calibrate_score(train_pd, fn)(eval_pd), bought, k,
                                     rank_score=fn(eval_pd))
     # Need date quality on the evaluation positives: predicted vs actual first purchase day.
     typical = int(round(float(train_pd.loc[train_pd.label == 1, "days_to_need"].median()))) if train_pd.label.sum() else H // 2
@@ -64,12 +77,23 @@ def train(spark, dt: str, run_id: str, cfg: dict, summary: StepRun | None = None
         metrics["model"]["need_date_mae_days"] = float((dates - actual).dt.days.abs().mean())
         naive = pd.Timestamp(eval_cut) + pd.Timedelta(days=typical)
         metrics["model"]["need_date_mae_days_typical_only"] = float((naive - actual).dt.days.abs().mean())
-    summary.metrics = metrics
+    return metrics, typical
 
+
+def _register_and_gate(cfg: dict, s: dict, dt: str, run_id: str, summary: StepRun, model, train_pd, eval_pd, p_model,
+                       bought, params: dict) -> None:
+    """One MLflow run: parameters, metrics, plots, the registered version and the gate's decision."""
+    import mlflow
+
+    from bundlecast.models import registry
+    from bundlecast.models.tracking import experiment
+
+    H, metrics, typical = int(s["horizon_days"]), summary.metrics, params["typical_days_to_need"]
     experiment(cfg, EXPERIMENT)
     with mlflow.start_run(run_name=f"need-{dt}") as run:
         summary.labels["mlflow_run_id"] = run.info.run_id
-        mlflow.log_params({"horizon_days": H, "eval_cutoff": str(eval_cut), "train_cutoffs": ",".join(map(str, train_cuts)),
+        mlflow.log_params({"horizon_days": H, "eval_cutoff": params["eval_cutoff"],
+                           "train_cutoffs": params["train_cutoffs"],
                            "train_examples": len(train_pd), "eval_examples": len(eval_pd),
                            "train_positive_share": round(float(train_pd.label.mean()), 5),
                            "typical_days_to_need": typical, **{f"cfg_{k}": v for k, v in s.items() if k != "segments"}})
@@ -93,9 +117,6 @@ def train(spark, dt: str, run_id: str, cfg: dict, summary: StepRun | None = None
         summary.labels.update(promoted=str(decision["promoted"]).lower(), decision=decision["reason"])
         mlflow.set_tags({"promoted": str(decision["promoted"]).lower(), "gate_reason": decision["reason"]})
         mlflow.log_metric("promoted", float(decision["promoted"]))
-    inputs.unpersist()
-    summary.figures["train_seconds"] = round(time.time() - summary.started, 1)
-    return summary
 
 
 def _log_plots(model, eval_pd, p_model, metrics, bought, s) -> None:
