@@ -149,14 +149,14 @@ def allocate(cand: pd.DataFrame, stock: dict, budget: float, cfg: dict) -> Alloc
     # The model holds the "core": candidates by that order up to core_spend_factor x the
     # budget (at most max_model_candidates); the rest cannot compete for a binding budget.
     core = np.arange(n)
-    if binds or n > int(cfg.get("max_model_candidates", 50_000)):
+    if binds or n > int(cfg["max_model_candidates"]):
         cum = np.cumsum(spend[order])
-        keep = cum <= float(cfg.get("core_spend_factor", 3.0)) * budget_c if binds else np.ones(n, bool)
-        core = np.sort(order[keep][: int(cfg.get("max_model_candidates", 50_000))])
+        keep = cum <= float(cfg["core_spend_factor"]) * budget_c if binds else np.ones(n, bool)
+        core = np.sort(order[keep][: int(cfg["max_model_candidates"])])
         core = np.union1d(core, np.flatnonzero(greedy))
     in_core = np.zeros(n, bool)
     in_core[core] = True
-    if len(core) > int(cfg.get("cp_sat_max_candidates", 20_000)):
+    if len(core) > int(cfg["cp_sat_max_candidates"]):
         chosen, bound, status_name = _lp_round(core, profit, spend, users, items, rows_of, binding, binds, budget_c,
                                                per_user, stock, order, float(cfg["time_limit_s"]))
         if profit[chosen].sum() < profit[greedy].sum():
@@ -192,7 +192,7 @@ def _cp_sat(core, in_core, profit, spend, users, rows_of, binding, binds, budget
         model.AddHint(x[i], bool(greedy[i]))
     solver = cp_model.CpSolver()
     solver.parameters.max_time_in_seconds = float(cfg["time_limit_s"])
-    solver.parameters.num_workers = int(cfg.get("workers", 2))
+    solver.parameters.num_workers = int(cfg["workers"])
     solver.parameters.random_seed = 0
     status = solver.Solve(model)
     if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):

@@ -402,7 +402,7 @@ def test_concurrent_reservations_never_oversell(spark, pworld, nightly):
             if first[0]:
                 first[0] = False
                 barrier.wait(timeout=120)  # both have read the same version before either commits
-            return reservations.reservation_rows(rows, DT, f"race{i}", f"race-{i}") if n else None, n
+            return reservations.reservation_rows(rows, DT, f"race{i}", f"race-{i}", summaries[i].now) if n else None, n
         return plan
 
     def worker(i):

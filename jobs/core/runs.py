@@ -34,6 +34,7 @@ class StepRun:
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # model -> metric -> value
     notes: list[str] = field(default_factory=list)
     watermark: datetime | None = None
+    now: datetime = field(default_factory=lambda: utc_now().replace(microsecond=0))  # the run's clock, read once
     timings: dict[str, float] = field(default_factory=dict)  # seconds per part of the run
     seconds: float = 0.0
     started: float = field(default_factory=time.time, repr=False)

@@ -14,22 +14,29 @@ from bundlecast.models import experiments as X
 from bundlecast.models import offer_types
 
 
-def per_user(tables, cfg: dict, exp: dict, dt: str) -> pd.DataFrame:
-    """One row per exposed user with a finished window: variant, conversion, revenue, margin."""
+def experiment_inputs(tables) -> dict:
+    """The frames the analysis reads: exposures, orders, order lines, items, offers, feedback."""
+    return {name: tables.read(name) for name in ("experiment_exposures", "orders", "order_lines", "items", "offers",
+                                                  "feedback")}
+
+
+def per_user(inputs: dict, exp: dict, dt: str, loyalty_cost_share: float) -> pd.DataFrame:
+    """One row per exposed user with a finished window: variant, conversion, revenue, margin
+    (pure: ``inputs`` from ``experiment_inputs``)."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     A = int(exp["attribution_days"])
     last_start = date.fromisoformat(dt) - timedelta(days=A)
     first = Window.partitionBy("user_id").orderBy("exposed_at", "dt")
-    exp_rows = (tables.read("experiment_exposures").filter(F.col("experiment") == exp["name"])
+    exp_rows = (inputs["experiment_exposures"].filter(F.col("experiment") == exp["name"])
                 .withColumn("_r", F.row_number().over(first)).filter("_r = 1")
                 .filter(F.to_date("exposed_at") <= F.lit(last_start))
                 .select("user_id", "variant", "offer_id", F.col("exposed_at").alias("t0")))
-    orders = (tables.read("orders").filter(F.col("status") != "cancelled")
+    orders = (inputs["orders"].filter(F.col("status") != "cancelled")
               .select("order_id", "user_id", "order_ts"))
-    lines = tables.read("order_lines")
-    items = tables.read("items").select("site_id", "item_id", "cost")
+    lines = inputs["order_lines"]
+    items = inputs["items"].select("site_id", "item_id", "cost")
     amounts = (lines.join(items, ["site_id", "item_id"], "left")
                .select("order_id", (F.col("quantity") * F.col("unit_price") * (1 - F.coalesce("discount", F.lit(0.0)))).alias("rev"),
                        (F.col("quantity") * F.coalesce("cost", F.lit(0.0))).alias("cogs"))
@@ -38,13 +45,13 @@ def per_user(tables, cfg: dict, exp: dict, dt: str) -> pd.DataFrame:
     outcome = (exp_rows.join(orders, "user_id").filter((F.col("order_ts") >= F.col("t0")) & (F.col("order_ts") < window_end))
                .join(amounts, "order_id").groupBy("user_id")
                .agg(F.lit(1).alias("conversion"), F.sum("rev").alias("revenue"), F.sum("cogs").alias("cogs")))
-    offers = tables.read("offers").select("offer_id", "offer_type", "incentive_value")
-    redeem = (tables.read("feedback").filter(F.col("kind") == "offer_redeem")
+    offers = inputs["offers"].select("offer_id", "offer_type", "incentive_value")
+    redeem = (inputs["feedback"].filter(F.col("kind") == "offer_redeem")
               .select(F.col("reference_id").alias("offer_id"), "feedback_ts").join(offers, "offer_id"))
     incentive = (exp_rows.join(redeem, "offer_id")
                  .filter((F.col("feedback_ts") >= F.col("t0")) & (F.col("feedback_ts") < window_end))
                  .groupBy("user_id").agg(F.sum(offer_types.cost_beyond_revenue_column(
-                     F.col("offer_type"), F.col("incentive_value"), cfg["incentives"]["loyalty_cost_share"])).alias("extra_cost")))
+                     F.col("offer_type"), F.col("incentive_value"), loyalty_cost_share)).alias("extra_cost")))
     # Price incentives are already in the order's revenue (the user paid less); the others cost on top.
     out = (exp_rows.join(outcome, "user_id", "left").join(incentive, "user_id", "left")
            .na.fill(0, subset=["conversion", "revenue", "cogs", "extra_cost"])
@@ -59,10 +66,10 @@ def run(spark, dt: str, run_id: str | None = None, cfg: dict | None = None, prog
     tables = Tables(spark, cfg)
     summary = StepRun("experiments", dt, run_id or f"experiments-{dt}-{uuid.uuid4().hex[:8]}")
     run_id = summary.run_id
-    results = []
+    results, inputs = [], experiment_inputs(tables)
     for exp in cfg.get("experiments") or []:
         X.validate(exp)
-        users = per_user(tables, cfg, exp, dt)
+        users = per_user(inputs, exp, dt, cfg["incentives"]["loyalty_cost_share"])
         if users.empty:
             summary.counts["experiments_without_finished_windows"] += 1
             progress(f"experiment {exp['name']}: no exposure with a finished {exp['attribution_days']}-day window by {dt}")

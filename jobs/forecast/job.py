@@ -28,9 +28,9 @@ def run(spark, dt: str, run_id: str | None = None, cfg: dict | None = None, prog
     date.fromisoformat(dt)  # a clear error for a bad date
     tables = Tables(spark, cfg)
     s, section = settings(cfg)
-    level = LEVELS[section.get("level", "item_region")]
+    level = LEVELS[section["level"]]
     summary = StepRun("forecast", dt, run_id or f"forecast-{dt}-{uuid.uuid4().hex[:8]}")
-    demand, unknown = daily_demand(tables, dt, int(section.get("lookback_days", 730)), level)
+    demand, unknown = daily_demand(tables, dt, int(section["lookback_days"]), level)
     summary.counts["order_lines_unknown_item"] = unknown.count()
     if section.get("sample_series"):  # a fixed hash sample of the series (trials, benchmarks)
         keys = (demand.select(*level).distinct().orderBy(F.xxhash64(*level), *level)
@@ -78,7 +78,7 @@ def _log_run(cfg, dt, section, s, summary, metrics_pd, forecast, demand, level) 
 
     mlflow.log_params({**{k: v for k, v in asdict(s).items() if k != "regressors"},
                        "regressors": ",".join(s.regressors), "level": "x".join(level), "run_date": dt,
-                       "lookback_days": section.get("lookback_days", 730)})
+                       "lookback_days": section["lookback_days"]})
     mlflow.log_metrics({f"backtest_{k}": v for k, v in summary.metrics["backtest"].items() if np.isfinite(v)})
     mlflow.log_metrics({"series": summary.counts["series"], "failed_fits": summary.counts["failed_fits"],
                         **{f"series_{k}": v for k, v in methods(summary).items()}})

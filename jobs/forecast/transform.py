@@ -16,8 +16,8 @@ OUT_COLUMNS = ["kind", "ds", "yhat", "yhat_lower", "yhat_upper", "method", "reas
 
 
 def settings(cfg: dict) -> tuple[fc.ForecastSettings, dict]:
-    section = cfg.get("forecast", {})
-    if section.get("level", "item_region") not in LEVELS:
+    section = cfg["forecast"]
+    if section.get("level") not in LEVELS:
         raise BundlecastError(f"forecast.level must be one of {sorted(LEVELS)}, not {section.get('level')!r}")
     return fc.ForecastSettings.from_config(section), section
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timedelta
 
 import numpy as np
 import pandas as pd
@@ -35,7 +35,7 @@ def train(spark, dt: str, run_id: str, cfg: dict, summary: StepRun | None = None
     if train_pd.label.nunique() < 2 or eval_pd.label.nunique() < 2:
         raise BundlecastError(f"need model: too little history to train (train positives {int(train_pd.label.sum())}, "
                               f"evaluation positives {int(eval_pd.label.sum())}); need at least {2 * H} days of orders")
-    model = nm.fit(train_pd, seed=int(s.get("seed", 0)))
+    model = nm.fit(train_pd, seed=int(s["seed"]))
     p_model = nm.predict(model, eval_pd)
     summary.metrics, typical = evaluate_with_baselines(train_pd, eval_pd, p_model, bought, eval_cut, H, int(s["k"]))
     _register_and_gate(cfg, s, dt, run_id, summary, model, train_pd, eval_pd, p_model, bought,
@@ -106,7 +106,7 @@ def _register_and_gate(cfg: dict, s: dict, dt: str, run_id: str, summary: StepRu
         summary.labels["model_version"] = str(version)
         k, metric = int(s["k"]), s["gate_metric"]
         checks = []
-        if s.get("gate_requires_baseline", True):
+        if s["gate_requires_baseline"]:
             ours, base = metrics["model"][f"recall_at_{k}"], metrics["topfreq"][f"recall_at_{k}"]
             checks.append((ours > base, f"recall@{k} {ours:.4f} {'>' if ours > base else 'does not beat'} "
                                         f"personal top-frequency {base:.4f}"))
@@ -187,14 +187,14 @@ def score(spark, dt: str, run_id: str, cfg: dict, users_since: datetime | None =
     n_rows = feats.count()
     # Scored in hash batches of users, so the driver never holds every candidate at once
     # (on the medium world the whole frame is over 1 GB).
-    batches = max(1, -(-n_rows // int(s.get("score_batch_rows") or 500_000)))
+    batches = max(1, -(-n_rows // int(s["score_batch_rows"])))
     parts = []
     summary.counts["users_scored"] = 0
     for b in range(batches):
         frame = (feats if batches == 1 else feats.filter(F.pmod(F.hash("user_id"), F.lit(batches)) == b)).toPandas()
         summary.counts["users_scored"] += int(frame.user_id.nunique())
         if len(frame):
-            parts.append(_top_predictions(frame, model, version, meta, s, cutoff, H, run_id))
+            parts.append(_top_predictions(frame, model, version, meta, s, cutoff, H, run_id, summary.now))
     feats.unpersist()
     rows = (pd.concat(parts, ignore_index=True) if parts
             else pd.DataFrame(columns=[c.name for c in catalog.table("need_predictions").columns]))
@@ -211,7 +211,7 @@ def score(spark, dt: str, run_id: str, cfg: dict, users_since: datetime | None =
 
 
 def _top_predictions(frame: pd.DataFrame, model, version, meta: dict, s: dict, cutoff: date, H: int,
-                     run_id: str) -> pd.DataFrame:
+                     run_id: str, now: datetime) -> pd.DataFrame:
     """``need_predictions`` rows of one batch of users: the most likely candidates per user
     (at most ``max_per_user``, probability >= ``min_probability``) with their need dates."""
     frame["probability"] = nm.predict(model, frame)
@@ -223,7 +223,7 @@ def _top_predictions(frame: pd.DataFrame, model, version, meta: dict, s: dict, c
         "user_id": frame.user_id, "site_id": frame.site_id, "item_id": frame.item_id, "category": frame.category,
         "probability": frame.probability.astype(float), "need_date": need_date.dt.date, "need_date_basis": basis,
         "horizon_days": H, "model_name": s["model_name"], "model_version": str(version),
-        "scored_at": datetime.now(timezone.utc).replace(tzinfo=None), "dt": cutoff, "run_id": run_id})
+        "scored_at": now, "dt": cutoff, "run_id": run_id})
 
 
 def _with_users_replaced(tables, out, users, dt: str):

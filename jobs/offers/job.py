@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
 
 import numpy as np
 import pandas as pd
@@ -10,7 +9,7 @@ import pandas as pd
 from bundlecast.jobs.core.commerce import available_stock, competitor_reference, item_prices, user_warehouses
 from bundlecast.jobs.core.config import config
 from bundlecast.jobs.core.errors import BundlecastError
-from bundlecast.jobs.core.runs import StepRun, record, utc_now
+from bundlecast.jobs.core.runs import StepRun, record
 from bundlecast.jobs.core.tables import Tables
 from bundlecast.jobs.offers.extract import candidates, context_inputs, past_offers, to_pandas
 from bundlecast.jobs.offers.transform import context, offer_rows, priced_candidates, valid_from
@@ -52,7 +51,7 @@ def build(spark, cfg: dict, dt: str, run_id: str, summary: StepRun) -> tuple[pd.
         summary.notes.append(f"allocation {alloc.status}")
     else:
         chosen = cand
-    offers = offer_rows(chosen, exp, dt, run_id, cfg["offers"], utc_now())
+    offers = offer_rows(chosen, exp, dt, run_id, cfg["offers"], summary.now)
     summary.figures["budget"] = float(cfg["offers"]["budget"])
     summary.figures["incentive_cost"] = float(offers.incentive_cost.sum()) if len(offers) else 0.0
     c["offers"] = len(offers)
@@ -99,7 +98,7 @@ def reprice(spark, cfg: dict, dt: str, summary: StepRun) -> None:
     offers = to_pandas(latest)
     active = offers.status != "withdrawn"
     c["offers_checked"] = int(active.sum())
-    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    now = summary.now
     stock = to_pandas(available_stock(tables))
     stock_map = dict(zip(stock.warehouse_id + "|" + stock.key, stock.available.astype(int)))
     wh = to_pandas(user_warehouses(Tables(spark, cfg))).set_index("user_id").warehouse_id

@@ -11,7 +11,7 @@ from bundlecast.jobs.bundles.job import build_need_bundles
 from bundlecast.jobs.core.commerce import stable_id, usable_prices
 from bundlecast.jobs.core.runs import StepRun
 from bundlecast.jobs.core.tables import Tables
-from bundlecast.jobs.proactive.frames import NOTIFIED, as_date, catalog_rows, columns_of, now_seconds, read_pandas
+from bundlecast.jobs.proactive.frames import NOTIFIED, as_date, catalog_rows, columns_of, read_pandas
 from bundlecast.jobs.proactive.reservations import (
     commit_reservations,
     day_routes,
@@ -163,13 +163,13 @@ def decide(spark, cfg: dict, dt: str, origin: str, run_id: str, limits: pd.DataF
     def plan(active):
         counts = {}
         picks = pick_warehouses(cands, stock, active, warehouses, counts, room)
-        return reservation_rows(picks, dt, origin, run_id), (picks, counts)
+        return reservation_rows(picks, dt, origin, run_id, summary.now), (picks, counts)
     picks, skipped = commit_reservations(spark, cfg, plan, summary)
     c.update(skipped)
     if not len(picks):
         c["shipments_planned"] = 0
         return 0
-    now = now_seconds()
+    now = summary.now
     margin = [float(sum(items.price.get(k, 0) - items.cost.get(k, 0) for k in ks)) for ks in picks["items"]]
     rows = picks.assign(
         delivery_date=delivery, value=np.round(picks.confidence.to_numpy() * np.array(margin), 2),

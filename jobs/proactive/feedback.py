@@ -15,7 +15,6 @@ from bundlecast.jobs.proactive.frames import (
     PROOF_KINDS,
     as_date,
     columns_of,
-    now_seconds,
     read_pandas,
 )
 from bundlecast.jobs.proactive.notifications import notify
@@ -54,7 +53,7 @@ def apply_feedback(spark, cfg: dict, dt: str, run_id: str, summary: StepRun) -> 
     if not len(shipments):
         return set()
     fb = fb[unapplied(fb, shipments)]
-    now = now_seconds()
+    now = summary.now
     s = shipments.set_index("shipment_id")
     touched_days, cancelled, failed, proven = apply_events(s, fb, now, c)
     assumed, expired = close_past_days(s, as_date(dt), int(p["proof_grace_days"]), now, c)
@@ -65,11 +64,11 @@ def apply_feedback(spark, cfg: dict, dt: str, run_id: str, summary: StepRun) -> 
     release(spark, cfg, s.index[expired], "expired", summary)
     release(spark, cfg, proven + list(s.index[assumed]), "delivered", summary)
     if cancelled:
-        notify(spark, cfg, s.loc[cancelled].reset_index(), "cancelled", dt, run_id)
+        notify(spark, cfg, s.loc[cancelled].reset_index(), "cancelled", dt, run_id, now)
     postponed = [r.reference_id for r in fb.itertuples() if r.kind == "shipment_postpone"
                  and s.loc[r.reference_id].status == "postponed"]
     if postponed:
-        notify(spark, cfg, s.loc[sorted(set(postponed))].reset_index(), "postponed", dt, run_id)
+        notify(spark, cfg, s.loc[sorted(set(postponed))].reset_index(), "postponed", dt, run_id, now)
     return touched_days
 
 

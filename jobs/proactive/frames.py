@@ -1,7 +1,7 @@
 """Shared by the proactive modules: shipment states, feedback kinds, and pandas <-> catalog frames."""
 from __future__ import annotations
 
-from datetime import date, datetime, timezone
+from datetime import date, datetime
 
 import numpy as np
 import pandas as pd
@@ -25,10 +25,6 @@ CUSTOMER_KINDS = ("shipment_cancel", "shipment_postpone", "shipment_accept")
 
 
 PROOF_KINDS = ("shipment_delivered", "shipment_failed")  # dispatch's proof of delivery
-
-
-def now_seconds() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None, microsecond=0)
 
 
 def as_date(d) -> date:

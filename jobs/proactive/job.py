@@ -30,7 +30,7 @@ def run(spark, dt: str, mode: str = "nightly", run_id: str | None = None, cfg: d
     tables = Tables(spark, cfg)
     for name in ("proactive_shipments", "route_stops", "route_plans", "notifications", "proactive_thresholds"):
         tables.path(name)  # present (maybe empty) for readers and exports
-    _ensure_ledger(spark, cfg)
+    _ensure_ledger(spark, cfg, summary.now)
     touched = apply_feedback(spark, cfg, dt, summary.run_id, summary)
     limits = thresholds(cfg, dt, read_pandas(spark, "proactive_shipments", cfg))
     if mode == "nightly":

@@ -8,14 +8,14 @@ import pandas as pd
 
 from bundlecast.jobs.core.commerce import stable_id
 from bundlecast.jobs.core.tables import Tables
-from bundlecast.jobs.proactive.frames import as_date, catalog_rows, now_seconds
+from bundlecast.jobs.proactive.frames import as_date, catalog_rows
 
 
 def token(secret: str, shipment_id: str) -> str:
     return hmac.new(secret.encode(), shipment_id.encode(), hashlib.sha256).hexdigest()[:32]
 
 
-def notify(spark, cfg: dict, ships: pd.DataFrame, kind: str, dt: str, run_id: str) -> None:
+def notify(spark, cfg: dict, ships: pd.DataFrame, kind: str, dt: str, run_id: str, now) -> None:
     """Add outbox rows: one per shipment, kind and delivery day, keyed so a re-run adds
     nothing. For routed shipments (``heads_up``) the user hears again only when the
     expected arrival changed: a re-plan that moves the stop sends ``arrival_changed``."""
@@ -23,7 +23,7 @@ def notify(spark, cfg: dict, ships: pd.DataFrame, kind: str, dt: str, run_id: st
 
     if not len(ships):
         return
-    p, now = cfg["proactive"], now_seconds()
+    p = cfg["proactive"]
     rows = []
     for r in ships.itertuples():
         arrival = pd.Timestamp(r.planned_arrival) if pd.notna(r.planned_arrival) else None

@@ -11,13 +11,12 @@ from bundlecast.jobs.core.delta import catalog_frame
 from bundlecast.jobs.core.errors import BundlecastError
 from bundlecast.jobs.core.runs import StepRun
 from bundlecast.jobs.core.tables import Tables
-from bundlecast.jobs.proactive.frames import LEDGER, as_date, catalog_rows, columns_of, now_seconds
+from bundlecast.jobs.proactive.frames import LEDGER, as_date, catalog_rows, columns_of
 from bundlecast.models import incentives as I
 
 
-def _ensure_ledger(spark, cfg: dict) -> str:
+def _ensure_ledger(spark, cfg: dict, now) -> str:
     tables = Tables(spark, cfg)
-    now = now_seconds()
     row = {"reservation_id": LEDGER, "status": "ledger", "ledger_version": 0, "quantity": 0,
            "created_at": now, "updated_at": now}
     tables.merge("inventory_reservations", catalog_frame(spark, "inventory_reservations", [row])) \
@@ -38,7 +37,7 @@ def commit_reservations(spark, cfg: dict, plan, summary: StepRun):
     from delta.tables import DeltaTable
     from pyspark.sql import functions as F
 
-    path = _ensure_ledger(spark, cfg)
+    path = _ensure_ledger(spark, cfg, summary.now)
     cols = columns_of("inventory_reservations")
     retries = int(cfg["proactive"]["reservation_retries"])
     for attempt in range(retries + 1):
@@ -54,7 +53,7 @@ def commit_reservations(spark, cfg: dict, plan, summary: StepRun):
         changes, payload = plan(snap[snap.status == "active"].copy())
         if changes is None or not len(changes):
             return payload
-        now = now_seconds()
+        now = summary.now
         bump = {c: None for c in cols} | {"reservation_id": LEDGER, "status": "ledger", "ledger_version": expected + 1,
                                           "quantity": 0, "created_at": now, "updated_at": now}
         rows = pd.concat([changes[cols], pd.DataFrame([bump])], ignore_index=True)
@@ -78,10 +77,9 @@ def commit_reservations(spark, cfg: dict, plan, summary: StepRun):
     raise BundlecastError(f"reservations: still conflicting after {retries} retries; nothing was reserved by this run")
 
 
-def reservation_rows(picks: pd.DataFrame, dt: str, origin: str, run_id: str) -> pd.DataFrame:
+def reservation_rows(picks: pd.DataFrame, dt: str, origin: str, run_id: str, now) -> pd.DataFrame:
     """One active reservation per shipment and item (``picks``: shipment_id, user_id,
-    warehouse_id, items)."""
-    now = now_seconds()
+    warehouse_id, items), created ``now``."""
     rows = [{"reservation_id": stable_id("RS", r.shipment_id, key), "shipment_id": r.shipment_id, "user_id": r.user_id,
              "warehouse_id": r.warehouse_id, "site_id": key.split("|", 1)[0], "item_id": key.split("|", 1)[1],
              "quantity": 1, "status": "active", "reason": None, "ledger_version": None, "created_by": origin,
@@ -90,9 +88,9 @@ def reservation_rows(picks: pd.DataFrame, dt: str, origin: str, run_id: str) -> 
     return pd.DataFrame(rows, columns=columns_of("inventory_reservations"))
 
 
-def release_rows(active: pd.DataFrame, shipment_ids, reason: str) -> pd.DataFrame:
+def release_rows(active: pd.DataFrame, shipment_ids, reason: str, now) -> pd.DataFrame:
     out = active[active.shipment_id.isin(set(shipment_ids))].copy()
-    out["status"], out["reason"], out["updated_at"] = "released" if reason != "delivered" else "fulfilled", reason, now_seconds()
+    out["status"], out["reason"], out["updated_at"] = "released" if reason != "delivered" else "fulfilled", reason, now
     return out
 
 
@@ -103,7 +101,7 @@ def release(spark, cfg: dict, shipment_ids, reason: str, summary: StepRun) -> in
         return 0
 
     def plan(active):
-        rows = release_rows(active, ids, reason)
+        rows = release_rows(active, ids, reason, summary.now)
         return rows, len(rows)
     n = commit_reservations(spark, cfg, plan, summary) or 0
     summary.counts["reservations_fulfilled" if reason == "delivered" else f"reservations_released_{reason}"] += n

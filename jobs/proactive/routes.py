@@ -10,7 +10,7 @@ import pandas as pd
 from bundlecast.jobs.core.runs import StepRun
 from bundlecast.jobs.core.tables import Tables
 from bundlecast.jobs.proactive.decision import write_shipments
-from bundlecast.jobs.proactive.frames import ACTIVE, as_date, catalog_rows, columns_of, now_seconds, read_pandas
+from bundlecast.jobs.proactive.frames import ACTIVE, as_date, catalog_rows, columns_of, read_pandas
 from bundlecast.jobs.proactive.notifications import notify
 from bundlecast.jobs.proactive.reservations import day_routes, release
 from bundlecast.models import incentives as I
@@ -144,7 +144,7 @@ def finish_day(spark, cfg: dict, todays: pd.DataFrame, routed: dict, dropped: li
                summary: StepRun) -> None:
     """Write the route outcome onto the shipments, release what no route took, size the
     early-bird incentive from the exact consolidation saving and notify the newly routed."""
-    now = now_seconds()
+    now = summary.now
     inc = cfg["incentives"]
     s = todays.set_index("shipment_id")
     for sid, (rid, arrival, added, dedicated) in routed.items():
@@ -165,7 +165,7 @@ def finish_day(spark, cfg: dict, todays: pd.DataFrame, routed: dict, dropped: li
         write_shipments(spark, cfg, s.loc[changed].reset_index()[columns_of("proactive_shipments")])
     release(spark, cfg, dropped, "dropped", summary)
     newly = s.loc[list(routed)].reset_index()
-    notify(spark, cfg, newly[newly.status.isin(["notified", "confirmed", "postponed"])], "heads_up", dt, run_id)
+    notify(spark, cfg, newly[newly.status.isin(["notified", "confirmed", "postponed"])], "heads_up", dt, run_id, now)
 
 
 def route_rows(problem, routes: list[list[int]], planned: list[list[int]], stops: pd.DataFrame, props: pd.DataFrame,

@@ -128,10 +128,7 @@ def text_models_frame(spark, models: dict[str, dict], dt: str, run_id: str):
 
 def latest_text_models(spark, cfg: dict, dt: str) -> dict[str, dict] | None:
     """The text models of the latest full run on or before ``dt`` (None before the first)."""
-    from pyspark.sql import functions as F
-    t = Tables(spark, cfg).read("relationship_text_models").filter(F.col("dt") <= F.lit(dt).cast("date"))
-    last = t.agg(F.max("dt")).first()[0]
+    models, last = Tables(spark, cfg).latest("relationship_text_models", dt)
     if last is None:
         return None
-    return {r["target"]: dict(r.asDict(), weights=dict(r["weights"] or {}))
-            for r in t.filter(F.col("dt") == F.lit(last)).collect()}
+    return {r["target"]: dict(r.asDict(), weights=dict(r["weights"] or {})) for r in models.collect()}

@@ -123,7 +123,5 @@ def _counts_before(spark, cfg: dict, recent_vu, recent_pu, anchor_items):
 
 def latest_weights(spark, cfg: dict, dt: str):
     """The most recent fitted weights on or before ``dt`` (None before the first fit)."""
-    from pyspark.sql import functions as F
-    w = Tables(spark, cfg).read("relationship_weights").filter(F.col("dt") <= F.lit(dt).cast("date"))
-    last = w.agg(F.max("dt")).first()[0]
-    return None if last is None else w.filter(F.col("dt") == F.lit(last))
+    weights, last = Tables(spark, cfg).latest("relationship_weights", dt)
+    return None if last is None else weights
