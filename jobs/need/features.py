@@ -20,50 +20,9 @@ def features(inputs, cands, cutoff: date, horizon: int, s: dict):
     p = purchases.filter((F.col("day") <= T) & (F.col("day") > since(int(s["lookback_days"]))))
     items = inputs.items.select("site_id", "item_id", "category", "price")
     users = inputs.users.select("user_id", "age", "segment", "region", "home_site_id")
-    none = F.lit(None).cast("double")
 
-    def cycle(frame, keys, suffix):
-        g = frame.groupBy(*keys).agg(F.countDistinct("day").alias(f"n_days_{suffix}"), F.max("day").alias("_last"),
-                                     F.min("day").alias("_first"), F.sum("quantity").alias(f"qty_{suffix}"))
-        gap = F.when(F.col(f"n_days_{suffix}") >= 2, F.datediff("_last", "_first") / (F.col(f"n_days_{suffix}") - 1))
-        return (g.withColumn(f"days_since_{suffix}", F.datediff(T, "_last").cast("double"))
-                .withColumn(f"mean_gap_{suffix}", gap.cast("double"))
-                .withColumn(f"due_in_{suffix}", F.col(f"mean_gap_{suffix}") - F.col(f"days_since_{suffix}"))
-                .drop("_last", "_first"))
-
-    per_item = cycle(p, ["user_id", "site_id", "item_id"], "item") \
-        .withColumn("cycle_ratio_item", F.col("days_since_item") / F.col("mean_gap_item"))
-    pc = p.join(F.broadcast(items.select("site_id", "item_id", "category")), ["site_id", "item_id"])
-    per_cat = cycle(pc, ["user_id", "category"], "cat").drop("qty_cat")
-    per_user = p.groupBy("user_id").agg(
-        F.countDistinct("day").alias("n_order_days"), F.datediff(T, F.max("day")).cast("double").alias("days_since_order"),
-        F.countDistinct("site_id", "item_id").alias("n_items_user"), F.countDistinct("site_id").alias("n_sites_user"),
-        F.sum(F.col("quantity") * F.col("unit_price") * (1 - F.col("discount"))).alias("revenue_user"))
-    b = browsing.filter((F.col("day") <= T) & (F.col("day") > since(30)))
-    b7 = F.col("day") > since(7)
-    per_view = b.groupBy("user_id", "site_id", "item_id").agg(
-        F.sum((b7 & (F.col("event_type") == "view")).cast("int")).alias("views_item_7"),
-        F.sum((F.col("event_type") == "view").cast("int")).alias("views_item_30"),
-        F.sum((b7 & (F.col("event_type") == "add_to_cart")).cast("int")).alias("carts_item_7"))
-    user_views = b.filter(b7).groupBy("user_id").agg(F.count("*").alias("views_user_7"))
-    # The item: buyers and trend, segment share, price and discount, demand over the horizon.
-    last28 = purchases.filter((F.col("day") <= T) & (F.col("day") > since(28)))
-    item_stats = last28.groupBy("site_id", "item_id").agg(
-        F.countDistinct("user_id").alias("item_buyers_28"),
-        F.countDistinct(F.when(F.col("day") > since(7), F.col("user_id"))).alias("_buyers_7"),
-        F.sum("quantity").alias("_qty_28"), F.avg("discount").alias("discount_28"))
-    item_stats = (item_stats.withColumn("item_trend", (F.col("_buyers_7") * 4 + 1) / (F.col("item_buyers_28") + 1))
-                  .withColumn("_rate_h", F.col("_qty_28") / 28.0 * horizon).drop("_buyers_7", "_qty_28"))
-    forecast = _forecast_h(inputs.forecast, cutoff, horizon)
-    if forecast is not None:
-        item_stats = item_stats.join(forecast, ["site_id", "item_id"], "left")
-    else:
-        item_stats = item_stats.withColumn("_forecast", none)
-    item_stats = item_stats.withColumn("item_forecast_h", F.coalesce("_forecast", "_rate_h")).drop("_forecast", "_rate_h")
-    seg_buyers = last28.join(users.select("user_id", "segment"), "user_id")
-    seg_share = (seg_buyers.groupBy("segment", "site_id", "item_id").agg(F.countDistinct("user_id").alias("_n"))
-                 .join(seg_buyers.groupBy("segment").agg(F.countDistinct("user_id").alias("_all")), "segment")
-                 .select("segment", "site_id", "item_id", (F.col("_n") / F.col("_all")).alias("seg_share_28")))
+    per_item, per_cat, per_user, per_view, user_views = _user_features(p, browsing, items, T, since)
+    item_stats, seg_share = _item_features(inputs, purchases, users, T, since, cutoff, horizon)
     weather = (inputs.weather.filter((F.col("date") <= T) & (F.col("date") > since(7))
                                                        & ~F.col("is_forecast"))
                .groupBy("region").agg(F.avg("temperature_c").alias("temperature_7")))
@@ -151,3 +110,59 @@ def _sampled_training_frame(frame, max_examples: int, seed: int = 11) -> pd.Data
     return out
 
 
+def _user_features(p, browsing, items, T, since):
+    """The user's own history: purchase cycles per item and per category, order totals,
+    and browsing of the last 7 and 30 days."""
+    from pyspark.sql import functions as F
+
+    def cycle(frame, keys, suffix):
+        g = frame.groupBy(*keys).agg(F.countDistinct("day").alias(f"n_days_{suffix}"), F.max("day").alias("_last"),
+                                     F.min("day").alias("_first"), F.sum("quantity").alias(f"qty_{suffix}"))
+        gap = F.when(F.col(f"n_days_{suffix}") >= 2, F.datediff("_last", "_first") / (F.col(f"n_days_{suffix}") - 1))
+        return (g.withColumn(f"days_since_{suffix}", F.datediff(T, "_last").cast("double"))
+                .withColumn(f"mean_gap_{suffix}", gap.cast("double"))
+                .withColumn(f"due_in_{suffix}", F.col(f"mean_gap_{suffix}") - F.col(f"days_since_{suffix}"))
+                .drop("_last", "_first"))
+
+    per_item = cycle(p, ["user_id", "site_id", "item_id"], "item") \
+        .withColumn("cycle_ratio_item", F.col("days_since_item") / F.col("mean_gap_item"))
+    pc = p.join(F.broadcast(items.select("site_id", "item_id", "category")), ["site_id", "item_id"])
+    per_cat = cycle(pc, ["user_id", "category"], "cat").drop("qty_cat")
+    per_user = p.groupBy("user_id").agg(
+        F.countDistinct("day").alias("n_order_days"), F.datediff(T, F.max("day")).cast("double").alias("days_since_order"),
+        F.countDistinct("site_id", "item_id").alias("n_items_user"), F.countDistinct("site_id").alias("n_sites_user"),
+        F.sum(F.col("quantity") * F.col("unit_price") * (1 - F.col("discount"))).alias("revenue_user"))
+    b = browsing.filter((F.col("day") <= T) & (F.col("day") > since(30)))
+    b7 = F.col("day") > since(7)
+    per_view = b.groupBy("user_id", "site_id", "item_id").agg(
+        F.sum((b7 & (F.col("event_type") == "view")).cast("int")).alias("views_item_7"),
+        F.sum((F.col("event_type") == "view").cast("int")).alias("views_item_30"),
+        F.sum((b7 & (F.col("event_type") == "add_to_cart")).cast("int")).alias("carts_item_7"))
+    user_views = b.filter(b7).groupBy("user_id").agg(F.count("*").alias("views_user_7"))
+    return per_item, per_cat, per_user, per_view, user_views
+
+
+def _item_features(inputs, purchases, users, T, since, cutoff: date, horizon: int):
+    """The item: buyers and trend, discount and demand over the horizon (the forecast when
+    one was made on the cut-off date, else the trailing rate), and its share of each segment."""
+    from pyspark.sql import functions as F
+
+    none = F.lit(None).cast("double")
+    last28 = purchases.filter((F.col("day") <= T) & (F.col("day") > since(28)))
+    item_stats = last28.groupBy("site_id", "item_id").agg(
+        F.countDistinct("user_id").alias("item_buyers_28"),
+        F.countDistinct(F.when(F.col("day") > since(7), F.col("user_id"))).alias("_buyers_7"),
+        F.sum("quantity").alias("_qty_28"), F.avg("discount").alias("discount_28"))
+    item_stats = (item_stats.withColumn("item_trend", (F.col("_buyers_7") * 4 + 1) / (F.col("item_buyers_28") + 1))
+                  .withColumn("_rate_h", F.col("_qty_28") / 28.0 * horizon).drop("_buyers_7", "_qty_28"))
+    forecast = _forecast_h(inputs.forecast, cutoff, horizon)
+    if forecast is not None:
+        item_stats = item_stats.join(forecast, ["site_id", "item_id"], "left")
+    else:
+        item_stats = item_stats.withColumn("_forecast", none)
+    item_stats = item_stats.withColumn("item_forecast_h", F.coalesce("_forecast", "_rate_h")).drop("_forecast", "_rate_h")
+    seg_buyers = last28.join(users.select("user_id", "segment"), "user_id")
+    seg_share = (seg_buyers.groupBy("segment", "site_id", "item_id").agg(F.countDistinct("user_id").alias("_n"))
+                 .join(seg_buyers.groupBy("segment").agg(F.countDistinct("user_id").alias("_all")), "segment")
+                 .select("segment", "site_id", "item_id", (F.col("_n") / F.col("_all")).alias("seg_share_28")))
+    return item_stats, seg_share
