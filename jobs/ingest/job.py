@@ -68,18 +68,9 @@ def ingest_dataset(spark, spec: DatasetSpec, dt: str, run_id: str, cfg: dict, gx
         if gx_root and n_unique:
             result = run_suite(deduped.select(*spec.column_names, ROW_ID), spec.name, gx_root)
             suite_ok, flagged = result.success, result.flagged
-        rejected = checked.filter(F.size("_reasons") > 0)
-        accepted = deduped
-        if flagged:
-            for row_reasons in flagged.values():
-                reasons.update(row_reasons)
-            flags = spark.createDataFrame(list(flagged.items()), f"{ROW_ID} long, _gx array<string>")
-            marked = deduped.join(F.broadcast(flags), ROW_ID, "left")
-            record = F.to_json(F.struct(*[F.col(f"`{c}`") for c in spec.column_names]))
-            rejected = rejected.unionByName(marked.filter(F.col("_gx").isNotNull())
-                                            .withColumn("_reasons", F.col("_gx")).withColumn("record", record)
-                                            .drop("_gx"))
-            accepted = marked.filter(F.col("_gx").isNull()).drop("_gx")
+        for row_reasons in flagged.values():
+            reasons.update(row_reasons)
+        accepted, rejected = split_flagged(deduped, checked.filter(F.size("_reasons") > 0), flagged, spec)
         n_quarantined = n_rejected + len(flagged)
         share = n_quarantined / rows_read if rows_read else 0.0
         threshold = float(cfg["ingestion"]["quarantine_threshold"])
@@ -144,3 +135,19 @@ def run(spark, dt: str, datasets: list[str] | None = None, run_id: str | None = 
     if errors:
         raise DataQualityError("; ".join(errors))
     return audits
+
+
+def split_flagged(deduped, rejected, flagged: dict, spec: DatasetSpec):
+    """(accepted, rejected): the rows the expectation suite flagged (``flagged``: row id ->
+    reasons) move from the de-duplicated rows to the rejected ones, with their reasons
+    and raw record."""
+    from pyspark.sql import functions as F
+
+    if not flagged:
+        return deduped, rejected
+    flags = deduped.sparkSession.createDataFrame(list(flagged.items()), f"{ROW_ID} long, _gx array<string>")
+    marked = deduped.join(F.broadcast(flags), ROW_ID, "left")
+    record = F.to_json(F.struct(*[F.col(f"`{c}`") for c in spec.column_names]))
+    rejected = rejected.unionByName(marked.filter(F.col("_gx").isNotNull())
+                                    .withColumn("_reasons", F.col("_gx")).withColumn("record", record).drop("_gx"))
+    return marked.filter(F.col("_gx").isNull()).drop("_gx"), rejected

@@ -20,10 +20,7 @@ EXPERIMENT = "bundlecast-user-value"
 
 
 def run(spark, dt: str, run_id: str | None = None, cfg: dict | None = None, progress=print) -> StepRun:
-    import mlflow
-
     from bundlecast.models import registry
-    from bundlecast.models.tracking import experiment
 
     cfg = cfg or config()
     tables = Tables(spark, cfg)
@@ -44,14 +41,40 @@ def run(spark, dt: str, run_id: str | None = None, cfg: dict | None = None, prog
         record(tables, summary.finish())
         progress(f"user value {summary.run_id} for {dt}: skipped, {summary.notes[0]}")
         return summary
-    model = new_model(int(s.get("seed", 0))).fit(matrix(train_pd, FEATURES), train_pd[TARGETS].to_numpy(float))
+    model = new_model(int(s["seed"])).fit(matrix(train_pd, FEATURES), train_pd[TARGETS].to_numpy(float))
     pred = model.predict(matrix(eval_pd, FEATURES))
     summary.metrics = {"model": metrics(eval_pd, pred[:, 0], pred[:, 1]),
                        "baseline": metrics(eval_pd, eval_pd.baseline_orders.to_numpy(float),
                                            eval_pd.baseline_spend.to_numpy(float))}
     # For scoring, the same model refitted on the latest complete window.
-    final = new_model(int(s.get("seed", 0))).fit(matrix(eval_pd, FEATURES), eval_pd[TARGETS].to_numpy(float))
+    final = new_model(int(s["seed"])).fit(matrix(eval_pd, FEATURES), eval_pd[TARGETS].to_numpy(float))
     now = frame_at(inputs, end, V, segments, with_targets=False)
+    _register_and_gate(cfg, dt, summary, final, train_pd, eval_pd, pred)
+    champ = registry.champion(cfg, s["model_name"])
+    if champ is None:
+        raise BundlecastError(f"user value: no champion for {s['model_name']} ({summary.labels['decision']})")
+    champ_model, champ_version, _ = champ
+    p_now = np.clip(champ_model.predict(matrix(now, FEATURES)), 0, None) if len(now) else np.zeros((0, 2))
+    out = user_value_rows(now, p_now, V, str(champ_version), summary.labels["mlflow_run_id"], end, summary.run_id)
+    summary.counts["users_scored"] = len(out)
+    write_user_value(tables, out, dt)
+    record(tables, summary.finish())
+    progress(render(summary))
+    return summary
+
+
+def _register_and_gate(cfg: dict, dt: str, summary: StepRun, final, train_pd: pd.DataFrame, eval_pd: pd.DataFrame,
+                       pred: np.ndarray) -> None:
+    """One MLflow run: parameters, metrics, the plot, the registered version and the gate's
+    decision (spend MAE; it must beat the baseline and the champion)."""
+    import mlflow
+
+    from bundlecast.models import registry
+    from bundlecast.models.tracking import experiment
+
+    s = cfg["value"]
+    V = int(s["horizon_days"])
+    end = date.fromisoformat(dt)
     experiment(cfg, EXPERIMENT)
     with mlflow.start_run(run_name=f"value-{dt}") as run:
         summary.labels["mlflow_run_id"] = run.info.run_id
@@ -74,17 +97,6 @@ def run(spark, dt: str, run_id: str | None = None, cfg: dict | None = None, prog
             checks=[(ours < base, f"spend MAE {ours:.2f} {'<' if ours < base else 'not below'} baseline {base:.2f}")])
         summary.labels.update(promoted=str(decision["promoted"]).lower(), decision=decision["reason"])
         mlflow.set_tags({"promoted": str(decision["promoted"]).lower(), "gate_reason": decision["reason"]})
-    champ = registry.champion(cfg, s["model_name"])
-    if champ is None:
-        raise BundlecastError(f"user value: no champion for {s['model_name']} ({summary.labels['decision']})")
-    champ_model, champ_version, _ = champ
-    p_now = np.clip(champ_model.predict(matrix(now, FEATURES)), 0, None) if len(now) else np.zeros((0, 2))
-    out = user_value_rows(now, p_now, V, str(champ_version), summary.labels["mlflow_run_id"], end, summary.run_id)
-    summary.counts["users_scored"] = len(out)
-    write_user_value(tables, out, dt)
-    record(tables, summary.finish())
-    progress(render(summary))
-    return summary
 
 
 def _plot(eval_pd: pd.DataFrame, spend: np.ndarray) -> None:
