@@ -2,7 +2,7 @@
 
 The world gets its relationships and need predictions from the real jobs (re-used when an
 earlier test module already wrote them), then: bundles, offers, planted responses to the
-offers (``demo_world.simulate_offer_responses``: conversion 10% / 18% / 28% for control /
+offers (``demo_offers.simulate_offer_responses``: conversion 10% / 18% / 28% for control /
 auto / generous), ingestion of those responses, the analysis, and the hourly re-pricing.
 """
 import copy
@@ -134,7 +134,7 @@ def test_offers_respect_stock_budget_control_and_explain_themselves(spark, world
 def test_ab_analysis_finds_the_planted_winner_and_covers_the_planted_rates(spark, world):
     from bundlecast.jobs.experiments import job as experiments
     from bundlecast.jobs.ingest import job as ingest
-    from bundlecast.jobs.tools.demo_world import PLANTED_CONVERSION, simulate_offer_responses
+    from bundlecast.jobs.tools.demo_offers import PLANTED_CONVERSION, simulate_offer_responses
     cfg, dt = world["cfg"], world["dt"]
     exposures = _table(spark, cfg, "experiment_exposures", dt)
     offers = _table(spark, cfg, "offers", dt)

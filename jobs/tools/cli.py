@@ -27,7 +27,7 @@ from bundlecast.jobs.core.config import PROJECT_ROOT, config
 from bundlecast.jobs.core.errors import BundlecastError
 from bundlecast.jobs.core.step import iso_date as _date
 from bundlecast.jobs.pipeline import STEPS
-from bundlecast.jobs.tools.demo_world import SCALES
+from bundlecast.jobs.tools.demo_spec import SCALES
 
 
 def _progress(msg: str) -> None:

@@ -16,95 +16,24 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-
-@dataclass(frozen=True)
-class Scale:
-    users: int
-    items_per_site: int
-    days: int
-    views_per_active_user: float
-    chunk_days: int
-    active_share: float  # share of users active on an average day
-
-
-SCALES = {
-    "tiny": Scale(users=150, items_per_site=25, days=42, views_per_active_user=3.0, chunk_days=42, active_share=0.2),
-    # Enough repeat behaviour on few items for the planted structure to be learnable (tests).
-    "test": Scale(users=1_000, items_per_site=40, days=60, views_per_active_user=4.0, chunk_days=60, active_share=0.3),
-    "small": Scale(users=3_000, items_per_site=300, days=90, views_per_active_user=4.0, chunk_days=30, active_share=0.2),
-    # ~10M events: 100k users x 180 days x ~0.55 events per user-day
-    "medium": Scale(users=100_000, items_per_site=3_334, days=180, views_per_active_user=4.5, chunk_days=10,
-                    active_share=0.06),
-    # ~100M events, written two days at a time
-    "large": Scale(users=1_000_000, items_per_site=16_667, days=180, views_per_active_user=4.5, chunk_days=2,
-                   active_share=0.06),
-}
-SITES = [
-    ("grocery", "Network Grocery", "GB", "GBP", "Europe/London"),
-    ("home", "Network Home & Kitchen", "GB", "GBP", "Europe/London"),
-    ("pharmacy", "Network Pharmacy", "GB", "GBP", "Europe/London"),
-]
-CATEGORIES = {
-    "grocery": ["grocery/coffee", "grocery/dairy", "grocery/snacks", "grocery/drinks", "grocery/frozen"],
-    "home": ["home/kitchen", "home/cleaning", "home/garden", "home/rain", "home/bath"],
-    "pharmacy": ["pharmacy/baby", "pharmacy/vitamins", "pharmacy/skincare", "pharmacy/cold", "pharmacy/sun"],
-}
-REGIONS = ["north", "south", "east", "west"]
-REGION_CENTRES = {"north": (53.48, -2.24), "south": (51.45, -0.97), "east": (52.63, 1.30), "west": (51.45, -2.59)}
-SEGMENTS = ["family", "single", "senior", "business"]
-# Where the chosen format varies, the contract's three formats are all exercised.
-FORMATS = {"sites": "csv", "warehouses": "csv", "items": "jsonl", "users": "jsonl", "events": "jsonl",
-           "orders": "csv", "order_lines": "csv", "reviews": "jsonl", "inventory": "parquet",
-           "weather": "csv", "calendar_events": "csv", "routes": "csv", "competitor_prices": "parquet",
-           "feedback": "jsonl"}
-
-
-def _iso(ts: np.ndarray) -> np.ndarray:
-    """datetime64[s] UTC -> ISO-8601 strings with an explicit Z."""
-    return np.char.add(np.datetime_as_string(ts.astype("datetime64[s]"), unit="s"), "Z")
-
-
-class RawWriter:
-    """Writes a dataset's rows into raw/<dataset>/dt=<date>/ in the dataset's format."""
-
-    def __init__(self, raw_root: Path, landing_date: str, formats: dict[str, str]):
-        self.raw_root, self.landing_date, self.formats = raw_root, landing_date, formats
-        self.parts: dict[str, int] = {}
-        self.rows: dict[str, int] = {}
-
-    def write(self, dataset: str, frame: pd.DataFrame) -> None:
-        if frame.empty:
-            return
-        folder = self.raw_root / dataset / f"dt={self.landing_date}"
-        folder.mkdir(parents=True, exist_ok=True)
-        part = self.parts.get(dataset, 0)
-        self.parts[dataset] = part + 1
-        self.rows[dataset] = self.rows.get(dataset, 0) + len(frame)
-        fmt = self.formats[dataset]
-        path = folder / f"part-{part:05d}.{fmt}"
-        if fmt == "parquet":
-            table = pa.Table.from_pandas(frame, preserve_index=False)
-            # Parquet carries real UTC timestamps instead of ISO strings.
-            for name in frame.columns:
-                if name.endswith("_ts") or name in ("shift_start", "shift_end", "window_start", "window_end"):
-                    idx = table.schema.get_field_index(name)
-                    values = pd.to_datetime(frame[name], utc=True)
-                    table = table.set_column(idx, name, pa.array(values, type=pa.timestamp("us", tz="UTC")))
-            pq.write_table(table, path)
-        elif fmt == "csv":
-            frame.to_csv(path, index=False)
-        else:
-            frame.to_json(path, orient="records", lines=True, date_format="iso")
+from bundlecast.jobs.tools.demo_spec import (
+    CATEGORIES,
+    FORMATS,
+    REGION_CENTRES,
+    REGIONS,
+    SCALES,
+    SEGMENTS,
+    SITES,
+    RawWriter,
+    _iso,
+)
 
 
 def generate(raw_root: Path, truth_path: Path, scale: str = "tiny", seed: int = 42,
@@ -449,47 +378,3 @@ def _truth(w: SimpleNamespace, scale: str, seed: int, landing_date: str) -> dict
         opted_out_users=int((~opt_in).sum()),
         weekly_multipliers=[0.9, 0.85, 0.9, 0.95, 1.1, 1.3, 1.2])
     return truth
-
-
-# Planted offer effects for the A/B test: chance an exposed user orders within the
-# attribution window, per variant of the default experiment (control gets no offer).
-PLANTED_CONVERSION = {"control": 0.10, "auto": 0.18, "generous": 0.28}
-
-
-def simulate_offer_responses(raw_root: Path, landing_date: str, exposures: pd.DataFrame, offers: pd.DataFrame,
-                             items: pd.DataFrame, rates: dict[str, float] | None = None, seed: int = 7,
-                             days: int = 3) -> dict[str, int]:
-    """Users' responses to a night's offers, with planted conversion rates per variant:
-    each exposed user converts with ``rates[variant]`` within ``days`` after the exposure.
-    A converting user with an offer buys its items at the offer price and redeems it
-    (``feedback`` offer_redeem); one without (control) buys one item at list price.
-    Written as raw orders, order lines and feedback landed on ``landing_date``."""
-    rates = rates or PLANTED_CONVERSION
-    rng = np.random.default_rng(seed)
-    out = RawWriter(Path(raw_root), landing_date, FORMATS)
-    ex = exposures.sort_values("user_id").reset_index(drop=True)
-    converts = rng.random(len(ex)) < ex.variant.map(rates).fillna(0).to_numpy()
-    offer_of = offers.set_index("offer_id")
-    price = items.assign(key=items.site_id + "|" + items.item_id).set_index("key").price
-    orders, lines, feedback = [], [], []
-    for k, r in enumerate(ex[converts].itertuples()):
-        ts = pd.Timestamp(r.exposed_at) + pd.Timedelta(hours=int(rng.integers(2, days * 24 - 2)))
-        oid, iso = f"OX{k:08d}", ts.strftime("%Y-%m-%dT%H:%M:%SZ")
-        has_offer = isinstance(r.offer_id, str) and r.offer_id in offer_of.index
-        if has_offer:
-            o = offer_of.loc[r.offer_id]
-            keys, share = list(o["items"]), float(o.price) / float(o.list_price)
-            feedback.append(dict(feedback_id=f"FX{k:08d}", feedback_ts=iso, user_id=r.user_id, kind="offer_redeem",
-                                 reference_id=r.offer_id, postpone_days=None))
-        else:
-            keys, share = [price.index[int(rng.integers(0, len(price)))]], 1.0
-        site = keys[0].split("|", 1)[0]
-        orders.append(dict(order_id=oid, user_id=r.user_id, site_id=site, order_ts=iso, status="placed",
-                           warehouse_id=None))
-        for n, key in enumerate(keys, 1):
-            s, i = key.split("|", 1)
-            lines.append(dict(order_id=oid, line_no=n, site_id=s, item_id=i, quantity=1,
-                              unit_price=round(float(price[key]) * share, 2), discount=0.0))
-    for name, rows in (("orders", orders), ("order_lines", lines), ("feedback", feedback)):
-        out.write(name, pd.DataFrame(rows))
-    return out.rows
