@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bundlecast.jobs.tools.demo_spec import RawWriter
+from bundlecast.jobs.tools.demo_spec import FORMATS, RawWriter
 
 # Planted offer effects for the A/B test: chance an exposed user orders within the
 # attribution window, per variant of the default experiment (control gets no offer).
