@@ -1,0 +1,39 @@
+"""The before/after digest: run ids and clocks do not count, values and rows do."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pandas as pd
+
+SPEC = importlib.util.spec_from_file_location("table_digest", Path(__file__).resolve().parents[1] / "table_digest.py")
+digest = importlib.util.module_from_spec(SPEC)
+SPEC.loader.exec_module(digest)
+
+
+def _write(home: Path, rows: list[dict]) -> None:
+    from deltalake import write_deltalake
+
+    write_deltalake(str(home / "warehouse" / "gold" / "offers"), pd.DataFrame(rows), mode="overwrite")
+
+
+def test_digest_ignores_run_ids_clocks_and_row_order_but_not_values(tmp_path):
+    row = {"offer_id": "O1", "price": 1.0 / 3, "run_id": "r1", "updated_at": pd.Timestamp("2026-11-20 01:00")}
+    other = {"offer_id": "O2", "price": 2.0, "run_id": "r1", "updated_at": pd.Timestamp("2026-11-20 01:00")}
+    _write(tmp_path / "a", [row, other])
+    _write(tmp_path / "b", [dict(other, run_id="r2"), dict(row, run_id="r2", updated_at=pd.Timestamp("2026-11-21"))])
+    _write(tmp_path / "c", [row, dict(other, price=2.5)])
+    a, b, c = (digest.digest_home(tmp_path / x) for x in "abc")
+    assert a["gold/offers"]["columns"] == ["offer_id", "price"]
+    assert digest.compare(a, b)[0].startswith("same") and digest.compare(a, c)[0].startswith("DIFF")
+    assert digest.main(["--compare", *map(str, _dump(tmp_path, a, b))]) == 0
+
+
+def _dump(tmp_path: Path, *digests) -> list[Path]:
+    import json
+
+    paths = []
+    for i, d in enumerate(digests):
+        paths.append(tmp_path / f"d{i}.json")
+        paths[-1].write_text(json.dumps(d))
+    return paths
