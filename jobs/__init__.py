@@ -1,1 +1,2 @@
-"""bundlecast Spark jobs: one module per pipeline step, plus the shared core (jobs.core)."""
+"""bundlecast's Spark jobs (``bundlecast.jobs``): one package per pipeline step, listed in
+data-flow order in ``pipeline.py``; ``core`` below every step, ``tools`` beside them."""

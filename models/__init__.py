@@ -1,2 +1,3 @@
-"""bundlecast models: features, training, evaluation and scoring (demand forecast, need
-prediction, user value). Filled in by the modelling steps; the foundation only reserves it."""
+"""bundlecast's model code (``bundlecast.models``), on pandas and numpy: demand forecast,
+need prediction, the MLflow registry and gate, pricing and allocation, incentives, offer
+types, routing and packaging, A/B analysis. No module here reads a table or imports a step."""

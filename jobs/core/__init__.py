@@ -1,2 +1,3 @@
-"""Shared infrastructure for every job: configuration, table catalog, data contract,
-Spark session factory, storage helpers and error formatting."""
+"""Below every step: configuration, table catalog and data contract, the table layer
+(``tables``), the run record (``runs``), a step's declaration (``step``), shared commerce
+helpers, the Spark session factory, storage and one-line errors."""
