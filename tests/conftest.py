@@ -34,6 +34,7 @@ def installed_bundlecast(tmp_path_factory) -> Path:
     line (so no download), but not the checkout: bundlecast itself comes only from the
     wheel pip builds, with conf/, dags/ and expectations/ as package data.
     """
+    import shutil
     import subprocess
     import sys
     import sysconfig
@@ -44,8 +45,13 @@ def installed_bundlecast(tmp_path_factory) -> Path:
     site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                           check=True, capture_output=True, text=True).stdout.strip()
     Path(site, "_bundlecast_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    # From a copy of the sources: a build never leaves build/ in the checkout, and a stale
+    # build/ of the checkout never reaches the wheel.
+    source = tmp_path_factory.mktemp("source") / "bundlecast"
+    shutil.copytree(PROJECT, source, ignore=shutil.ignore_patterns(".venv", "var", ".git", "build", "*.egg-info",
+                                                                   "__pycache__", ".pytest_cache"))
     done = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--no-deps",
-                           "--no-build-isolation", str(PROJECT)], capture_output=True, text=True)
+                           "--no-build-isolation", str(source)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     return venv / "bin"
 
