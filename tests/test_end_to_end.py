@@ -89,12 +89,21 @@ def test_sql_over_the_catalog(e2e_home):
 
 
 def test_the_run_used_the_installed_package_not_the_checkout(e2e_home):
-    """The DAGs Airflow parsed and the code spark-submit ran are the wheel's copies."""
-    done = _bundlecast(e2e_home, "tables", "--json")
-    assert done.returncode == 0
-    log = (e2e_home / "airflow" / "runs" / f"bundlecast_nightly_{DATE}.log").read_text(errors="replace")
-    assert str(BIN.parent) in log or "site-packages/bundlecast" in log
-    assert str(Path(__file__).resolve().parents[1] / "jobs" / "submit.py") not in log
+    """The DAG folder Airflow parsed and the file spark-submit ran are the wheel's copies,
+    and nothing named ``jobs`` or ``models`` is importable at the top level."""
+    code = ("import importlib.util\n"
+            "from bundlecast.jobs.tools.airflow_run import DAGS_DIR\n"
+            "from bundlecast.dags._steps import SUBMIT\n"
+            "from bundlecast.jobs.core.config import CONF_DIR\n"
+            "print(DAGS_DIR, SUBMIT, CONF_DIR, importlib.util.find_spec('jobs'), importlib.util.find_spec('models'))")
+    done = subprocess.run([str(BIN / "python"), "-c", code], capture_output=True, text=True, cwd=e2e_home,
+                          env={k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "BUNDLECAST_CONF_DIR")})
+    assert done.returncode == 0, done.stderr[-2000:]
+    dags, submit, conf, jobs, models = done.stdout.split()
+    venv = str(BIN.parent)
+    assert dags.startswith(venv) and submit.startswith(venv) and conf.startswith(venv)
+    assert Path(submit).is_file() and (Path(conf) / "base" / "catalog.yaml").is_file()
+    assert jobs == models == "None"
 
 
 def test_errors_are_one_line(e2e_home):
