@@ -269,8 +269,9 @@ def pworld(spark, tmp_path_factory):
                      "need_date": DELIVERY + timedelta(days=1), "confidence": conf, "list_price": 10.0, "cost": 5.0,
                      "volume_l": 2.0, "weight_kg": 1.0, "warehouse_id": None, "stock_ok": True, "short_items": [],
                      "dt": date.fromisoformat(DT), "run_id": "planted"})
-    from bundlecast.jobs.core.delta import catalog_frame, replace_rows
-    replace_rows(spark, catalog_frame(spark, "need_bundles", rows), "need_bundles", f"dt = DATE'{DT}'", cfg)
+    from bundlecast.jobs.core.tables import Tables
+    tables = Tables(spark, cfg)
+    tables.replace("need_bundles", tables.frame("need_bundles", rows), dt=DT)
     # the cool-down user cancelled a proactive shipment three days ago
     fb = pd.DataFrame([{"feedback_id": "FCOOL", "feedback_ts": datetime(2026, 11, 17, 10), "user_id": cool,
                         "kind": "shipment_cancel", "reference_id": "SH-old", "postpone_days": None,

@@ -1,5 +1,5 @@
-"""Delta helpers shared by every job: tables are created from the catalog, at their
-catalog location, and registered as ``bundlecast.<name>`` in the Spark catalog."""
+"""Delta helpers under the table layer (``tables.py``): a table is created from the catalog at
+its catalog location and registered as ``bundlecast.<name>`` in the Spark catalog."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -28,19 +28,6 @@ def ensure_table(spark, name: str, cfg: dict) -> str:
     return path
 
 
-
-
-def replace_rows(spark, df, name: str, where: str | None, cfg: dict) -> None:
-    """Overwrite the rows of table ``name`` matching ``where`` (the whole table when None)
-    with ``df``, cast to the catalog schema (idempotent re-runs)."""
-    from pyspark.sql import functions as F
-
-    spec = catalog.table(name)
-    writer = (df.select(*[F.col(c.name).cast(c.spark_type) for c in spec.columns]).write.format("delta")
-              .mode("overwrite"))
-    if where is not None:
-        writer = writer.option("replaceWhere", where)
-    writer.save(ensure_table(spark, name, cfg))
 
 
 def catalog_frame(spark, name: str, rows):
