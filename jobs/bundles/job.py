@@ -14,7 +14,6 @@ from bundlecast.jobs.core.commerce import (
     item_prices,
 )
 from bundlecast.jobs.core.config import config
-from bundlecast.jobs.core.delta import read_table
 from bundlecast.jobs.core.errors import BundlecastError
 from bundlecast.jobs.core.runs import StepRun, record
 from bundlecast.jobs.core.tables import Tables
@@ -95,19 +94,19 @@ def generate_bundle(user_id: str, item: str, site: str | None = None, cfg: dict 
         anchor = f"{site}|{item}"
         if anchor not in prices.index:
             raise BundlecastError(f"item {anchor!r} not found, or it has no usable price and cost")
-    if read_table(spark, "users", cfg).filter(F.col("user_id") == user_id).limit(1).count() == 0:
+    if Tables(spark, cfg).read("users").filter(F.col("user_id") == user_id).limit(1).count() == 0:
         raise BundlecastError(f"unknown user {user_id!r}")
     a_site, a_item = anchor.split("|", 1)
-    rel = (read_table(spark, "item_relationships", cfg).filter((F.col("site_a") == a_site) & (F.col("item_a") == a_item))
+    rel = (Tables(spark, cfg).read("item_relationships").filter((F.col("site_a") == a_site) & (F.col("item_a") == a_item))
            .select(F.concat_ws("|", "site_b", "item_b").alias("b"), "relation", "score", "complementary_score",
                    "co_purchase_rate").toPandas())
-    need = (read_table(spark, "need_predictions", cfg).filter(F.col("user_id") == user_id)
+    need = (Tables(spark, cfg).read("need_predictions").filter(F.col("user_id") == user_id)
             .select(F.concat_ws("|", "site_id", "item_id").alias("b"), "probability", "dt").toPandas())
     need = need[need.dt == need.dt.max()].set_index("b").probability if len(need) else pd.Series(dtype=float)
     recent_days = int(cfg["need"]["recent_days"])
-    orders = (read_table(spark, "orders", cfg).filter(F.col("user_id") == user_id)
+    orders = (Tables(spark, cfg).read("orders").filter(F.col("user_id") == user_id)
               .select("order_id", F.to_date("order_ts").alias("day")))
-    bought = (orders.join(read_table(spark, "order_lines", cfg), "order_id")
+    bought = (orders.join(Tables(spark, cfg).read("order_lines"), "order_id")
               .select(F.concat_ws("|", "site_id", "item_id").alias("b"), "day").toPandas())
     if len(bought):
         last_day = bought.day.max()

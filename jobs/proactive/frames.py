@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 
 from bundlecast.jobs.core import catalog
-from bundlecast.jobs.core.delta import catalog_frame, read_table
+from bundlecast.jobs.core.delta import catalog_frame
+from bundlecast.jobs.core.tables import Tables
 
 LEDGER = "__ledger__"
 
@@ -32,7 +33,7 @@ def as_date(d) -> date:
 
 
 def read_pandas(spark, name: str, cfg: dict) -> pd.DataFrame:
-    frame = read_table(spark, name, cfg).toPandas()
+    frame = Tables(spark, cfg).read(name).toPandas()
     return frame if len(frame) else pd.DataFrame(columns=columns_of(name))
 
 

@@ -25,16 +25,14 @@ from datetime import date, timedelta
 import numpy as np
 import pandas as pd
 
-from bundlecast.jobs.core.delta import read_table
-
 
 def test_queries(spark, cfg: dict, cutoff: str) -> pd.DataFrame:
     """(order_id, site_id, item_id) of every non-cancelled order on or after the cut-off with 2+ items."""
     from pyspark.sql import functions as F
 
-    orders = read_table(spark, "orders", cfg).filter((F.col("order_ts") >= F.lit(cutoff).cast("timestamp"))
+    orders = Tables(spark, cfg).read("orders").filter((F.col("order_ts") >= F.lit(cutoff).cast("timestamp"))
                                                      & (F.col("status") != "cancelled")).select("order_id")
-    lines = read_table(spark, "order_lines", cfg).join(orders, "order_id").select("order_id", "site_id", "item_id") \
+    lines = Tables(spark, cfg).read("order_lines").join(orders, "order_id").select("order_id", "site_id", "item_id") \
         .distinct().toPandas()
     size = lines.groupby("order_id").item_id.transform("size")
     return lines[size >= 2].reset_index(drop=True)
@@ -70,7 +68,7 @@ def _top(frame: pd.DataFrame, order: str, k: int) -> dict[tuple, list[tuple]]:
 
 
 def combined_ranking(spark, cfg: dict, k: int) -> dict:
-    rel = read_table(spark, "item_relationships", cfg).select("site_a", "item_a", "site_b", "item_b", "score").toPandas()
+    rel = Tables(spark, cfg).read("item_relationships").select("site_a", "item_a", "site_b", "item_b", "score").toPandas()
     return _top(rel, "score", k)
 
 
@@ -78,9 +76,9 @@ def lift_ranking(spark, cfg: dict, k: int, min_support: int) -> dict:
     """Unweighted lift of purchase units from the same pair counts."""
     from pyspark.sql import functions as F
 
-    pairs = read_table(spark, "item_pair_counts", cfg).filter((F.col("kind") == "purchase")
+    pairs = Tables(spark, cfg).read("item_pair_counts").filter((F.col("kind") == "purchase")
                                                               & (F.col("units") >= min_support)).toPandas()
-    counts = read_table(spark, "item_unit_counts", cfg).filter(F.col("kind") == "purchase").toPandas()
+    counts = Tables(spark, cfg).read("item_unit_counts").filter(F.col("kind") == "purchase").toPandas()
     total = float(counts[counts.site_id == "*"].units.iloc[0]) if len(counts) else 0.0
     n = dict(zip(zip(counts.site_id, counts.item_id), counts.units.astype(float)))
     both = pd.concat([pairs, pairs.rename(columns={"site_a": "site_b", "item_a": "item_b",
@@ -97,9 +95,9 @@ def fpgrowth_ranking(spark, cfg: dict, cutoff: str, k: int, min_support: float, 
     from pyspark.ml.fpm import FPGrowth
     from pyspark.sql import functions as F
 
-    orders = read_table(spark, "orders", cfg).filter((F.col("order_ts") < F.lit(cutoff).cast("timestamp"))
+    orders = Tables(spark, cfg).read("orders").filter((F.col("order_ts") < F.lit(cutoff).cast("timestamp"))
                                                      & (F.col("status") != "cancelled")).select("order_id")
-    baskets = (read_table(spark, "order_lines", cfg).join(orders, "order_id")
+    baskets = (Tables(spark, cfg).read("order_lines").join(orders, "order_id")
                .select("order_id", F.concat_ws("|", "site_id", "item_id").alias("item"))
                .groupBy("order_id").agg(F.array_distinct(F.collect_list("item")).alias("items"))
                .filter(F.size("items") <= int(cfg["relationships"]["max_items_per_unit"])))
