@@ -25,6 +25,8 @@ from datetime import date, timedelta
 import numpy as np
 import pandas as pd
 
+from bundlecast.jobs.core.tables import Tables
+
 
 def test_queries(spark, cfg: dict, cutoff: str) -> pd.DataFrame:
     """(order_id, site_id, item_id) of every non-cancelled order on or after the cut-off with 2+ items."""
