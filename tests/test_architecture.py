@@ -66,3 +66,17 @@ def test_imports_follow_the_data_flow(folder, path):
                 f"{path.relative_to(ROOT)} ({layer}) reaches down the flow into {name}"
         elif layer in FLOW:
             assert target not in TOP, f"{path.relative_to(ROOT)} ({layer}) imports {name}, which sits above it"
+
+
+def test_each_step_package_says_what_it_reads_and_writes_and_how_to_run_it():
+    """The package docstring names every table the step declares (jobs/pipeline.py) and
+    its command line, so the two cannot drift apart."""
+    import importlib
+
+    from bundlecast.jobs.pipeline import STEPS
+
+    for name, step in STEPS.items():
+        doc = importlib.import_module(f"bundlecast.jobs.{name}").__doc__ or ""
+        assert f"spark-submit jobs/submit.py {name}" in doc, name
+        for table in step.reads + step.writes:
+            assert f"``{table}``" in doc, f"{name}: {table}"

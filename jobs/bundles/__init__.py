@@ -5,6 +5,10 @@ priced for expected margin.
     bundlecast bundles --date 2026-11-20
     bundlecast bundle USER ITEM [--site S]      (the best bundle for one user looking at one item)
 
+Reads ``need_predictions``, ``item_relationships``, ``orders``, ``order_lines``, ``items``,
+``inventory``, ``inventory_reservations``, ``warehouses``, ``competitor_prices``, ``users``.
+Writes ``need_bundles``, ``bundles``, ``step_runs``.
+
 * ``need_bundles``: per user, the items of ``need_predictions`` with probability >=
   ``bundles.need.min_probability`` (at most ``max_items``), the main items (probability >=
   ``main_share`` x the top one), confidence = the chance the user needs all main items,

@@ -3,6 +3,10 @@
     spark-submit jobs/submit.py experiments --date 2026-11-27
     bundlecast experiments report [--date D] [--experiment NAME]
 
+Reads ``experiment_exposures``, ``offers``, ``orders``, ``order_lines``, ``items``,
+``feedback``.
+Writes ``experiment_results``.
+
 For each configured experiment, every user exposed (``experiment_exposures``, control
 included) whose attribution window (first exposure + ``attribution_days``) has ended by the
 run date counts once, in the variant of the first exposure. Outcomes in the window: any

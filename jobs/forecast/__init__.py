@@ -3,6 +3,9 @@
     spark-submit jobs/submit.py forecast --date 2026-11-20
     bundlecast forecast --date 2026-11-20
 
+Reads ``orders``, ``order_lines``, ``items``, ``users``, ``weather``, ``calendar_events``.
+Writes ``demand_forecast``, ``forecast_metrics``.
+
 Demand is the units of non-cancelled order lines per day, by item and by the buyer's home
 region (``forecast.level``). Every series is forecast in one ``groupBy(level)
 .applyInPandas`` pass (``models/forecast.py``): a rolling-origin backtest of its method and

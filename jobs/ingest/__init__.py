@@ -2,6 +2,12 @@
 
     spark-submit jobs/submit.py ingest --date 2026-11-20 [--datasets events,orders] [--run-id ID]
 
+Reads the raw zone (``raw/<dataset>/dt=<date>/``).
+Writes ``sites``, ``warehouses``, ``items``, ``users``, ``events``, ``orders``,
+``order_lines``, ``reviews``, ``inventory``, ``weather``, ``calendar_events``, ``routes``,
+``competitor_prices``, ``feedback``, ``quarantine``, ``quarantine_files``,
+``ingestion_audit``.
+
 Reads ``raw/<dataset>/dt=<date>/`` (JSON lines, CSV or Parquet), enforces the contract
 (conf/base/contract.yaml) row by row, runs the dataset's Great Expectations suite, drops
 natural-key duplicates, and writes:

@@ -4,6 +4,10 @@ within the next H days (``need.horizon_days``, 3-7) and when.
     spark-submit jobs/submit.py need --date 2026-11-20 --mode train|score|rescore
     bundlecast need --date 2026-11-20 [--mode train|score|rescore]
 
+Reads ``events``, ``orders``, ``order_lines``, ``items``, ``users``, ``weather``,
+``item_relationships``, ``demand_forecast``, ``need_predictions``, ``step_runs``.
+Writes ``need_predictions``, ``step_runs``.
+
 Candidates (users x items is never enumerated): the user's own purchases, ALS
 collaborative filtering on implicit feedback, items co-bought with what the user bought
 recently (plus, when scoring, the top of ``item_relationships``), and what the user's

@@ -3,6 +3,12 @@
     spark-submit jobs/submit.py offers --date 2026-11-20 [--mode nightly|reprice]
     bundlecast offers --date 2026-11-20 [--mode reprice]
 
+Reads ``bundles``, ``need_bundles``, ``need_predictions``, ``demand_forecast``,
+``user_value``, ``orders``, ``order_lines``, ``routes``, ``feedback``, ``offers``,
+``items``, ``inventory``, ``inventory_reservations``, ``warehouses``, ``competitor_prices``,
+``users``.
+Writes ``offers``, ``experiment_exposures``, ``step_runs``.
+
 Nightly:
 
 1. **Candidates** per user (never users x bundles): the user's need bundle, and the

@@ -4,6 +4,12 @@ delivery route that already passes nearby.
     spark-submit jobs/submit.py proactive --date 2026-11-20 --mode nightly|hourly
     bundlecast proactive --date 2026-11-20 [--mode hourly]
 
+Reads ``need_bundles``, ``need_predictions``, ``feedback``, ``routes``, ``items``,
+``inventory``, ``inventory_reservations``, ``warehouses``, ``users``,
+``proactive_shipments``, ``proactive_thresholds``, ``notifications``, ``route_stops``.
+Writes ``proactive_shipments``, ``inventory_reservations``, ``route_stops``,
+``route_plans``, ``notifications``, ``proactive_thresholds``, ``step_runs``.
+
 Each run, in order:
 
 1. **feedback** (``feedback``, ``reference_id`` = shipment id). The customer's

@@ -4,6 +4,12 @@ inventory correlation and a combined score with fitted weights.
     spark-submit jobs/submit.py relationships --date 2026-11-20 --mode full|incremental
     bundlecast related ITEM_ID [--site SITE] [--k 10] [--relation complementary]
 
+Reads ``events``, ``orders``, ``order_lines``, ``items``, ``users``, ``reviews``,
+``inventory``, ``item_relationships``, ``step_runs``, ``item_pair_counts``,
+``item_unit_counts``, ``relationship_text_models``, ``relationship_weights``.
+Writes ``item_pair_counts``, ``item_unit_counts``, ``relationship_text_models``,
+``relationship_weights``, ``item_relationships``, ``step_runs``.
+
 How it counts without an item x item matrix
     Behaviour is cut into *units*: (user, window bucket). A view unit is a session (or a
     day, or a week: ``relationships.co_view_window``), a purchase unit a week (orders and

@@ -3,6 +3,9 @@
     bundlecast value --date 2026-11-20
     spark-submit jobs/submit.py value --date 2026-11-20
 
+Reads ``events``, ``orders``, ``order_lines``, ``users``.
+Writes ``user_value``.
+
 Reads ``orders``, ``order_lines``, ``events``, ``users``; writes ``user_value`` (the run
 date's rows) and its ``step_runs`` row; logs to MLflow (``bundlecast-user-value``).
 
