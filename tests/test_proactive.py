@@ -1,6 +1,6 @@
-"""Proactive shipping: routing, packaging and the job's guarantees.
+"""Proactive shipping: the decision's rules on explicit frames, and the job's guarantees.
+(The route solver and packing on their own: tests/test_routing.py.)
 
-The pure parts (VRPTW solver and checker, insertion, bin packing) run on small problems.
 The job runs on a `tiny` world of its own (own state directory and catalog database) whose
 need bundles are planted, so every guarantee is checked against known users: opted out,
 in cool-down, below threshold, scarce stock, feedback.
