@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import uuid
 
-import numpy as np
 import pandas as pd
 
 from bundlecast.jobs.core.commerce import available_stock, competitor_reference, item_prices, user_warehouses
@@ -12,7 +11,14 @@ from bundlecast.jobs.core.errors import BundlecastError
 from bundlecast.jobs.core.runs import StepRun, record
 from bundlecast.jobs.core.tables import Tables
 from bundlecast.jobs.offers.extract import candidates, context_inputs, past_offers, to_pandas
-from bundlecast.jobs.offers.transform import context, offer_rows, priced_candidates, valid_from
+from bundlecast.jobs.offers.transform import (
+    context,
+    offer_rows,
+    offers_short_of_stock,
+    priced_candidates,
+    recheck_offers,
+    valid_from,
+)
 from bundlecast.models import experiments as X
 from bundlecast.models.pricing import allocate, fit_acceptance
 
@@ -102,17 +108,7 @@ def reprice(spark, cfg: dict, dt: str, summary: StepRun) -> None:
     stock = to_pandas(available_stock(tables))
     stock_map = dict(zip(stock.warehouse_id + "|" + stock.key, stock.available.astype(int)))
     wh = to_pandas(user_warehouses(Tables(spark, cfg))).set_index("user_id").warehouse_id
-    # Stock: offers on each warehouse item, in order of expected profit, while it lasts.
-    o = offers[active].sort_values("expected_profit", ascending=False)
-    used: dict[str, int] = {}
-    short = set()
-    for r in o.itertuples():
-        keys = [f"{wh.get(r.user_id)}|{k}" for k in r.items]
-        if any(stock_map.get(k, 0) - used.get(k, 0) < 1 for k in keys):
-            short.add(r.offer_id)
-            continue
-        for k in keys:
-            used[k] = used.get(k, 0) + 1
+    short = offers_short_of_stock(offers[active], stock_map, wh)
     # Behaviour: the user bought any of the items after the offer was made.
     lines = (Tables(spark, cfg).read("orders").filter(F.col("order_ts") > F.lit(last).cast("timestamp") + F.expr("INTERVAL 1 DAY"))
              .filter(F.col("status") != "cancelled").select("order_id", "user_id")
@@ -122,29 +118,7 @@ def reprice(spark, cfg: dict, dt: str, summary: StepRun) -> None:
     bought_by = bought.groupby("user_id").key.agg(set).to_dict() if len(bought) else {}
     reference = competitor_reference(Tables(spark, cfg), c)
     prices = item_prices(Tables(spark, cfg), {})
-    min_margin, drop = float(cfg["pricing"]["min_margin"]), float(cfg["offers"]["reprice_price_drop"])
-    changed = 0
-    for i in offers.index[active]:
-        r = offers.loc[i]
-        reason = None
-        if r.offer_id in short:
-            reason, status = "stock no longer covers the offer", "withdrawn"
-        elif set(r["items"]) & bought_by.get(r.user_id, set()):
-            reason, status = "user bought the items since", "withdrawn"
-        else:
-            ref = sum(min(prices.price.get(k, np.inf), reference.get(k, np.inf)) for k in r["items"])
-            if np.isfinite(ref) and ref < r.price * (1 - drop):
-                cost = float(prices.cost.reindex(r["items"]).sum())
-                floor = cost / (1 - min_margin)
-                if ref >= floor:
-                    offers.loc[i, "price"] = round(float(ref), 2)
-                    reason, status = f"competitor price {ref:.2f} below ours", "repriced"
-                else:
-                    reason, status = f"competitor price {ref:.2f} below our margin floor {floor:.2f}", "withdrawn"
-        if reason and (r.status != status or r.status_reason != reason):
-            offers.loc[i, ["status", "status_reason", "updated_at"]] = [status, reason, now]
-            changed += 1
-            c[f"offers_{status}"] = c.get(f"offers_{status}", 0) + 1
+    changed = recheck_offers(offers, active, short, bought_by, prices, reference, cfg, now, c)
     c["offers_changed"] = changed
     summary.notes.append(f"checked the offers of {last}")
     if changed:

@@ -114,3 +114,50 @@ def offer_rows(chosen: pd.DataFrame, exp: dict | None, dt: str, run_id: str, set
         "status": "active", "status_reason": None, "valid_from": start,
         "valid_to": start + timedelta(days=int(settings["valid_days"])), "created_by": run_id,
         "updated_at": now, "dt": dt})
+
+
+def offers_short_of_stock(active: pd.DataFrame, stock: dict, warehouse_of: pd.Series) -> set:
+    """Pure: the offers the stock no longer covers, giving stock to the offers with the
+    highest expected profit first (``stock``: ``warehouse|site|item`` -> units)."""
+    o = active.sort_values("expected_profit", ascending=False)
+    used: dict[str, int] = {}
+    short = set()
+    for r in o.itertuples():
+        keys = [f"{warehouse_of.get(r.user_id)}|{k}" for k in r.items]
+        if any(stock.get(k, 0) - used.get(k, 0) < 1 for k in keys):
+            short.add(r.offer_id)
+            continue
+        for k in keys:
+            used[k] = used.get(k, 0) + 1
+    return short
+
+
+def recheck_offers(offers: pd.DataFrame, active: pd.Series, short: set, bought_by: dict, prices: pd.DataFrame,
+                   reference: pd.Series, cfg: dict, now, c) -> int:
+    """Pure: withdraw (stock gone, items bought since, competitor below our margin floor)
+    or re-price (competitor below our price) the active offers, in place; returns how many
+    changed and counts them in ``c``."""
+    min_margin, drop = float(cfg["pricing"]["min_margin"]), float(cfg["offers"]["reprice_price_drop"])
+    changed = 0
+    for i in offers.index[active]:
+        r = offers.loc[i]
+        reason = None
+        if r.offer_id in short:
+            reason, status = "stock no longer covers the offer", "withdrawn"
+        elif set(r["items"]) & bought_by.get(r.user_id, set()):
+            reason, status = "user bought the items since", "withdrawn"
+        else:
+            ref = sum(min(prices.price.get(k, np.inf), reference.get(k, np.inf)) for k in r["items"])
+            if np.isfinite(ref) and ref < r.price * (1 - drop):
+                cost = float(prices.cost.reindex(r["items"]).sum())
+                floor = cost / (1 - min_margin)
+                if ref >= floor:
+                    offers.loc[i, "price"] = round(float(ref), 2)
+                    reason, status = f"competitor price {ref:.2f} below ours", "repriced"
+                else:
+                    reason, status = f"competitor price {ref:.2f} below our margin floor {floor:.2f}", "withdrawn"
+        if reason and (r.status != status or r.status_reason != reason):
+            offers.loc[i, ["status", "status_reason", "updated_at"]] = [status, reason, now]
+            changed += 1
+            c[f"offers_{status}"] = c.get(f"offers_{status}", 0) + 1
+    return changed

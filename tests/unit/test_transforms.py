@@ -138,3 +138,14 @@ def test_backtest_summary_compares_each_method_with_seasonal_naive():
     assert out["model_mae"] == pytest.approx(2.0) and out["seasonal_naive_mae"] == pytest.approx(3.0)
     assert out["prophet_mase"] == pytest.approx(0.6) and out["sba_mase"] == pytest.approx(0.9)
     assert backtest_summary(m.iloc[:0]) == {}
+
+
+def test_stock_goes_to_the_most_profitable_offers_first():
+    from bundlecast.jobs.offers.transform import offers_short_of_stock
+
+    active = pd.DataFrame({"offer_id": ["O1", "O2", "O3"], "user_id": ["U1", "U2", "U3"],
+                           "items": [["s|a"], ["s|a"], ["s|a", "s|b"]], "expected_profit": [1.0, 5.0, 3.0]})
+    warehouse_of = pd.Series({"U1": "W1", "U2": "W1", "U3": "W2"})
+    stock = {"W1|s|a": 1, "W2|s|a": 4, "W2|s|b": 0}
+    # W1 has one unit of a: O2 (profit 5) keeps it, O1 loses it; W2 has no b at all
+    assert offers_short_of_stock(active, stock, warehouse_of) == {"O1", "O3"}
