@@ -166,7 +166,7 @@ def test_ab_analysis_finds_the_planted_winner_and_covers_the_planted_rates(spark
 
 
 def test_generate_bundle_explains_the_best_bundle_for_a_user(spark, world):
-    from bundlecast.jobs.bundles.job import generate_bundle
+    from bundlecast.jobs.bundles.query import generate_bundle
     from bundlecast.jobs.core.errors import BundlecastError
     cfg = world["cfg"]
     a, b = world["truth"]["complementary_pairs"][0]

@@ -178,7 +178,7 @@ def cmd_eval(args) -> None:
 
 
 def cmd_bundle(args) -> None:
-    from bundlecast.jobs.bundles.job import generate_bundle
+    from bundlecast.jobs.bundles.query import generate_bundle
 
     b = generate_bundle(args.user, args.item, args.site)
     if args.json:
