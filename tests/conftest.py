@@ -17,7 +17,7 @@ SHARED_DATA = PROJECT.parent / "shared" / "data"
 # Fixtures that build a generated world, run Airflow or install the package: a test using
 # one is a world test (`make test` runs it; `make test-fast` leaves it out).
 WORLD_FIXTURES = {"tiny_world", "test_world", "e2e_home", "installed_bundlecast", "world", "pworld", "nightly",
-                  "bad_drop", "rel_world", "dagbag"}
+                  "bad_drop", "rel_world", "dagbag", "corpus"}
 
 
 def pytest_collection_modifyitems(config, items):

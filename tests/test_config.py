@@ -28,8 +28,11 @@ def test_two_homes_are_two_worlds(tmp_path):
     assert a["storage"]["warehouse"] != b["storage"]["warehouse"]
 
 
+PROD_KEYS = {"BUNDLECAST_LINK_SIGNING_KEY": "k" * 40, "BUNDLECAST_DISPATCH_FEED_KEY": "d" * 40}
+
+
 def test_prod_overlay_resolves_from_environment(tmp_path):
-    cfg = load_config("prod", tmp_path, environ={"BUNDLECAST_EXPORT_TARGET": "s3://exports/v1"})
+    cfg = load_config("prod", tmp_path, environ={"BUNDLECAST_EXPORT_TARGET": "s3://exports/v1", **PROD_KEYS})
     assert cfg["spark"]["master"] == "spark://spark-master:7077"
     assert cfg["exports"]["target"] == "s3://exports/v1"
     assert cfg["exports"]["s3_endpoint_url"] == "http://minio:9000"
@@ -108,3 +111,21 @@ def test_demo_world_is_deterministic_for_its_seed(tmp_path):
         generate(tmp_path / name / "raw", tmp_path / name / "truth.json", "tiny", seed, "2026-11-20")
     assert digest(tmp_path / "a") == digest(tmp_path / "b")
     assert digest(tmp_path / "a") != digest(tmp_path / "c")
+
+
+@pytest.mark.parametrize("keys, message", [
+    ({}, "secret secrets.link_signing_key is missing: set BUNDLECAST_LINK_SIGNING_KEY"),
+    ({**PROD_KEYS, "BUNDLECAST_LINK_SIGNING_KEY": "bundlecast-dev-secret"}, "is a known default"),
+    ({**PROD_KEYS, "BUNDLECAST_DISPATCH_FEED_KEY": "local-development-dispatch-key-not-for-production"},
+     "secrets.dispatch_feed_key is a known default"),
+    ({**PROD_KEYS, "BUNDLECAST_LINK_SIGNING_KEY": "short"}, "shorter than 32 characters"),
+])
+def test_prod_refuses_to_start_without_a_real_secret(tmp_path, keys, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        load_config("prod", tmp_path, environ=keys)
+    assert "\n" not in str(err.value)
+
+
+def test_local_development_has_working_keys(tmp_path):
+    cfg = load_config("local", tmp_path, environ={})
+    assert all(len(v) >= 32 for v in cfg["secrets"].values())

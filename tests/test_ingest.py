@@ -93,7 +93,7 @@ def test_quarantine_keeps_each_row_with_its_reason_and_source(bad_drop, spark, c
         .filter(f"dataset = 'order_lines' AND dt = DATE'{BAD_DATE}'").collect()
     reasons = sorted(r for row in q for r in row.reasons)
     assert reasons == sorted(["bad_type:quantity", "below_min:quantity", "unknown:site_id+item_id",
-                              "unknown:order_id", "malformed_record"] + ["missing:unit_price"] * 3)
+                              "unknown:order_id", "malformed_record:not valid JSON"] + ["missing:unit_price"] * 3)
     assert all(row.run_id == "bad-run" and row._source_file and row.record for row in q)
     files = spark.read.format("delta").load(catalog.table_path("quarantine_files", cfg)) \
         .filter(f"dt = DATE'{BAD_DATE}'").collect()

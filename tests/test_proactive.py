@@ -5,6 +5,8 @@ The job runs on a `tiny` world of its own (own state directory and catalog datab
 need bundles are planted, so every guarantee is checked against known users: opted out,
 in cool-down, below threshold, scarce stock, feedback.
 """
+import hashlib
+import hmac
 import threading
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -164,8 +166,20 @@ def _append(spark, cfg, name, frame):
     from bundlecast.jobs.core import catalog
     from bundlecast.jobs.core.delta import read_table
     target = read_table(spark, name, cfg).schema
-    df = spark.createDataFrame(frame[[f.name for f in target.fields]], target)
+    df = spark.createDataFrame(frame.reindex(columns=[f.name for f in target.fields]).astype(object)
+                               .where(lambda f: f.notna(), None), target)
     df.write.format("delta").mode("append").save(catalog.table_path(name, cfg))
+
+
+def _with_tokens(spark, cfg, fb):
+    """Feedback as its real senders make it: a customer's row carries the token of the link
+    in the outbox, dispatch's proof a token signed with dispatch's key."""
+    from bundlecast.jobs.proactive.tokens import CUSTOMER_ACTIONS, sign
+    notes = _t(spark, cfg, "notifications").sort_values("created_at").groupby("shipment_id").last()
+    owner = _t(spark, cfg, "proactive_shipments").set_index("shipment_id").user_id
+    return fb.assign(token=[notes.loc[r.reference_id, f"{CUSTOMER_ACTIONS[r.kind]}_token"] if r.kind in CUSTOMER_ACTIONS
+                            else sign(cfg["secrets"]["dispatch_feed_key"], r.reference_id, owner[r.reference_id], r.kind,
+                                      datetime(2100, 1, 1)) for r in fb.itertuples()])
 
 
 def _t(spark, cfg, name):
@@ -229,7 +243,8 @@ def test_routes_keep_every_planned_stop_in_order_and_window(spark, pworld, night
     assert (plans.km_after >= plans.km_before - 1e-6).all() and plans.proactive_stops.sum() == len(proactive)
     notes = _t(spark, cfg, "notifications")
     assert set(notes[notes.kind == "heads_up"].shipment_id) == set(proactive.shipment_id)
-    assert notes.token.str.len().eq(32).all() and (notes.incentive_type == "early_bird").all()
+    assert notes.cancel_token.notna().all() and (notes.cancel_token != notes.postpone_token).all()
+    assert (notes.incentive_type == "early_bird").all()
     _assert_users_told_the_current_plan(spark, cfg)
 
 
@@ -307,15 +322,26 @@ def test_feedback_cancel_releases_and_unroutes_postpone_moves(spark, pworld, nig
     cfg = pworld["cfg"]
     ships = _t(spark, cfg, "proactive_shipments")
     routed = ships[ships.status == "notified"].sort_values("shipment_id")
-    cancel, postpone = routed.iloc[0], routed.iloc[1]
-    fb = pd.DataFrame([
+    cancel, postpone, victim = routed.iloc[0], routed.iloc[1], routed.iloc[2]
+    fb = _with_tokens(spark, cfg, pd.DataFrame([
         {"feedback_id": "FX-C", "feedback_ts": datetime(2026, 11, 20, 20), "user_id": cancel.user_id,
          "kind": "shipment_cancel", "reference_id": cancel.shipment_id, "postpone_days": None},
         {"feedback_id": "FX-P", "feedback_ts": datetime(2026, 11, 20, 20, 5), "user_id": postpone.user_id,
-         "kind": "shipment_postpone", "reference_id": postpone.shipment_id, "postpone_days": 1}])
+         "kind": "shipment_postpone", "reference_id": postpone.shipment_id, "postpone_days": 1}]))
+    # Forged the old way (HMAC of the shipment id with the committed default key), and
+    # another user's valid cancel token replayed on the victim's shipment: both refused.
+    forged = hmac.new(b"bundlecast-dev-secret", victim.shipment_id.encode(), hashlib.sha256).hexdigest()[:32]
+    fb = pd.concat([fb, pd.DataFrame([
+        {"feedback_id": "FX-F", "feedback_ts": datetime(2026, 11, 20, 20, 6), "user_id": victim.user_id,
+         "kind": "shipment_cancel", "reference_id": victim.shipment_id, "postpone_days": None, "token": forged},
+        {"feedback_id": "FX-R", "feedback_ts": datetime(2026, 11, 20, 20, 7), "user_id": victim.user_id,
+         "kind": "shipment_cancel", "reference_id": victim.shipment_id, "postpone_days": None,
+         "token": fb.token.iloc[0]}])], ignore_index=True)
     _append(spark, cfg, "feedback", fb.assign(dt=date.fromisoformat(DT), _source_file="planted"))
     s = proactive.run(spark, DT, "hourly", "pro-h1", cfg, progress=lambda m: None)
     assert s.counts["feedback_cancelled"] == 1 and s.counts["feedback_postponed"] == 1
+    assert s.counts["feedback_refused_bad_signature"] == 1 and s.counts["feedback_refused_wrong_shipment"] == 1
+    assert _t(spark, cfg, "proactive_shipments").set_index("shipment_id").loc[victim.shipment_id, "status"] == "notified"
     after = _t(spark, cfg, "proactive_shipments").set_index("shipment_id")
     assert after.loc[cancel.shipment_id, "status"] == "cancelled"
     assert after.loc[postpone.shipment_id, "status"] == "postponed"
@@ -361,7 +387,7 @@ def test_proof_of_delivery_closes_shipments_and_feedback_applies_once_in_order(s
     left = ships[ships.status == "notified"].sort_values("shipment_id")
     got, failed, late, moved = (left.iloc[i] for i in range(4))
     day = datetime(2026, 11, 21)
-    fb = pd.DataFrame([
+    fb = _with_tokens(spark, cfg, pd.DataFrame([
         {"feedback_id": "FP-1", "feedback_ts": day + timedelta(hours=15), "user_id": got.user_id,
          "kind": "shipment_delivered", "reference_id": got.shipment_id, "postpone_days": None},
         {"feedback_id": "FP-2", "feedback_ts": day + timedelta(hours=16), "user_id": failed.user_id,
@@ -371,7 +397,7 @@ def test_proof_of_delivery_closes_shipments_and_feedback_applies_once_in_order(s
         {"feedback_id": "FP-4", "feedback_ts": day - timedelta(hours=3), "user_id": moved.user_id,
          "kind": "shipment_accept", "reference_id": moved.shipment_id, "postpone_days": None},
         {"feedback_id": "FP-5", "feedback_ts": day - timedelta(hours=2), "user_id": moved.user_id,
-         "kind": "shipment_postpone", "reference_id": moved.shipment_id, "postpone_days": 2}])
+         "kind": "shipment_postpone", "reference_id": moved.shipment_id, "postpone_days": 2}]))
     _append(spark, cfg, "feedback", fb.assign(dt=date(2026, 11, 22), _source_file="planted"))
     first = proactive.run(spark, "2026-11-22", "hourly", "pro-h2", cfg, progress=lambda m: None)
     c = first.counts

@@ -29,10 +29,29 @@ class Column:
     min: float | None = None
     max: float | None = None
     allowed: tuple | None = None
+    text: bool = False              # free text: longer limit, only NUL refused
+    max_length: int | None = None   # characters (default: the contract's limits)
+    days_ahead: int | None = None   # dates/timestamps: allowed past the landing date (default: limits)
 
     @property
     def spark_type(self) -> str:
         return SPARK_TYPES.get(self.type, self.type)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The contract's bounds for every dataset (``limits`` in contract.yaml)."""
+    earliest: str = "2000-01-01"
+    days_ahead: int = 1
+    string_length: int = 200
+    text_length: int = 20000
+    encoding: str = "utf-8"
+
+    def max_length(self, column: Column) -> int:
+        return column.max_length or (self.text_length if column.text else self.string_length)
+
+    def days_ahead_of(self, column: Column) -> int:
+        return self.days_ahead if column.days_ahead is None else column.days_ahead
 
 
 @dataclass(frozen=True)
@@ -87,7 +106,19 @@ def _column(name: str, raw: dict) -> Column:
     return Column(name=name, type=raw["type"], required=bool(raw.get("required", False)),
                   description=raw.get("description", ""), unit=raw.get("unit"),
                   min=raw.get("min"), max=raw.get("max"),
-                  allowed=tuple(allowed) if allowed else None)
+                  allowed=tuple(allowed) if allowed else None, text=bool(raw.get("text", False)),
+                  max_length=raw.get("max_length"), days_ahead=raw.get("days_ahead"))
+
+
+@lru_cache(maxsize=None)
+def _limits(conf_dir: str) -> Limits:
+    raw = read_yaml(Path(conf_dir) / "base" / "contract.yaml")
+    return Limits(**{k: v for k, v in (raw.get("limits") or {}).items()}, encoding=raw.get("encoding", "utf-8"))
+
+
+def limits() -> Limits:
+    """The contract's bounds: earliest date, days ahead, string lengths, encoding."""
+    return _limits(str(CONF_DIR))
 
 
 @lru_cache(maxsize=None)
@@ -168,13 +199,18 @@ def qualified_name(name: str, cfg: dict | None = None) -> str:
 
 def contract_markdown() -> str:
     """The contract rendered for people (conf/CONTRACT.md is generated from this)."""
+    bounds = limits()
     lines = ["# Input data contract", "",
              "Generated from `conf/base/contract.yaml` by `bundlecast contract`; do not edit by hand.", "",
              "Upstream systems land files under `raw/<dataset>/dt=YYYY-MM-DD/` (dt = landing date) as",
              "JSON lines (`.jsonl`/`.json`), CSV with a header (`.csv`) or Parquet (`.parquet`).",
              "Timestamps are ISO-8601 with an explicit zone (`Z` or `+01:00`) and are stored in UTC;",
              "a timestamp without a zone is quarantined as ambiguous. Dates are `YYYY-MM-DD`.",
-             "Booleans are `true`/`false`. Ids are opaque strings.", ""]
+             "Booleans are `true`/`false`. Ids are opaque strings.",
+             f"Text files are {bounds.encoding} (RFC 4180 CSV: quoted fields may hold commas, quotes and newlines; "
+             "a byte-order mark is allowed); JSON lines hold one object per line.",
+             "Files whose name starts with `_` or `.` are not read and are listed in `quarantine_files`.",
+             "Validation runs before de-duplication, so a bad row never displaces a good one.", ""]
     for spec in datasets().values():
         lines += [f"## `{spec.name}`", "", spec.description, "",
                   f"Natural key: `{', '.join(spec.keys)}` (duplicates within a drop are dropped and counted). "
@@ -190,6 +226,12 @@ def contract_markdown() -> str:
                 rule.append(f"<= {c.max}")
             if c.allowed:
                 rule.append("one of " + ", ".join(c.allowed))
+            if c.type == "string":
+                rule.append(f"<= {bounds.max_length(c)} chars" + ("" if c.text else ", no control characters"))
+            if c.type in ("date", "timestamp"):
+                rule.append(f"{bounds.earliest} .. landing date + {bounds.days_ahead_of(c)} d")
+            if c.type == "double":
+                rule.append("finite")
             lines.append(f"| {c.name} | {c.type} | {'yes' if c.required else ''} | {c.unit or ''} | "
                          f"{'; '.join(rule)} | {c.description} |")
         lines.append("")

@@ -81,9 +81,33 @@ def load_config(env: str | None = None, state_home: Path | None = None,
         raise ConfigError(f"unknown BUNDLECAST_ENV {env!r}: expected one of {known}")
     merged = deep_merge(read_yaml(conf_dir / "base" / "config.yaml"), read_yaml(overlay_path))
     resolved = _resolve(merged, str(state_home or home()), dict(os.environ if environ is None else environ))
+    if env != "local":
+        check_secrets(resolved.get("secrets") or {}, merged.get("secrets") or {}, conf_dir)
     resolved["env"] = env
     resolved["home"] = str(state_home or home())
     return resolved
+
+
+KNOWN_DEFAULTS = {"bundlecast-dev-secret", "changeme", "change-me", "secret", "password", "minioadmin", "admin",
+                  "airflow", "test", "dev"}
+MIN_SECRET_LENGTH = 32
+
+
+def check_secrets(secrets: dict, raw: dict, conf_dir: Path) -> None:
+    """Refuse to start (one line) with a secret that is missing, short or a known default
+    (including the development keys of conf/local)."""
+    local = _resolve(read_yaml(conf_dir / "local" / "config.yaml").get("secrets") or {}, "", {}) \
+        if (conf_dir / "local" / "config.yaml").exists() else {}
+    for name, value in secrets.items():
+        refs = _ENV_REF.findall(str(raw.get(name, "")))
+        where = f"set {refs[0][0]}" if refs else "set it in the environment"
+        value = str(value or "")
+        if not value:
+            raise ConfigError(f"secret secrets.{name} is missing: {where} (required outside BUNDLECAST_ENV=local)")
+        if value.lower() in KNOWN_DEFAULTS or value in local.values():
+            raise ConfigError(f"secret secrets.{name} is a known default: {where} to a private value")
+        if len(value) < MIN_SECRET_LENGTH:
+            raise ConfigError(f"secret secrets.{name} is shorter than {MIN_SECRET_LENGTH} characters: {where}")
 
 
 @lru_cache(maxsize=None)

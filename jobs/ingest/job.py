@@ -8,15 +8,23 @@ from dataclasses import asdict
 from bundlecast.jobs.core import catalog
 from bundlecast.jobs.core.catalog import DatasetSpec
 from bundlecast.jobs.core.config import config
-from bundlecast.jobs.core.errors import BundlecastError, DataQualityError
+from bundlecast.jobs.core.errors import BundlecastError, DataQualityError, one_line
 from bundlecast.jobs.core.runs import StepRun, record, utc_now
 from bundlecast.jobs.core.tables import Tables
-from bundlecast.jobs.ingest.extract import CORRUPT, list_raw_files, read_raw
+from bundlecast.jobs.ingest.extract import LINE, SOURCE, list_raw_files, read_files, read_raw
 from bundlecast.jobs.ingest.load import write_ops, write_quarantine, write_silver
 from bundlecast.jobs.ingest.quality import ROW_ID, run_suite
-from bundlecast.jobs.ingest.transform import AuditRow, deduplicate, tally, threshold_message, top_reasons, validate
+from bundlecast.jobs.ingest.transform import (
+    AuditRow,
+    deduplicate,
+    quarantine_record,
+    tally,
+    threshold_message,
+    top_reasons,
+    validate,
+)
 
-__all__ = ["CORRUPT", "deduplicate", "list_raw_files", "read_raw", "run", "validate"]
+__all__ = ["deduplicate", "list_raw_files", "read_raw", "run", "validate"]
 
 
 def _references(spark, spec: DatasetSpec, cfg: dict) -> dict:
@@ -36,68 +44,77 @@ def _references(spark, spec: DatasetSpec, cfg: dict) -> dict:
 
 def ingest_dataset(spark, spec: DatasetSpec, dt: str, run_id: str, cfg: dict, gx_root: str | None):
     """Ingest one dataset's drop: writes its silver rows (unless over the quarantine
-    threshold) and its quarantine rows. Returns (audit row, unreadable files, error message).
+    threshold) and its quarantine rows. Returns (audit row, refused files, error message).
 
-    Cost: the raw files are parsed and validated once into one cached copy; the counts
-    come from one aggregate over it; the de-duplicated rows are cached for the suite and
-    the write. Both caches are released before the next dataset.
+    Order: every file parsed on its own, every record checked against the contract and the
+    expectation suite, and only then the valid rows de-duplicated, so a bad row never
+    displaces a good one. Cost: the validated records are cached once; the counts come
+    from one aggregate over them; the de-duplicated rows are cached for the write.
     """
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
     tables = Tables(spark, cfg)
-    files = list_raw_files(cfg["storage"]["raw"], spec.name, dt)
+    bounds = catalog.limits()
+    files = read_files(list_raw_files(cfg["storage"]["raw"], spec.name, dt), spec, bounds.encoding)
     bad_files = [dict(dataset=spec.name, dt=dt, run_id=run_id, source_file=f.path, size_bytes=f.size_bytes,
                       reason=f.unreadable) for f in files if f.unreadable]
+    records = sum(len(f.records) for f in files if f.records is not None)
     raw = read_raw(spark, files, spec)
     if raw is None:
         write_quarantine(tables, None, spec.name, dt)
         audit = AuditRow(spec.name, dt, run_id, len(files), len(bad_files), 0, 0, 0, 0, 0.0, "{}", True,
                          "empty" if not files else "ok")
         return audit, bad_files, None
-    checked = validate(raw, spec, _references(spark, spec, cfg)) \
+    checked = validate(raw, spec, dt, _references(spark, spec, cfg), bounds) \
         .withColumn(ROW_ID, F.monotonically_increasing_id()).persist(StorageLevel.MEMORY_AND_DISK)
     deduped = None
     try:
         n_valid, n_rejected, reasons = tally(checked)
         rows_read = n_valid + n_rejected
-        deduped = deduplicate(checked.filter(F.size("_reasons") == 0), list(spec.keys)) \
-            .persist(StorageLevel.MEMORY_AND_DISK)
-        n_unique = deduped.count() if n_valid else 0
+        if rows_read != records:
+            raise BundlecastError(f"{spec.name}: {records} records parsed but {rows_read} validated")
+        valid = checked.filter(F.size("_reasons") == 0)
         suite_ok, flagged = True, {}
-        if gx_root and n_unique:
-            result = run_suite(deduped.select(*spec.column_names, ROW_ID), spec.name, gx_root)
+        if gx_root and n_valid:
+            result = run_suite(valid.select(*spec.column_names, ROW_ID), spec.name, gx_root)
             suite_ok, flagged = result.success, result.flagged
         for row_reasons in flagged.values():
             reasons.update(row_reasons)
-        accepted, rejected = split_flagged(deduped, checked.filter(F.size("_reasons") > 0), flagged, spec)
+        passed, rejected = split_flagged(valid, checked.filter(F.size("_reasons") > 0), flagged)
+        deduped = deduplicate(passed, list(spec.keys)).persist(StorageLevel.MEMORY_AND_DISK)
+        n_unique = deduped.count() if n_valid > len(flagged) else 0
         n_quarantined = n_rejected + len(flagged)
         share = n_quarantined / rows_read if rows_read else 0.0
         threshold = float(cfg["ingestion"]["quarantine_threshold"])
         failed = share > threshold
         # rows_accepted counts rows that passed; status says whether they were published.
-        audit = AuditRow(spec.name, dt, run_id, len(files), len(bad_files), rows_read, n_unique - len(flagged),
-                         n_quarantined, n_valid - n_unique, round(share, 6),
+        audit = AuditRow(spec.name, dt, run_id, len(files), len(bad_files), rows_read, n_unique,
+                         n_quarantined, n_valid - len(flagged) - n_unique, round(share, 6),
                          json.dumps(dict(top_reasons(reasons, 10))), suite_ok,
                          "failed_threshold" if failed else "ok")
         if not audit.balanced():
             raise BundlecastError(f"{spec.name}: accounting does not add up: {asdict(audit)}")
-        error = None
+        write_quarantine(tables, rejected.select(F.lit(spec.name).alias("dataset"), F.lit(dt).alias("dt"),
+                                                F.lit(run_id).alias("run_id"), SOURCE, F.col(LINE).alias("line"),
+                                                *quarantine_record(), F.col("_reasons").alias("reasons")),
+                         spec.name, dt)
         if failed:
             # Not published: the passing rows stay out of silver until the drop is fixed
             # (the raw files stay in place, so nothing is lost).
-            error = threshold_message(spec.name, n_quarantined, rows_read, threshold, top_reasons(reasons))
-        else:
-            write_silver(tables, accepted.select(*spec.column_names, F.lit(dt).cast("date").alias("dt"),
-                                                 "_source_file"), spec, dt)
-        write_quarantine(tables, rejected.select(F.lit(spec.name).alias("dataset"), F.lit(dt).alias("dt"),
-                                                F.lit(run_id).alias("run_id"), "_source_file", "record",
-                                                F.col("_reasons").alias("reasons")), spec.name, dt)
-        return audit, bad_files, error
+            return audit, bad_files, threshold_message(spec.name, n_quarantined, rows_read, threshold,
+                                                       top_reasons(reasons))
+        write_silver(tables, deduped.select(*spec.column_names, F.lit(dt).cast("date").alias("dt"), SOURCE), spec, dt)
+        return audit, bad_files, None
     finally:
         checked.unpersist()
         if deduped is not None:
             deduped.unpersist()
+
+
+def failed_audit(spec: DatasetSpec, dt: str, run_id: str, message: str) -> AuditRow:
+    """The audit row of a dataset whose ingestion stopped on an error: nothing published."""
+    return AuditRow(spec.name, dt, run_id, 0, 0, 0, 0, 0, 0, 0.0, json.dumps({"error": message}), False, "error")
 
 
 def run(spark, dt: str, datasets: list[str] | None = None, run_id: str | None = None,
@@ -116,7 +133,11 @@ def run(spark, dt: str, datasets: list[str] | None = None, run_id: str | None = 
     gx_root = cfg["quality"]["gx_project"] if with_expectations else None
     audits, bad_files, errors = [], [], []
     for spec in specs:
-        audit, files, error = ingest_dataset(spark, spec, dt, run_id, cfg, gx_root)
+        try:
+            audit, files, error = ingest_dataset(spark, spec, dt, run_id, cfg, gx_root)
+        except Exception as exc:  # one dataset's failure never stops the others or the audit
+            error = f"{spec.name}: not published: {one_line(exc)}"
+            audit, files = failed_audit(spec, dt, run_id, error), []
         progress(f"{spec.name:18s} read {audit.rows_read:>10,}  accepted {audit.rows_accepted:>10,}  "
                  f"quarantined {audit.rows_quarantined:>8,}  duplicates {audit.duplicates_dropped:>6,}  "
                  f"bad files {audit.files_quarantined}")
@@ -137,17 +158,15 @@ def run(spark, dt: str, datasets: list[str] | None = None, run_id: str | None = 
     return audits
 
 
-def split_flagged(deduped, rejected, flagged: dict, spec: DatasetSpec):
-    """(accepted, rejected): the rows the expectation suite flagged (``flagged``: row id ->
-    reasons) move from the de-duplicated rows to the rejected ones, with their reasons
-    and raw record."""
+def split_flagged(valid, rejected, flagged: dict):
+    """(passed, rejected): the rows the expectation suite flagged (``flagged``: row id ->
+    reasons) move from the valid rows to the rejected ones, with their reasons."""
     from pyspark.sql import functions as F
 
     if not flagged:
-        return deduped, rejected
-    flags = deduped.sparkSession.createDataFrame(list(flagged.items()), f"{ROW_ID} long, _gx array<string>")
-    marked = deduped.join(F.broadcast(flags), ROW_ID, "left")
-    record = F.to_json(F.struct(*[F.col(f"`{c}`") for c in spec.column_names]))
-    rejected = rejected.unionByName(marked.filter(F.col("_gx").isNotNull())
-                                    .withColumn("_reasons", F.col("_gx")).withColumn("record", record).drop("_gx"))
+        return valid, rejected
+    flags = valid.sparkSession.createDataFrame(list(flagged.items()), f"{ROW_ID} long, _gx array<string>")
+    marked = valid.join(F.broadcast(flags), ROW_ID, "left")
+    rejected = rejected.unionByName(marked.filter(F.col("_gx").isNotNull()).withColumn("_reasons", F.col("_gx"))
+                                    .drop("_gx"))
     return marked.filter(F.col("_gx").isNull()).drop("_gx"), rejected

@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from bundlecast.jobs.core.catalog import DatasetSpec
-from bundlecast.jobs.ingest.extract import CORRUPT
-from bundlecast.jobs.ingest.quality import ROW_ID
+from bundlecast.jobs.core.catalog import DatasetSpec, Limits
+from bundlecast.jobs.ingest.extract import LINE, PARSE_ERROR, RAW, RAW_TEXT, SOURCE
 
 ZONE_PATTERN = r"(Z|[+-][0-9]{2}:?[0-9]{2})$"
 
@@ -51,17 +50,47 @@ def _typed(column, raw):
     return value, typed
 
 
-def validate(raw, spec: DatasetSpec, references: dict | None = None):
-    """Pure transform: raw all-string rows -> typed rows with ``_reasons`` (empty when valid).
+def _range_checks(c, typed, dt: str, bounds: Limits) -> list:
+    """Checks every value of a type must pass whatever the column: finite numbers, dates and
+    times between the contract's floor and the landing date plus the column's days ahead."""
+    from datetime import date, timedelta
 
-    ``references`` maps a contract reference reason (``unknown:site_id+item_id``) to a
-    DataFrame of the referenced keys (named as this dataset's columns). Keeps ``record``
-    (the raw row as JSON, or the unparsable text) for the quarantine.
+    from pyspark.sql import functions as F
+
+    if c.type == "double":
+        return [(F.isnan(typed) | typed.isin(float("inf"), float("-inf")), f"not_finite:{c.name}")]
+    if c.type in ("date", "timestamp"):
+        day = F.to_date(typed) if c.type == "timestamp" else typed
+        latest = date.fromisoformat(dt) + timedelta(days=bounds.days_ahead_of(c))
+        return [(day < F.lit(date.fromisoformat(bounds.earliest)), f"too_early:{c.name}"),
+                (day > F.lit(latest), f"too_late:{c.name}")]
+    return []
+
+
+def _string_checks(c, raw, bounds: Limits) -> list:
+    """Strings: the length limit, and no control characters (free text: no NUL)."""
+    from pyspark.sql import functions as F
+
+    if c.type != "string":
+        return []
+    control = raw.contains("\x00") if c.text else raw.rlike(r"\p{Cntrl}")
+    return [(F.length(raw) > bounds.max_length(c), f"too_long:{c.name}"),
+            (control, f"control_character:{c.name}")]
+
+
+def validate(raw, spec: DatasetSpec, dt: str, references: dict | None = None, bounds: Limits | None = None):
+    """Pure transform: raw all-string records -> typed rows with ``_reasons`` (empty when valid).
+
+    ``raw`` carries the contract's columns as text plus ``_source_file``, ``_line``, ``_raw``
+    (the record's bytes), ``_raw_text`` and ``_parse_error`` (see ``extract``). ``dt`` is the
+    landing date the date ranges are measured from. ``references`` maps a contract
+    reference reason (``unknown:site_id+item_id``) to a DataFrame of the referenced keys
+    (named as this dataset's columns).
     """
     from pyspark.sql import functions as F
 
+    bounds = bounds or Limits()
     checks, typed_cols = [], []
-    corrupt = F.col(CORRUPT).isNotNull()
     for c in spec.columns:
         value, typed = _typed(c, F.col(f"`{c.name}`"))
         typed_cols.append(typed.alias(c.name))
@@ -79,10 +108,12 @@ def validate(raw, spec: DatasetSpec, references: dict | None = None):
             checks.append((typed > F.lit(c.max), f"above_max:{c.name}"))
         if c.allowed:
             checks.append((value.isNotNull() & ~value.isin(*c.allowed), f"not_allowed:{c.name}"))
-    record = F.coalesce(F.col(CORRUPT), F.to_json(F.struct(*[F.col(f"`{c}`") for c in spec.column_names])))
-    reasons = F.when(corrupt, F.array(F.lit("malformed_record"))).otherwise(
+        checks += _range_checks(c, typed, dt, bounds) + _string_checks(c, F.col(f"`{c.name}`"), bounds)
+    parsed = F.col(PARSE_ERROR).isNull()
+    reasons = F.when(~parsed, F.array(F.col(PARSE_ERROR))).otherwise(
         F.array_compact(F.array(*[F.when(cond, F.lit(reason)) for cond, reason in checks])))
-    out = raw.select(*typed_cols, "_source_file", record.alias("record"), reasons.alias("_reasons"))
+    lineage = [SOURCE, LINE, RAW, RAW_TEXT]
+    out = raw.select(*typed_cols, *lineage, parsed.alias("_parsed"), reasons.alias("_reasons"))
     for ref in spec.refs:
         keys = (references or {}).get(ref.reason)
         if keys is None:
@@ -93,24 +124,28 @@ def validate(raw, spec: DatasetSpec, references: dict | None = None):
         present = F.lit(True)
         for col in ref.columns:
             present = present & F.col(col).isNotNull()
-        orphan = present & F.col(flag).isNull() & ~F.array_contains("_reasons", "malformed_record")
+        orphan = present & F.col(flag).isNull() & F.col("_parsed")
         out = (out.withColumn("_reasons", F.when(orphan, F.array_append("_reasons", F.lit(ref.reason)))
                               .otherwise(F.col("_reasons")))
                .drop(flag))
-    # The raw text is only kept where it is needed (quarantined rows): for a valid row it
-    # would double the size of what ingestion holds.
-    out = out.withColumn("record", F.when(F.size("_reasons") > 0, F.col("record")))
-    return out.select(*spec.column_names, "_source_file", "record", "_reasons")
+    return out.select(*spec.column_names, *lineage, "_reasons")
+
+
+def quarantine_record():
+    """The quarantine's two forms of a record: readable text and the exact bytes (base64)."""
+    from pyspark.sql import functions as F
+
+    text = F.coalesce(F.col(RAW_TEXT), F.decode(F.col(RAW), "UTF-8"))
+    return [text.alias("record"), F.base64(F.col(RAW)).alias("record_base64")]
 
 
 def deduplicate(valid, keys: list[str]):
     """Keep one row per natural key: the one from the last file in landing order, and
-    within a file the last line (``_row_id`` order, when present)."""
+    within a file the last line."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    tiebreak = F.col(ROW_ID).desc() if ROW_ID in valid.columns else F.col("record").desc()
-    order = Window.partitionBy(*keys).orderBy(F.col("_source_file").desc(), tiebreak)
+    order = Window.partitionBy(*keys).orderBy(F.col(SOURCE).desc(), F.col(LINE).desc())
     return valid.withColumn("_n", F.row_number().over(order)).filter("_n = 1").drop("_n")
 
 

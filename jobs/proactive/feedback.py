@@ -19,6 +19,7 @@ from bundlecast.jobs.proactive.frames import (
 )
 from bundlecast.jobs.proactive.notifications import notify
 from bundlecast.jobs.proactive.reservations import release
+from bundlecast.jobs.proactive.tokens import CUSTOMER_ACTIONS, refusal
 
 
 def unapplied(fb: pd.DataFrame, shipments: pd.DataFrame) -> pd.Series:
@@ -31,6 +32,24 @@ def unapplied(fb: pd.DataFrame, shipments: pd.DataFrame) -> pd.Series:
     floor = (pd.Timestamp.min, "")
     return pd.Series([(pd.Timestamp(r.feedback_ts), r.feedback_id) > last.get(r.reference_id, floor)
                       for r in fb.itertuples()], index=fb.index, dtype=bool)
+
+
+def refusals(fb: pd.DataFrame, shipments: pd.DataFrame, secrets: dict) -> pd.Series:
+    """Pure: why each feedback row may not act on its shipment (None where it may). A
+    customer's row needs the token of its link (``link_signing_key``), dispatch's proof the
+    token of dispatch's feed (``dispatch_feed_key``); either must be for this shipment, the
+    shipment's own user, this kind, and not expired at the feedback's time."""
+    owner = shipments.set_index("shipment_id").user_id
+    out = []
+    for r in fb.itertuples():
+        user = owner.get(r.reference_id)
+        customer = r.kind in CUSTOMER_ACTIONS
+        key = secrets["link_signing_key"] if customer else secrets["dispatch_feed_key"]
+        reason = refusal(key, getattr(r, "token", None), r.reference_id, user, r.kind, pd.Timestamp(r.feedback_ts))
+        if reason is None and customer and r.user_id != user:
+            reason = "wrong_user"
+        out.append(reason)
+    return pd.Series(out, index=fb.index, dtype=object)
 
 
 def apply_feedback(spark, cfg: dict, dt: str, run_id: str, summary: StepRun) -> set[date]:
@@ -49,7 +68,11 @@ def apply_feedback(spark, cfg: dict, dt: str, run_id: str, summary: StepRun) -> 
         & (F.col("feedback_ts") < F.lit(str(as_date(dt) + timedelta(days=1))).cast("timestamp"))).toPandas()
     known = fb.reference_id.isin(set(shipments.shipment_id))
     c["feedback_unknown_shipment"] = int((~known).sum())
-    fb = fb[known].sort_values(["feedback_ts", "feedback_id"])
+    fb = fb[known]
+    refused = refusals(fb, shipments, cfg["secrets"])
+    for reason, n in refused.dropna().value_counts().items():
+        c[f"feedback_refused_{reason}"] = int(n)
+    fb = fb[refused.isna()].sort_values(["feedback_ts", "feedback_id"])
     if not len(shipments):
         return set()
     fb = fb[unapplied(fb, shipments)]

@@ -1,18 +1,21 @@
 """Notifications: the outbox (heads-up, arrival changes, cancel/postpone tokens)."""
 from __future__ import annotations
 
-import hashlib
-import hmac
+from datetime import datetime, time, timedelta
 
 import pandas as pd
 
 from bundlecast.jobs.core.commerce import stable_id
 from bundlecast.jobs.core.tables import Tables
 from bundlecast.jobs.proactive.frames import as_date, catalog_rows
+from bundlecast.jobs.proactive.tokens import CUSTOMER_ACTIONS, sign
 
 
-def token(secret: str, shipment_id: str) -> str:
-    return hmac.new(secret.encode(), shipment_id.encode(), hashlib.sha256).hexdigest()[:32]
+def link_tokens(key: str, shipment_id: str, user_id: str, delivery_date, days_valid: int) -> dict:
+    """The customer's cancel / postpone / accept tokens for a shipment, each bound to its
+    action and valid until ``days_valid`` days after the delivery day starts (UTC)."""
+    expires = datetime.combine(as_date(delivery_date), time()) + timedelta(days=days_valid)
+    return {f"{action}_token": sign(key, shipment_id, user_id, kind, expires) for kind, action in CUSTOMER_ACTIONS.items()}
 
 
 def notify(spark, cfg: dict, ships: pd.DataFrame, kind: str, dt: str, run_id: str, now) -> None:
@@ -35,8 +38,9 @@ def notify(spark, cfg: dict, ships: pd.DataFrame, kind: str, dt: str, run_id: st
                                      if arrival is not None else r.window_end),
                      "incentive_type": r.incentive_type if kind == "heads_up" else None,
                      "incentive_value": float(r.incentive_value) if kind == "heads_up" and pd.notna(r.incentive_value) else None,
-                     "token": token(str(p["token_secret"]), r.shipment_id), "dt": as_date(dt), "run_id": run_id,
-                     "created_at": now})
+                     **link_tokens(cfg["secrets"]["link_signing_key"], r.shipment_id, r.user_id, r.delivery_date,
+                                   int(p["link_days_valid"])),
+                     "dt": as_date(dt), "run_id": run_id, "created_at": now})
     out = pd.DataFrame(rows)
     if kind == "heads_up":
         sent = Tables(spark, cfg).read("notifications").filter(

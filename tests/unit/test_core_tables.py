@@ -58,7 +58,8 @@ def test_upsert_merges_on_keys_and_write_modes_are_enforced(unit_tables):
     def note(nid, kind):
         return {"notification_id": nid, "shipment_id": "SH1", "user_id": "U1", "kind": kind, "channel": "app",
                 "items": ["s|i"], "expected_from": now, "expected_to": now, "incentive_type": None,
-                "incentive_value": None, "token": "t", "dt": "2026-11-20", "run_id": "r", "created_at": now}
+                "incentive_value": None, "cancel_token": "t", "postpone_token": "t", "accept_token": "t",
+                "dt": "2026-11-20", "run_id": "r", "created_at": now}
     t.upsert("notifications", t.frame("notifications", [note("N1", "heads_up")]))
     t.upsert("notifications", t.frame("notifications", [note("N1", "changed"), note("N2", "heads_up")]), update=False)
     assert sorted((r.notification_id, r.kind) for r in t.read("notifications").collect()) == \
