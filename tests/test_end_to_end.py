@@ -106,6 +106,31 @@ def test_the_run_used_the_installed_package_not_the_checkout(e2e_home):
     assert jobs == models == "None"
 
 
+def test_sql_refuses_writes_and_the_table_stays(e2e_home):
+    done = _bundlecast(e2e_home, "sql", "DROP TABLE bundlecast.orders")
+    assert done.returncode == 1 and "read-only" in done.stderr and "at org.apache" not in done.stderr
+    done = _bundlecast(e2e_home, "sql", "SELECT COUNT(*) AS n FROM bundlecast.orders", "--json")
+    assert done.returncode == 0 and json.loads(done.stdout.splitlines()[-1])["n"] > 0
+
+
+def test_a_date_that_is_not_a_date_is_refused_at_spark_submit(e2e_home):
+    """The documented entry point validates ``--date`` before anything runs: the SQL
+    injection that once emptied the quarantine stops at argument parsing."""
+    tables = _tables(e2e_home)
+    before = tables["quarantine_files"]["rows"], tables["quarantine"]["rows"]
+    code = "from bundlecast.dags._steps import SUBMIT; print(SUBMIT)"
+    submit = subprocess.run([str(BIN / "python"), "-c", code], capture_output=True, text=True).stdout.strip()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "BUNDLECAST_CONF"))}
+    env.update(BUNDLECAST_HOME=str(e2e_home), PYSPARK_PYTHON=str(BIN / "python"))
+    done = subprocess.run([str(Path(sys.executable).parent / "spark-submit"), "--conf",
+                           f"spark.pyspark.driver.python={BIN / 'python'}", submit, "ingest", "--date",
+                           "2026-11-20' OR '1'='1", "--datasets", "sites"], env=env, capture_output=True, text=True,
+                          timeout=600, cwd=e2e_home)
+    assert done.returncode != 0 and "not a date (YYYY-MM-DD)" in done.stderr, done.stderr[-2000:]
+    tables = _tables(e2e_home)
+    assert (tables["quarantine_files"]["rows"], tables["quarantine"]["rows"]) == before
+
+
 def test_errors_are_one_line(e2e_home):
     done = _bundlecast(e2e_home, "sql", "SELECT * FROM bundlecast.no_such_table")
     assert done.returncode == 1

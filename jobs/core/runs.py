@@ -12,7 +12,9 @@ import time
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
+
+from bundlecast.jobs.core.errors import BundlecastError
 
 
 def utc_now() -> datetime:
@@ -38,6 +40,16 @@ class StepRun:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per part of the run
     seconds: float = 0.0
     started: float = field(default_factory=time.time, repr=False)
+
+    def __post_init__(self):
+        # Every step builds its run record first: a run date that is not a plain
+        # YYYY-MM-DD date stops here, whatever the entry point (CLI, spark-submit, DAG, API).
+        try:
+            ok = date.fromisoformat(str(self.dt)).isoformat() == str(self.dt)
+        except ValueError:
+            ok = False
+        if not ok:
+            raise BundlecastError(f"{self.step}: run date must be YYYY-MM-DD, not {str(self.dt)[:40]!r}")
 
     @contextmanager
     def timed(self, part: str):

@@ -36,6 +36,11 @@ def export_table(name: str, dt: str, target: str | None = None, fmt: str | None 
     from deltalake import DeltaTable
 
     cfg = cfg or config()
+    try:
+        if date.fromisoformat(dt).isoformat() != dt:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise BundlecastError(f"export: date must be YYYY-MM-DD, not {str(dt)[:40]!r}") from None
     ex = cfg["exports"]
     fmt = fmt or (ex.get("formats") or {}).get(name) or ex["format"]
     target = target or ex["target"]

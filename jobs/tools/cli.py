@@ -98,9 +98,13 @@ def cmd_tables(args) -> None:
 
 def cmd_sql(args) -> None:
     from bundlecast.jobs.core.spark import get_spark
+    from bundlecast.jobs.tools.sql_guard import check_read_only, read_only_session
 
     spark = get_spark("bundlecast-sql")
     spark.sql(f"USE {config()['storage']['database']}")
+    if not args.allow_writes:
+        read_only_session(spark)
+        check_read_only(spark, args.query)
     result = spark.sql(args.query)
     if args.json:
         for row in result.limit(args.limit).toJSON().collect():
@@ -263,8 +267,10 @@ def _data_commands(sub) -> None:
     p = sub.add_parser("tables", help="every catalog table: location, Delta version, rows")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_tables)
-    p = sub.add_parser("sql", help="Spark SQL over the bundlecast catalog")
+    p = sub.add_parser("sql", help="read-only Spark SQL over the bundlecast catalog")
     p.add_argument("query")
+    p.add_argument("--allow-writes", action="store_true",
+                   help="maintenance: allow statements that change tables or read files by path")
     p.add_argument("--limit", type=int, default=20)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_sql)

@@ -89,3 +89,18 @@ def test_step_runs_keep_one_row_per_date_step_and_mode_and_the_latest_watermark(
     assert last_watermark(t, "need") == datetime(2026, 11, 20, 3)
     assert last_watermark(t, "need", modes=("train",)) == datetime(2026, 11, 20, 2)
     assert first.row(datetime(2026, 11, 20))["figures"] == {"seconds.score": 0.0, "model.recall_at_10": 0.5}
+
+
+@pytest.mark.parametrize("dt", ["2026-11-20' OR '1'='1", "2026-11-20/../../etc", "20261120", "", "2026-02-30"])
+def test_a_run_date_that_is_not_a_date_stops_every_step(dt):
+    from bundlecast.jobs.core.errors import BundlecastError
+    from bundlecast.jobs.core.runs import StepRun
+    with pytest.raises(BundlecastError, match="run date must be YYYY-MM-DD"):
+        StepRun("ingest", dt, "r")
+
+
+def test_partition_values_are_typed_literals_never_pasted_text():
+    from bundlecast.jobs.core.tables import sql_literal
+    assert sql_literal("a' OR '1'='1") == "'a\\' OR \\'1\\'=\\'1'"
+    with pytest.raises(ValueError):
+        predicate("quarantine", {"dt": "2026-11-20' OR '1'='1"})
