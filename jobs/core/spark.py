@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from bundlecast.jobs.core.config import CONF_DIR, config
+from bundlecast.jobs.core.errors import BundlecastError, ConfigError, one_line
 
 log = logging.getLogger(__name__)
 DELTA_EXTENSIONS = {
@@ -59,6 +60,41 @@ def _record_jars(cfg: dict) -> list[str]:
     return jars
 
 
+UNSAFE_PATH = re.compile(r"[\"'\\\n\r\t,;$`]")
+
+
+def check_paths(cfg: dict) -> None:
+    """Paths Spark's launcher must pass through a JVM command line: spaces are quoted;
+    quotes, backslashes, commas, semicolons, ``$`` and control characters are refused
+    in one line (they cannot be passed safely to every part: JVM options, jar lists, JDBC URLs)."""
+    for what, value in (("BUNDLECAST_HOME", cfg["home"]), ("spark.jar_cache", cfg["spark"]["jar_cache"]),
+                        ("the conf directory", str(CONF_DIR))):
+        bad = UNSAFE_PATH.search(str(value))
+        if bad:
+            raise ConfigError(f"{what} {str(value)!r} contains {bad.group()!r}: Spark cannot be started with such "
+                              "a path; choose one without quotes, backslashes, commas, semicolons or '$'")
+
+
+def _java_option(path) -> str:
+    """A path as one JVM option value (quoted when it holds spaces)."""
+    text = str(path)
+    return f'"{text}"' if " " in text else text
+
+
+def _busy_metastore(cfg: dict) -> str | None:
+    """Why the embedded metastore cannot be opened, from Derby's own log (None if not that)."""
+    log_file = Path(cfg["home"]) / "metastore" / "derby.log"
+    try:
+        text = log_file.read_text(errors="replace")[-20000:]
+    except OSError:
+        return None
+    if "XSDB6" in text:
+        return (f"the embedded metastore under {Path(cfg['home']) / 'metastore'} is in use by another Spark driver "
+                "(Derby allows one at a time): wait for it to finish, use another BUNDLECAST_HOME, or a metastore "
+                "server (storage.metastore_url)")
+    return None
+
+
 def spark_conf(cfg: dict | None = None) -> dict[str, str]:
     """Every Spark setting a bundlecast job needs, for the builder and for spark-submit alike."""
     cfg = cfg or config()
@@ -71,8 +107,8 @@ def spark_conf(cfg: dict | None = None) -> dict[str, str]:
         "spark.hadoop.javax.jdo.option.ConnectionURL": storage["metastore_url"],
         "spark.hadoop.datanucleus.schema.autoCreateAll": "true",
         "spark.hadoop.hive.metastore.schema.verification": "false",
-        "spark.driver.extraJavaOptions": (f"-Dderby.system.home={metastore_home} "
-                                          f"-Dlog4j2.configurationFile={CONF_DIR / 'log4j2.properties'}"),
+        "spark.driver.extraJavaOptions": (f"-Dderby.system.home={_java_option(metastore_home)} "
+                                          f"-Dlog4j2.configurationFile={_java_option(CONF_DIR / 'log4j2.properties')}"),
         "spark.driver.memory": str(sp["driver_memory"]),
         "spark.sql.shuffle.partitions": str(sp["shuffle_partitions"]),
         # Python workers (pandas UDFs) run the interpreter that has bundlecast installed;
@@ -99,6 +135,7 @@ def get_spark(app_name: str | None = None, cfg: dict | None = None, extra_conf: 
     from pyspark.sql import SparkSession
 
     cfg = cfg or config()
+    check_paths(cfg)
     Path(cfg["home"], "metastore").mkdir(parents=True, exist_ok=True)
     Path(cfg["spark"]["jar_cache"]).mkdir(parents=True, exist_ok=True)
     fetching = cached_jars(cfg) is None
@@ -111,7 +148,11 @@ def get_spark(app_name: str | None = None, cfg: dict | None = None, extra_conf: 
         builder = builder.config(key, value)
     if fetching:
         log.warning("fetching Spark jars %s into %s (once)", cfg["spark"]["packages"], cfg["spark"]["jar_cache"])
-    spark = builder.getOrCreate()
+    try:
+        spark = builder.getOrCreate()
+    except Exception as exc:  # JAVA_GATEWAY_EXITED and friends: the JVM's reason is on stderr above
+        raise BundlecastError(f"Spark could not start ({one_line(exc)}); run with BUNDLECAST_DEBUG=1 for the "
+                              "JVM's output") from None
     spark.sparkContext.setLogLevel("ERROR")
     # PySpark logs every failed query with the JVM stack trace; bundlecast reports errors
     # itself as one line (BUNDLECAST_DEBUG=1 keeps the full log).
@@ -120,6 +161,9 @@ def get_spark(app_name: str | None = None, cfg: dict | None = None, extra_conf: 
             logging.getLogger(name).disabled = True
     if fetching:
         _record_jars(cfg)
-    if not spark.catalog.databaseExists(cfg["storage"]["database"]):
-        spark.sql(f"CREATE DATABASE IF NOT EXISTS {cfg['storage']['database']}")
+    try:
+        if not spark.catalog.databaseExists(cfg["storage"]["database"]):
+            spark.sql(f"CREATE DATABASE IF NOT EXISTS {cfg['storage']['database']}")
+    except Exception as exc:
+        raise BundlecastError(_busy_metastore(cfg) or f"cannot open the metastore: {one_line(exc)}") from None
     return spark
