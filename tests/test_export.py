@@ -56,6 +56,41 @@ def test_s3_export_through_boto3(tiny_world, cfg, moto_endpoint, monkeypatch):
     assert verify(store.get(f"users/dt={tiny_world['date']}/{MANIFEST}"), store, f"users/dt={tiny_world['date']}")
 
 
+def test_exports_carry_only_their_declared_columns(tiny_world, cfg, tmp_path):
+    """Website and app get no demographics, home coordinates, costs or internal paths; the
+    manifest states the consumers and what was left out."""
+    import pyarrow.parquet as pq
+
+    store = LocalStore(str(tmp_path / "exports"))
+    for name, never in {"users": {"age", "gender", "lat", "lon", "_source_file"},
+                        "items": {"cost", "_source_file"}}.items():
+        manifest = export_table(name, tiny_world["date"], fmt="parquet", cfg=cfg, store=store)
+        columns = set(pq.read_table(tmp_path / "exports" / name / f"dt={tiny_world['date']}" / "part-00000.parquet")
+                      .column_names)
+        assert columns == set(cfg["exports"]["tables"][name]["columns"]) and not columns & never, name
+        assert set(manifest["omitted"]) >= never and manifest["consumers"] and manifest["schema_source"] == "exports.tables"
+    manifest = export_table("events", tiny_world["date"], fmt="parquet", cfg=cfg, store=store)
+    assert "_source_file" in manifest["omitted"] and manifest["schema_source"].startswith("catalog")
+
+
+def test_declared_rounding_is_applied():
+    import pyarrow as pa
+
+    from bundlecast.jobs.export.job import _round
+    schema = pa.schema([("stop", pa.string()), ("lat", pa.float64())])
+    batch = pa.RecordBatch.from_arrays([pa.array(["a"]), pa.array([48.8566123456])], schema=schema)
+    assert _round(batch, {"lat": 5}, schema).column(1).to_pylist() == [48.85661]
+
+
+def test_every_configured_export_declares_existing_columns(cfg):
+    from bundlecast.jobs.core import catalog
+    from bundlecast.jobs.export.job import export_schema
+    for name, spec in cfg["exports"]["tables"].items():
+        layout = export_schema(name, [c.name for c in catalog.table(name).columns], cfg["exports"])
+        assert layout["columns"] == spec["columns"] and spec["consumers"], name
+        assert not any(c.startswith("_") for c in layout["columns"]), name
+
+
 def test_unknown_target_scheme_is_one_clear_error():
     from bundlecast.jobs.core.errors import ConfigError
     with pytest.raises(ConfigError, match="unsupported export target"):

@@ -251,11 +251,14 @@ def test_routes_keep_every_planned_stop_in_order_and_window(spark, pworld, night
 def test_reservations_match_shipments_and_rerun_changes_nothing(spark, pworld, nightly):
     from bundlecast.jobs.proactive import job as proactive
     cfg = pworld["cfg"]
-    names = ["proactive_shipments", "inventory_reservations", "route_stops", "route_plans", "notifications"]
+    names = ["proactive_shipments", "inventory_reservations", "route_stops", "route_plans", "notifications",
+             "proactive_thresholds"]
     key_cols = {"proactive_shipments": ["shipment_id", "status", "route_id", "planned_arrival"],
                 "inventory_reservations": ["reservation_id", "status", "quantity"],
                 "route_stops": ["route_id", "sequence", "stop_type", "shipment_id", "order_id", "planned_arrival"],
-                "route_plans": ["route_id", "km_after", "proactive_stops"], "notifications": ["notification_id"]}
+                "route_plans": ["route_id", "km_after", "proactive_stops", "dropped_at_depot"],
+                "notifications": ["notification_id"],
+                "proactive_thresholds": ["dt", "category", "shipments", "threshold"]}
     before = {n: _t(spark, cfg, n)[key_cols[n]].sort_values(key_cols[n][:2]).reset_index(drop=True) for n in names}
     res = before["inventory_reservations"]
     active = _t(spark, cfg, "inventory_reservations").query("status == 'active'")
@@ -357,6 +360,13 @@ def test_feedback_cancel_releases_and_unroutes_postpone_moves(spark, pworld, nig
     notes = _t(spark, cfg, "notifications")
     assert {"cancelled", "postponed"} <= set(notes[notes.shipment_id.isin([cancel.shipment_id, postpone.shipment_id])].kind)
     _assert_users_told_the_current_plan(spark, cfg)
+    # the hourly re-plan keeps counting the day's shipments an earlier plan dropped
+    ships = _t(spark, cfg, "proactive_shipments")
+    plans = _t(spark, cfg, "route_plans")
+    plans = plans[pd.to_datetime(plans.route_date).dt.date == DELIVERY].groupby("depot_id").dropped_at_depot.max()
+    gone = ships[(pd.to_datetime(ships.delivery_date).dt.date == DELIVERY) & (ships.status == "dropped")]
+    assert plans.reindex(gone.warehouse_id.unique()).fillna(0).astype(int).to_dict() == \
+        gone.warehouse_id.value_counts().to_dict()
 
 
 def test_consolidation_potential_is_the_exact_insertion_cost(spark, pworld, nightly):

@@ -54,7 +54,8 @@ def export_table(name: str, dt: str, target: str | None = None, fmt: str | None 
     store.delete(f"{prefix}/{MANIFEST}")  # from here on, consumers see the export as absent
     old = set(store.list(prefix))
     dataset = delta.to_pyarrow_dataset()
-    schema = dataset.schema
+    layout = export_schema(name, dataset.schema.names, ex)
+    schema = pa.schema([dataset.schema.field(c) for c in layout["columns"]])
     files, part, rows_per_file = [], 0, int(ex["rows_per_file"])
     pending, pending_rows = [], 0
 
@@ -75,8 +76,8 @@ def export_table(name: str, dt: str, target: str | None = None, fmt: str | None 
         only_dt = pc.field("dt") == pa.scalar(date.fromisoformat(dt), pa.date32())
     elif "route_date" in catalog.table(name).partition_by:  # delivery plans: the run date's and later days
         only_dt = pc.field("route_date") >= pa.scalar(date.fromisoformat(dt), pa.date32())
-    for batch in dataset.to_batches(filter=only_dt):
-        pending.append(batch)
+    for batch in dataset.to_batches(columns=layout["columns"], filter=only_dt):
+        pending.append(_round(batch, layout["round"], schema))
         pending_rows += batch.num_rows
         if pending_rows >= rows_per_file:
             flush()
@@ -88,6 +89,8 @@ def export_table(name: str, dt: str, target: str | None = None, fmt: str | None 
         "table": name, "dt": dt, "format": fmt, "delta_version": delta.version(),
         "row_count": sum(f["rows"] for f in files),
         "schema": [{"name": f.name, "type": str(f.type)} for f in schema],
+        "consumers": layout["consumers"], "rounded": layout["round"], "omitted": layout["omitted"],
+        "schema_source": layout["source"],
         "files": files,
         "checksum": hashlib.sha256("".join(f["sha256"] for f in files).encode()).hexdigest(),
         "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -95,6 +98,34 @@ def export_table(name: str, dt: str, target: str | None = None, fmt: str | None 
     }
     store.put(f"{prefix}/{MANIFEST}", json.dumps(manifest, indent=1).encode())
     return manifest
+
+
+def export_schema(name: str, available: list[str], ex: dict) -> dict:
+    """What leaves for ``name``: the declared columns (``exports.tables``), or, for a table
+    without a declaration, its columns minus internal ones (``_source_file``...)."""
+    declared = (ex.get("tables") or {}).get(name)
+    if declared:
+        missing = [c for c in declared["columns"] if c not in available]
+        if missing:
+            raise BundlecastError(f"exports.tables.{name} names column(s) the table does not have: {missing}")
+        columns, source = list(declared["columns"]), "exports.tables"
+    else:
+        columns, source = [c for c in available if not c.startswith("_")], "catalog (no export schema declared)"
+    return {"columns": columns, "round": dict((declared or {}).get("round") or {}),
+            "consumers": list((declared or {}).get("consumers") or []),
+            "omitted": [c for c in available if c not in columns], "source": source}
+
+
+def _round(batch, decimals: dict, schema):
+    """The batch with the ``decimals`` columns rounded (coordinates, probabilities)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not decimals:
+        return batch
+    arrays = [pc.round(batch.column(f.name), int(decimals[f.name])) if f.name in decimals else batch.column(f.name)
+              for f in schema]
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
 def export_configured(dt: str, cfg: dict | None = None) -> list[dict]:

@@ -75,10 +75,13 @@ def ingest_dataset(spark, spec: DatasetSpec, dt: str, run_id: str, cfg: dict, gx
         if rows_read != records:
             raise BundlecastError(f"{spec.name}: {records} records parsed but {rows_read} validated")
         valid = checked.filter(F.size("_reasons") == 0)
-        suite_ok, flagged = True, {}
+        suite_ok, flagged, blind = True, {}, []
         if gx_root and n_valid:
             result = run_suite(valid.select(*spec.column_names, ROW_ID), spec.name, gx_root)
-            suite_ok, flagged = result.success, result.flagged
+            suite_ok, flagged, blind = result.success, result.flagged, result.unattributed
+        if blind:
+            raise BundlecastError(f"{spec.name}: expectation(s) {', '.join(sorted(set(blind)))} failed without naming "
+                                  "their rows; not published (fix the suite or the drop)")
         for row_reasons in flagged.values():
             reasons.update(row_reasons)
         passed, rejected = split_flagged(valid, checked.filter(F.size("_reasons") > 0), flagged)

@@ -25,6 +25,9 @@ class SuiteResult:
     flagged: dict[int, list[str]] = field(default_factory=dict)  # _row_id -> reasons
     failed_expectations: list[str] = field(default_factory=list)
     evaluated: int = 0
+    # Failed expectations that could not name their rows (an exception inside GX, or fewer
+    # row ids than unexpected values): the dataset must not be published blind.
+    unattributed: list[str] = field(default_factory=list)
 
 
 def suite_path(dataset: str) -> Path:
@@ -80,9 +83,16 @@ def run_suite(df, dataset: str, project_root: str, build_docs: bool = True) -> S
             kwargs = r.expectation_config.kwargs
             reason = f"expectation:{r.expectation_config.type}" + (f":{kwargs['column']}" if "column" in kwargs else "")
             out.failed_expectations.append(reason)
+            named = 0
             for entry in (r.result or {}).get("unexpected_index_list") or []:
                 if isinstance(entry, dict) and ROW_ID in entry:
                     out.flagged.setdefault(int(entry[ROW_ID]), []).append(reason)
+                    named += 1
+            info = r.exception_info if isinstance(r.exception_info, dict) else {}
+            raised = info.get("raised_exception") or any(isinstance(v, dict) and v.get("raised_exception")
+                                                         for v in info.values())
+            if raised or int((r.result or {}).get("unexpected_count") or 0) > named:
+                out.unattributed.append(reason)
     return out
 
 

@@ -29,7 +29,8 @@ def thresholds(cfg: dict, dt: str, shipments: pd.DataFrame) -> pd.DataFrame:
     p, rule = cfg["proactive"], cfg["proactive"]["cancel_rule"]
     day = as_date(dt)
     recent = shipments[(shipments.status.isin(NOTIFIED))
-                       & (pd.to_datetime(shipments.dt).dt.date > day - timedelta(days=int(rule["lookback_days"])))]
+                       & (pd.to_datetime(shipments.dt).dt.date > day - timedelta(days=int(rule["lookback_days"])))
+                       & (pd.to_datetime(shipments.dt).dt.date < day)]  # not its own run date: a re-run sees the same
     stats = recent.groupby("category").agg(shipments=("shipment_id", "size"),
                                            cancelled=("status", lambda s: int((s == "cancelled").sum())))
     cats = sorted(set(stats.index) | set(p["category_thresholds"]))

@@ -91,7 +91,10 @@ def replan(spark, cfg: dict, days: set[date], dt: str, run_id: str, summary: Ste
     warehouses = Tables(spark, cfg).read("warehouses").select("warehouse_id", "lat", "lon").toPandas().set_index("warehouse_id")
     for day in sorted(days):
         stops_all = day_routes(spark, cfg, day, routes_all)
-        todays = shipments[(pd.to_datetime(shipments.delivery_date).dt.date == day) & shipments.status.isin(ACTIVE)].copy()
+        on_day = pd.to_datetime(shipments.delivery_date).dt.date == day
+        todays = shipments[on_day & shipments.status.isin(ACTIVE)].copy()
+        # dropped by an earlier plan of the day: no longer routed, still dropped at their depot
+        dropped_before = shipments[on_day & shipments.status.eq("dropped")].warehouse_id.value_counts()
         if stops_all is None:
             c["days_without_routes"] += 1
             continue
@@ -122,7 +125,8 @@ def replan(spark, cfg: dict, days: set[date], dt: str, run_id: str, summary: Ste
             depot_dropped = [int(k) for k in range(1 + n_plan, problem.n) if k not in {x for r in solved.routes for x in r}]
             dropped += [props.shipment_id.iloc[k - 1 - n_plan] for k in depot_dropped]
             rows = route_rows(problem, solved.routes, planned, stops, props, vehicles, depot_id, day,
-                              status, len(depot_dropped), float(cfg["incentives"]["co2_kg_per_km"]), run_id)
+                              status, len(depot_dropped) + int(dropped_before.get(depot_id, 0)),
+                              float(cfg["incentives"]["co2_kg_per_km"]), run_id)
             stop_rows += rows[0]
             plan_rows += rows[1]
             routed.update(rows[2])
