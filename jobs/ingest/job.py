@@ -31,13 +31,17 @@ def _references(spark, spec: DatasetSpec, cfg: dict) -> dict:
     from pyspark.sql import functions as F
 
     references = {}
+    required = {c.name for c in spec.columns if c.required}
     for ref in spec.refs:
         try:
             keys = spark.read.format("delta").load(catalog.table_path(ref.dataset, cfg)).select(
                 *[F.col(rc).alias(c) for rc, c in zip(ref.ref_columns, ref.columns)])
         except Exception:
-            raise BundlecastError(f"{spec.name}: referenced table {ref.dataset} does not exist yet; "
-                                  f"ingest {ref.dataset} first") from None
+            if required & set(ref.columns):
+                raise BundlecastError(f"{spec.name}: referenced table {ref.dataset} does not exist yet; "
+                                      f"ingest {ref.dataset} first") from None
+            # An optional reference to a dataset never landed: every value given is unknown.
+            keys = spark.createDataFrame([], ", ".join(f"`{c}` string" for c in ref.columns))
         references[ref.reason] = keys
     return references
 
