@@ -137,3 +137,24 @@ def test_a_rerun_leaves_the_same_rows(corpus, spark):
 def test_audit_reasons_name_every_category(corpus):
     reasons = json.loads(corpus["audits"]["events"].top_reasons)
     assert "too_early:event_ts" in reasons and reasons["too_early:event_ts"] == 2
+
+
+def test_one_failing_dataset_stops_neither_the_others_nor_the_audit(spark, tmp_path):
+    """order_lines cannot be checked (its required reference, orders, was never ingested):
+    it is not published and the run fails naming it, but sites is published and the audit
+    holds both."""
+    from bundlecast.jobs.core.config import load_config
+    from bundlecast.jobs.core.errors import DataQualityError
+    from bundlecast.jobs.ingest import job as ingest
+    from bundlecast.jobs.tools.demo_world import generate
+
+    cfg = load_config(state_home=tmp_path)
+    cfg["storage"]["database"] = "bundlecast_isolation"
+    spark.sql("CREATE DATABASE IF NOT EXISTS bundlecast_isolation")
+    generate(Path(cfg["storage"]["raw"]), tmp_path / "truth.json", "tiny", 3, BASE_DT)
+    with pytest.raises(DataQualityError, match="order_lines: not published: .*ingest orders first") as err:
+        ingest.run(spark, BASE_DT, ["sites", "order_lines"], cfg=cfg, with_expectations=False, progress=lambda m: None)
+    assert "\n" not in str(err.value)
+    audit = {r.dataset: r for r in _table(spark, "ingestion_audit", cfg).collect()}
+    assert audit["sites"].status == "ok" and audit["order_lines"].status == "error"
+    assert _table(spark, "sites", cfg).count() == audit["sites"].rows_accepted > 0
