@@ -11,7 +11,7 @@ from bundlecast.jobs.core.config import config
 from bundlecast.jobs.core.errors import BundlecastError, DataQualityError, one_line
 from bundlecast.jobs.core.runs import StepRun, record, utc_now
 from bundlecast.jobs.core.tables import Tables
-from bundlecast.jobs.ingest.extract import LINE, SOURCE, list_raw_files, read_files, read_raw
+from bundlecast.jobs.ingest.extract import LINE, RAW, RAW_TEXT, SOURCE, list_raw_files, read_files, read_raw
 from bundlecast.jobs.ingest.load import write_ops, write_quarantine, write_silver
 from bundlecast.jobs.ingest.quality import ROW_ID, run_suite
 from bundlecast.jobs.ingest.transform import (
@@ -70,7 +70,9 @@ def ingest_dataset(spark, spec: DatasetSpec, dt: str, run_id: str, cfg: dict, gx
         audit = AuditRow(spec.name, dt, run_id, len(files), len(bad_files), 0, 0, 0, 0, 0.0, "{}", True,
                          "empty" if not files else "ok")
         return audit, bad_files, None
-    checked = validate(raw, spec, dt, _references(spark, spec, cfg), bounds) \
+    # The records' bytes stay out of the cached, validated rows: only quarantined rows need
+    # them, joined back by (file, line) when the quarantine is written.
+    checked = validate(raw.drop(RAW, RAW_TEXT), spec, dt, _references(spark, spec, cfg), bounds) \
         .withColumn(ROW_ID, F.monotonically_increasing_id()).persist(StorageLevel.MEMORY_AND_DISK)
     deduped = None
     try:
@@ -102,6 +104,7 @@ def ingest_dataset(spark, spec: DatasetSpec, dt: str, run_id: str, cfg: dict, gx
                          "failed_threshold" if failed else "ok")
         if not audit.balanced():
             raise BundlecastError(f"{spec.name}: accounting does not add up: {asdict(audit)}")
+        rejected = rejected.join(raw.select(SOURCE, LINE, RAW, RAW_TEXT), [SOURCE, LINE], "left")
         write_quarantine(tables, rejected.select(F.lit(spec.name).alias("dataset"), F.lit(dt).alias("dt"),
                                                 F.lit(run_id).alias("run_id"), SOURCE, F.col(LINE).alias("line"),
                                                 *quarantine_record(), F.col("_reasons").alias("reasons")),

@@ -112,7 +112,7 @@ def validate(raw, spec: DatasetSpec, dt: str, references: dict | None = None, bo
     parsed = F.col(PARSE_ERROR).isNull()
     reasons = F.when(~parsed, F.array(F.col(PARSE_ERROR))).otherwise(
         F.array_compact(F.array(*[F.when(cond, F.lit(reason)) for cond, reason in checks])))
-    lineage = [SOURCE, LINE, RAW, RAW_TEXT]
+    lineage = [c for c in (SOURCE, LINE, RAW, RAW_TEXT) if c in raw.columns]  # the bytes may be kept aside
     out = raw.select(*typed_cols, *lineage, parsed.alias("_parsed"), reasons.alias("_reasons"))
     for ref in spec.refs:
         keys = (references or {}).get(ref.reason)
