@@ -17,7 +17,11 @@ class RawFile:
     path: str
     size_bytes: int
     unreadable: str | None = None  # the reason, when the file is refused as a whole
-    records: Records | None = None
+    table: object = None           # its records as an Arrow table (see ``file_table``)
+
+    @property
+    def rows(self) -> int:
+        return 0 if self.table is None else self.table.num_rows
 
 
 def list_raw_files(raw_root: str, dataset: str, dt: str) -> list[Path]:
@@ -35,7 +39,7 @@ def read_files(paths: list[Path], spec: DatasetSpec, encoding: str = "utf-8") ->
     for path in paths:
         raw = RawFile(str(path), path.stat().st_size)
         try:
-            raw.records = read_file(path, spec.column_names, encoding)
+            raw.table = file_table(read_file(path, spec.column_names, encoding), str(path))
         except FileRefused as exc:
             raw.unreadable = str(exc)
         except OSError as exc:
@@ -44,23 +48,30 @@ def read_files(paths: list[Path], spec: DatasetSpec, encoding: str = "utf-8") ->
     return files
 
 
-def records_table(files: list[RawFile], spec: DatasetSpec):
+def file_table(records: Records, path: str):
+    """One file's records as an Arrow table (the Python lists are let go at once: a
+    file's text costs its size in Arrow, several times that as Python strings)."""
+    import pyarrow as pa
+
+    n = len(records)
+    arrays = {c: pa.array(records.values[c], pa.string()) for c in records.columns}
+    arrays[SOURCE] = pa.array([path] * n, pa.string())
+    arrays[LINE] = pa.array(records.lines, pa.int64())
+    arrays[RAW] = pa.array(records.raws, pa.binary())
+    arrays[PARSE_ERROR] = pa.array(records.errors, pa.string())
+    arrays[RAW_TEXT] = pa.array(records.texts, pa.string())
+    return pa.table(arrays)
+
+
+def records_table(files: list[RawFile]):
     """The records of the readable files as one Arrow table (None when there are none)."""
     import pyarrow as pa
 
-    readable = [f for f in files if f.records is not None and len(f.records)]
-    if not readable:
-        return None
-    arrays = {c: pa.array([v for f in readable for v in f.records.values[c]], pa.string()) for c in spec.column_names}
-    arrays[SOURCE] = pa.array([f.path for f in readable for _ in range(len(f.records))], pa.string())
-    arrays[LINE] = pa.array([n for f in readable for n in f.records.lines], pa.int64())
-    arrays[RAW] = pa.array([b for f in readable for b in f.records.raws], pa.binary())
-    arrays[PARSE_ERROR] = pa.array([e for f in readable for e in f.records.errors], pa.string())
-    arrays[RAW_TEXT] = pa.array([t for f in readable for t in f.records.texts], pa.string())
-    return pa.table(arrays)
+    tables = [f.table for f in files if f.rows]
+    return pa.concat_tables(tables) if tables else None
 
 
 def read_raw(spark, files: list[RawFile], spec: DatasetSpec):
     """The readable files' records as a Spark frame of strings (None when there are none)."""
-    table = records_table(files, spec)
+    table = records_table(files)
     return None if table is None else spark.createDataFrame(table)

@@ -63,7 +63,7 @@ def ingest_dataset(spark, spec: DatasetSpec, dt: str, run_id: str, cfg: dict, gx
     files = read_files(list_raw_files(cfg["storage"]["raw"], spec.name, dt), spec, bounds.encoding)
     bad_files = [dict(dataset=spec.name, dt=dt, run_id=run_id, source_file=f.path, size_bytes=f.size_bytes,
                       reason=f.unreadable) for f in files if f.unreadable]
-    records = sum(len(f.records) for f in files if f.records is not None)
+    records = sum(f.rows for f in files)
     raw = read_raw(spark, files, spec)
     if raw is None:
         write_quarantine(tables, None, spec.name, dt)
