@@ -121,7 +121,8 @@ def test_a_date_that_is_not_a_date_is_refused_at_spark_submit(e2e_home):
     code = "from bundlecast.dags._steps import SUBMIT; print(SUBMIT)"
     submit = subprocess.run([str(BIN / "python"), "-c", code], capture_output=True, text=True).stdout.strip()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "BUNDLECAST_CONF"))}
-    env.update(BUNDLECAST_HOME=str(e2e_home), PYSPARK_PYTHON=str(BIN / "python"))
+    env.update(BUNDLECAST_HOME=str(e2e_home), PYSPARK_PYTHON=str(BIN / "python"),
+               PATH=os.pathsep.join([str(BIN), str(Path(sys.executable).parent), env.get("PATH", "")]))
     done = subprocess.run([str(Path(sys.executable).parent / "spark-submit"), "--conf",
                            f"spark.pyspark.driver.python={BIN / 'python'}", submit, "ingest", "--date",
                            "2026-11-20' OR '1'='1", "--datasets", "sites"], env=env, capture_output=True, text=True,
