@@ -139,10 +139,11 @@ def test_ab_analysis_finds_the_planted_winner_and_covers_the_planted_rates(spark
     exposures = _table(spark, cfg, "experiment_exposures", dt)
     offers = _table(spark, cfg, "offers", dt)
     items = _table(spark, cfg, "items")
-    day1 = str(date.fromisoformat(dt) + timedelta(days=1))
-    simulate_offer_responses(cfg["storage"]["raw"], day1, exposures, offers, items, seed=3)
-    ingest.run(spark, day1, ["orders", "order_lines", "feedback"], cfg=cfg, with_expectations=False,
-               progress=lambda m: None)
+    landed = simulate_offer_responses(cfg["storage"]["raw"], exposures, offers, items, seed=3)
+    for day in landed:
+        ingest.run(spark, day, ["orders", "order_lines", "feedback"], cfg=cfg, with_expectations=False,
+                   progress=lambda m: None)
+    day1 = landed[-1]  # the day the last response landed
     analysis_day = str(date.fromisoformat(dt) + timedelta(days=1 + cfg["experiments"][0]["attribution_days"]))
     out = experiments.run(spark, analysis_day, "exp-1", cfg, progress=lambda m: None)
     conv = out[out.metric == "conversion"].set_index("variant")

@@ -13,17 +13,17 @@ from bundlecast.jobs.tools.demo_spec import FORMATS, RawWriter
 PLANTED_CONVERSION = {"control": 0.10, "auto": 0.18, "generous": 0.28}
 
 
-def simulate_offer_responses(raw_root: Path, landing_date: str, exposures: pd.DataFrame, offers: pd.DataFrame,
+def simulate_offer_responses(raw_root: Path, exposures: pd.DataFrame, offers: pd.DataFrame,
                              items: pd.DataFrame, rates: dict[str, float] | None = None, seed: int = 7,
-                             days: int = 3) -> dict[str, int]:
+                             days: int = 3) -> list[str]:
     """Users' responses to a night's offers, with planted conversion rates per variant:
     each exposed user converts with ``rates[variant]`` within ``days`` after the exposure.
     A converting user with an offer buys its items at the offer price and redeems it
     (``feedback`` offer_redeem); one without (control) buys one item at list price.
-    Written as raw orders, order lines and feedback landed on ``landing_date``."""
+    Written as raw orders, order lines and feedback, each landed on the day it happened (the
+    contract refuses records dated after their landing day); returns those landing days."""
     rates = rates or PLANTED_CONVERSION
     rng = np.random.default_rng(seed)
-    out = RawWriter(Path(raw_root), landing_date, FORMATS)
     ex = exposures.sort_values("user_id").reset_index(drop=True)
     converts = rng.random(len(ex)) < ex.variant.map(rates).fillna(0).to_numpy()
     offer_of = offers.set_index("offer_id")
@@ -47,6 +47,12 @@ def simulate_offer_responses(raw_root: Path, landing_date: str, exposures: pd.Da
             s, i = key.split("|", 1)
             lines.append(dict(order_id=oid, line_no=n, site_id=s, item_id=i, quantity=1,
                               unit_price=round(float(price[key]) * share, 2), discount=0.0))
-    for name, rows in (("orders", orders), ("order_lines", lines), ("feedback", feedback)):
-        out.write(name, pd.DataFrame(rows))
-    return out.rows
+    day_of = {o["order_id"]: o["order_ts"][:10] for o in orders}
+    landing = sorted(set(day_of.values()))
+    for day in landing:
+        out = RawWriter(Path(raw_root), day, FORMATS)
+        for name, rows in (("orders", [o for o in orders if o["order_ts"][:10] == day]),
+                           ("order_lines", [x for x in lines if day_of[x["order_id"]] == day]),
+                           ("feedback", [f for f in feedback if f["feedback_ts"][:10] == day])):
+            out.write(name, pd.DataFrame(rows))
+    return landing
