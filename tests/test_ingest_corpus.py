@@ -158,3 +158,8 @@ def test_one_failing_dataset_stops_neither_the_others_nor_the_audit(spark, tmp_p
     audit = {r.dataset: r for r in _table(spark, "ingestion_audit", cfg).collect()}
     assert audit["sites"].status == "ok" and audit["order_lines"].status == "error"
     assert _table(spark, "sites", cfg).count() == audit["sites"].rows_accepted > 0
+
+
+def test_staged_records_are_removed_after_the_run(corpus):
+    staged = Path(corpus["cfg"]["home"]) / "work" / "ingest"
+    assert not staged.exists() or not any(staged.iterdir())

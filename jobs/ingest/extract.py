@@ -17,11 +17,9 @@ class RawFile:
     path: str
     size_bytes: int
     unreadable: str | None = None  # the reason, when the file is refused as a whole
-    table: object = None           # its records as an Arrow table (see ``file_table``)
-
-    @property
-    def rows(self) -> int:
-        return 0 if self.table is None else self.table.num_rows
+    rows: int = 0                  # records parsed
+    table: object = None           # its records as an Arrow table (when not staged)
+    staged: str | None = None      # its records as a Parquet file Spark reads (when staged)
 
 
 def list_raw_files(raw_root: str, dataset: str, dt: str) -> list[Path]:
@@ -33,24 +31,38 @@ def list_raw_files(raw_root: str, dataset: str, dt: str) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file())
 
 
-def read_files(paths: list[Path], spec: DatasetSpec, encoding: str = "utf-8") -> list[RawFile]:
-    """Each file parsed by itself; one that cannot be read as the dataset is refused alone."""
+def read_files(paths: list[Path], spec: DatasetSpec, encoding: str = "utf-8",
+               staging: Path | None = None) -> list[RawFile]:
+    """Each file parsed by itself; one that cannot be read as the dataset is refused alone.
+
+    With ``staging``, each file's records are written there as Parquet at once and let go,
+    so the driver holds one file at a time and Spark reads the records natively, in
+    parallel; without it (small inputs, tests) they stay in memory as Arrow tables."""
+    import pyarrow.parquet as pq
+
     files = []
-    for path in paths:
+    for n, path in enumerate(paths):
         raw = RawFile(str(path), path.stat().st_size)
         try:
-            raw.table = file_table(read_file(path, spec.column_names, encoding), str(path))
+            table = file_table(read_file(path, spec.column_names, encoding), str(path))
         except FileRefused as exc:
             raw.unreadable = str(exc)
         except OSError as exc:
             raw.unreadable = f"cannot read the file: {exc.strerror or exc}"
+        else:
+            raw.rows = table.num_rows
+            if staging is None:
+                raw.table = table
+            elif table.num_rows:
+                staging.mkdir(parents=True, exist_ok=True)
+                raw.staged = str(staging / f"part-{n:05d}.parquet")
+                pq.write_table(table, raw.staged)
         files.append(raw)
     return files
 
 
 def file_table(records: Records, path: str):
-    """One file's records as an Arrow table (the Python lists are let go at once: a
-    file's text costs its size in Arrow, several times that as Python strings)."""
+    """One file's records as an Arrow table, every column typed even when all null."""
     import pyarrow as pa
 
     n = len(records)
@@ -63,15 +75,17 @@ def file_table(records: Records, path: str):
     return pa.table(arrays)
 
 
-def records_table(files: list[RawFile]):
-    """The records of the readable files as one Arrow table (None when there are none)."""
-    import pyarrow as pa
-
-    tables = [f.table for f in files if f.rows]
-    return pa.concat_tables(tables) if tables else None
-
-
 def read_raw(spark, files: list[RawFile], spec: DatasetSpec):
     """The readable files' records as a Spark frame of strings (None when there are none)."""
-    table = records_table(files)
-    return None if table is None else spark.createDataFrame(table)
+    import pyarrow as pa
+
+    staged = [f.staged for f in files if f.staged]
+    tables = [f.table for f in files if f.table is not None and f.rows]
+    frames = []
+    if staged:
+        frames.append(spark.read.parquet(*staged))
+    if tables:
+        frames.append(spark.createDataFrame(pa.concat_tables(tables)))
+    if not frames:
+        return None
+    return frames[0] if len(frames) == 1 else frames[0].unionByName(frames[1])

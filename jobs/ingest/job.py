@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import uuid
 from dataclasses import asdict
+from pathlib import Path
 
 from bundlecast.jobs.core import catalog
 from bundlecast.jobs.core.catalog import DatasetSpec
@@ -52,15 +55,31 @@ def ingest_dataset(spark, spec: DatasetSpec, dt: str, run_id: str, cfg: dict, gx
 
     Order: every file parsed on its own, every record checked against the contract and the
     expectation suite, and only then the valid rows de-duplicated, so a bad row never
-    displaces a good one. Cost: the validated records are cached once; the counts come
-    from one aggregate over them; the de-duplicated rows are cached for the write.
+    displaces a good one. Cost: each file is parsed in the driver and staged as Parquet
+    (``BUNDLECAST_HOME/work/ingest/<run>/``, removed afterwards), so only one file's records
+    are ever in Python; the validated records are cached once; the counts come from one
+    aggregate over them; the de-duplicated rows are cached for the write.
     """
+    staging = staging_root(cfg, run_id) / spec.name
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        return _ingest_files(spark, spec, dt, run_id, cfg, gx_root, staging)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def staging_root(cfg: dict, run_id: str) -> Path:
+    """Where a run stages its parsed records: a path-safe name (Airflow run ids hold ':' and '+')."""
+    return Path(cfg["home"]) / "work" / "ingest" / re.sub(r"[^A-Za-z0-9_.-]", "_", run_id)
+
+
+def _ingest_files(spark, spec: DatasetSpec, dt: str, run_id: str, cfg: dict, gx_root: str | None, staging: Path):
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
     tables = Tables(spark, cfg)
     bounds = catalog.limits()
-    files = read_files(list_raw_files(cfg["storage"]["raw"], spec.name, dt), spec, bounds.encoding)
+    files = read_files(list_raw_files(cfg["storage"]["raw"], spec.name, dt), spec, bounds.encoding, staging)
     bad_files = [dict(dataset=spec.name, dt=dt, run_id=run_id, source_file=f.path, size_bytes=f.size_bytes,
                       reason=f.unreadable) for f in files if f.unreadable]
     records = sum(f.rows for f in files)
@@ -155,6 +174,7 @@ def run(spark, dt: str, datasets: list[str] | None = None, run_id: str | None = 
         bad_files.extend(files)
         if error:
             errors.append(error)
+    shutil.rmtree(staging_root(cfg, run_id), ignore_errors=True)
     write_ops(tables, bad_files, audits, dt, utc_now())
     for a in audits:
         summary.counts.update({"files_read": a.files_read, "files_quarantined": a.files_quarantined,
