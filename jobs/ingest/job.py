@@ -56,7 +56,7 @@ def ingest_dataset(spark, spec: DatasetSpec, dt: str, run_id: str, cfg: dict, gx
     Order: every file parsed on its own, every record checked against the contract and the
     expectation suite, and only then the valid rows de-duplicated, so a bad row never
     displaces a good one. Cost: each file is parsed in the driver and staged as Parquet
-    (``BUNDLECAST_HOME/work/ingest/<run>/``, removed afterwards), so only one file's records
+    (in the run's staging folder under ``BUNDLECAST_HOME``, removed afterwards), so only one file's records
     are ever in Python; the validated records are cached once; the counts come from one
     aggregate over them; the de-duplicated rows are cached for the write.
     """
