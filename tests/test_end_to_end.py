@@ -127,7 +127,8 @@ def test_a_date_that_is_not_a_date_is_refused_at_spark_submit(e2e_home):
                            f"spark.pyspark.driver.python={BIN / 'python'}", submit, "ingest", "--date",
                            "2026-11-20' OR '1'='1", "--datasets", "sites"], env=env, capture_output=True, text=True,
                           timeout=600, cwd=e2e_home)
-    assert done.returncode != 0 and "not a date (YYYY-MM-DD)" in done.stderr, done.stderr[-2000:]
+    said = done.stdout + done.stderr  # spark-submit's PythonRunner merges the script's stderr into stdout
+    assert done.returncode == 2 and "not a date (YYYY-MM-DD)" in said, said[-2000:]
     tables = _tables(e2e_home)
     assert (tables["quarantine_files"]["rows"], tables["quarantine"]["rows"]) == before
 
