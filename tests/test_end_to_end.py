@@ -119,7 +119,7 @@ def test_a_date_that_is_not_a_date_is_refused_at_spark_submit(e2e_home):
     tables = _tables(e2e_home)
     before = tables["quarantine_files"]["rows"], tables["quarantine"]["rows"]
     code = "from bundlecast.dags._steps import SUBMIT; print(SUBMIT)"
-    submit = subprocess.run([str(BIN / "python"), "-c", code], capture_output=True, text=True).stdout.strip()
+    submit = subprocess.run([str(BIN / "python"), "-c", code], capture_output=True, text=True).stdout.split()[-1]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "BUNDLECAST_CONF"))}
     env.update(BUNDLECAST_HOME=str(e2e_home), PYSPARK_PYTHON=str(BIN / "python"),
                PATH=os.pathsep.join([str(BIN), str(Path(sys.executable).parent), env.get("PATH", "")]))
