@@ -18,8 +18,7 @@ class RawFile:
     size_bytes: int
     unreadable: str | None = None  # the reason, when the file is refused as a whole
     rows: int = 0                  # records parsed
-    table: object = None           # its records as an Arrow table (when not staged)
-    staged: str | None = None      # its records as a Parquet file Spark reads (when staged)
+    staged: str | None = None      # its records as a Parquet file Spark reads
 
 
 def list_raw_files(raw_root: str, dataset: str, dt: str) -> list[Path]:
@@ -31,13 +30,11 @@ def list_raw_files(raw_root: str, dataset: str, dt: str) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file())
 
 
-def read_files(paths: list[Path], spec: DatasetSpec, encoding: str = "utf-8",
-               staging: Path | None = None) -> list[RawFile]:
+def read_files(paths: list[Path], spec: DatasetSpec, encoding: str, staging: Path) -> list[RawFile]:
     """Each file parsed by itself; one that cannot be read as the dataset is refused alone.
 
-    With ``staging``, each file's records are written there as Parquet at once and let go,
-    so the driver holds one file at a time and Spark reads the records natively, in
-    parallel; without it (small inputs, tests) they stay in memory as Arrow tables."""
+    Each file's records are written to ``staging`` as Parquet at once and let go, so the
+    driver holds one file at a time and Spark reads the records natively, in parallel."""
     import pyarrow.parquet as pq
 
     files = []
@@ -51,9 +48,7 @@ def read_files(paths: list[Path], spec: DatasetSpec, encoding: str = "utf-8",
             raw.unreadable = f"cannot read the file: {exc.strerror or exc}"
         else:
             raw.rows = table.num_rows
-            if staging is None:
-                raw.table = table
-            elif table.num_rows:
+            if table.num_rows:
                 staging.mkdir(parents=True, exist_ok=True)
                 raw.staged = str(staging / f"part-{n:05d}.parquet")
                 pq.write_table(table, raw.staged)
@@ -75,17 +70,7 @@ def file_table(records: Records, path: str):
     return pa.table(arrays)
 
 
-def read_raw(spark, files: list[RawFile], spec: DatasetSpec):
-    """The readable files' records as a Spark frame of strings (None when there are none)."""
-    import pyarrow as pa
-
+def read_raw(spark, files: list[RawFile]):
+    """The staged records of the readable files as a Spark frame (None when there are none)."""
     staged = [f.staged for f in files if f.staged]
-    tables = [f.table for f in files if f.table is not None and f.rows]
-    frames = []
-    if staged:
-        frames.append(spark.read.parquet(*staged))
-    if tables:
-        frames.append(spark.createDataFrame(pa.concat_tables(tables)))
-    if not frames:
-        return None
-    return frames[0] if len(frames) == 1 else frames[0].unionByName(frames[1])
+    return spark.read.parquet(*staged) if staged else None

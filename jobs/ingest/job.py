@@ -83,7 +83,7 @@ def _ingest_files(spark, spec: DatasetSpec, dt: str, run_id: str, cfg: dict, gx_
     bad_files = [dict(dataset=spec.name, dt=dt, run_id=run_id, source_file=f.path, size_bytes=f.size_bytes,
                       reason=f.unreadable) for f in files if f.unreadable]
     records = sum(f.rows for f in files)
-    raw = read_raw(spark, files, spec)
+    raw = read_raw(spark, files)
     if raw is None:
         write_quarantine(tables, None, spec.name, dt)
         audit = AuditRow(spec.name, dt, run_id, len(files), len(bad_files), 0, 0, 0, 0, 0.0, "{}", True,
