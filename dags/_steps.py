@@ -24,15 +24,24 @@ def table_assets(names) -> list:
 
 
 def spark_submit_operator(task_id: str, args: list[str], inlets: list, outlets: list, **kwargs):
-    """A SparkSubmitOperator running ``jobs/submit.py`` with ``args``. The Airflow connection
-    (``airflow.spark_conn_id``) decides local versus cluster; the Spark settings (Delta,
-    metastore, cached jars) are filled in when the task runs, not at parse time."""
+    """A SparkSubmitOperator running ``jobs/submit.py`` with ``args``. Configuration decides,
+    when the task runs (not at parse time), how: with ``spark.warm_driver.enabled`` the step
+    runs on the run's warm driver (``bundlecast.jobs.core.driver``), otherwise as its own
+    spark-submit, the Airflow connection (``airflow.spark_conn_id``) deciding local versus
+    cluster and the Spark settings (Delta, metastore, cached jars) filled in from config."""
     from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 
     class BundlecastSparkSubmitOperator(SparkSubmitOperator):
         def execute(self, context):
+            from bundlecast.jobs.core import driver
             from bundlecast.jobs.core.spark import spark_conf
 
+            if driver.enabled():
+                code = driver.run_step(self.application_args, echo=lambda line: print(line, flush=True))
+                if code:
+                    raise RuntimeError(f"step {self.application_args[0]} failed on the warm driver (exit {code}); "
+                                       "its error line is above")
+                return None
             self.conf = {**spark_conf(), **(self.conf or {})}
             return super().execute(context)
 
@@ -56,6 +65,21 @@ def step_task(name: str, mode: str | None = None, task_id: str | None = None, da
         outputs = tuple(datasets) + INGEST_OPS
     return spark_submit_operator(task_id or TASK_IDS.get((name, mode), name), args,
                                  inlets=table_assets(declared.reads), outlets=table_assets(outputs))
+
+
+def stop_driver_task():
+    """Teardown: stop the run's warm Spark driver (whatever the other tasks did), so the
+    embedded metastore is free for the next run, ``bundlecast sql`` and analysts."""
+    from airflow.sdk import task
+
+    @task(task_id="stop_driver", retries=0)
+    def stop_driver():
+        from bundlecast.jobs.core import driver
+
+        if driver.stop():
+            print("[bundlecast] warm Spark driver stopped")
+
+    return stop_driver().as_teardown()
 
 
 def export_task():

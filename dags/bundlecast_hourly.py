@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import dag
 
-from bundlecast.dags._steps import export_task, step_task
+from bundlecast.dags._steps import export_task, step_task, stop_driver_task
 
 HOURLY = ["events", "orders", "order_lines", "inventory", "feedback"]
 
@@ -40,7 +40,7 @@ HOURLY = ["events", "orders", "order_lines", "inventory", "feedback"]
 def bundlecast_hourly():
     (step_task("ingest", task_id="ingest_hourly", datasets=HOURLY) >> step_task("relationships", "incremental")
      >> step_task("need", "rescore") >> step_task("proactive", "hourly") >> step_task("offers", "reprice")
-     >> export_task())
+     >> export_task() >> stop_driver_task())
 
 
 bundlecast_hourly()

@@ -30,8 +30,11 @@ Nightly full run for the data interval's date (`ds`):
    sample-ratio check into `experiment_results` (step `experiments`).
 10. **export**: snapshots of `exports.tables` to the export target with a manifest.
 11. **summary**: every catalog table with its Delta version and row count.
+12. **stop_driver** (teardown, runs whatever happened): stops the run's warm Spark driver.
 
-Every Spark task is `spark-submit jobs/submit.py STEP ...`; its inlets and outlets are the
+Every Spark task runs `STEP --date ...` on the run's warm Spark driver (one JVM for the
+whole run, `spark.warm_driver.enabled`), or as `spark-submit jobs/submit.py STEP ...` when
+that is off (the prod overlay); its inlets and outlets are the
 tables the step declares in `bundlecast.jobs.pipeline`.
 
 Re-running a date leaves the same rows: every write is keyed on the landing date.
@@ -42,7 +45,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import dag, task
 
-from bundlecast.dags._steps import export_task, step_task
+from bundlecast.dags._steps import export_task, step_task, stop_driver_task
 
 
 @dag(
@@ -62,10 +65,11 @@ def bundlecast_nightly():
         for line in render(all_tables()).splitlines():
             print(f"[bundlecast] {line}")
 
-    # In sequence: the embedded metastore (Derby) takes one Spark driver at a time.
+    # In sequence: the embedded metastore (Derby) takes one Spark driver at a time. The step
+    # tasks share the run's warm driver (spark.warm_driver); the teardown stops it.
     (step_task("ingest") >> step_task("relationships", "full") >> step_task("forecast") >> step_task("need", "train")
      >> step_task("value") >> step_task("bundles") >> step_task("proactive", "nightly") >> step_task("offers", "nightly")
-     >> step_task("experiments") >> export_task() >> summary())
+     >> step_task("experiments") >> export_task() >> summary() >> stop_driver_task())
 
 
 bundlecast_nightly()

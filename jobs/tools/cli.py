@@ -89,6 +89,21 @@ def cmd_run(args) -> None:
         cmd_summary(args)
 
 
+def cmd_driver(args) -> None:
+    """The warm Spark driver the DAG tasks share (``bundlecast.jobs.core.driver``)."""
+    from bundlecast.jobs.core import driver
+
+    if args.action == "start":
+        state = driver.ensure(echo=lambda m: print(m, flush=True))
+        print(f"warm Spark driver running: pid {state['pid']}, port {state['port']}, application {state['app_id']}")
+    elif args.action == "stop":
+        print("warm Spark driver stopped" if driver.stop() else "no warm Spark driver was running")
+    else:
+        state = driver.status()
+        print(f"running: pid {state['pid']}, port {state['port']}, since {state['started']}, "
+              f"application {state['app_id']}" if state else "not running")
+
+
 def cmd_tables(args) -> None:
     from bundlecast.jobs.tools.tables import all_tables, render
 
@@ -264,6 +279,9 @@ def _data_commands(sub) -> None:
     p.add_argument("--date", type=_date, required=True)
     p.add_argument("--summary", action="store_true", help="print the table summary after an hourly run too")
     p.set_defaults(func=cmd_run)
+    p = sub.add_parser("driver", help="the warm Spark driver every step task of a run talks to")
+    p.add_argument("action", choices=["start", "status", "stop"])
+    p.set_defaults(func=cmd_driver)
     p = sub.add_parser("tables", help="every catalog table: location, Delta version, rows")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_tables)
