@@ -22,7 +22,7 @@ help:
 	@echo "make run    - install, fetch jars once, generate the demo world, run nightly then hourly DAGs"
 	@echo "make test   - install, lint, then the whole test suite"
 	@echo "make test-fast - lint and the unit tests (transforms on explicit rows; no world, no Airflow)"
-	@echo "make bench  - ingestion, relationship, model, offer and routing (Solomon + insertion) benchmarks on the medium world (BENCH_SCALE=small for a quick one)"
+	@echo "make bench  - ingestion, relationship, model, offer and routing (Solomon + insertion) benchmarks on the medium world (BENCH_SCALE=small for a quick one), then the whole nightly + hourly on small and medium (BENCH_PIPELINE_SCALES)"
 	@echo "make eval-relationships - hit rate/NDCG@10 on UCI Online Retail vs lift and FPGrowth (MLflow)"
 	@echo "make lock   - re-resolve requirements.in into requirements.lock"
 
@@ -68,6 +68,8 @@ bench: setup
 	  $(BIN)/python tests/benchmarks/bench_offers.py --scale $${BENCH_SCALE:-medium}
 	BUNDLECAST_DRIVER_MEMORY=$${BENCH_DRIVER_MEMORY:-8g} \
 	  $(BIN)/python tests/benchmarks/bench_routing.py --scale $${BENCH_SCALE:-medium}
+	BUNDLECAST_DRIVER_MEMORY=$${BENCH_DRIVER_MEMORY:-8g} \
+	  $(BIN)/python tests/benchmarks/bench_pipeline.py --scales $${BENCH_PIPELINE_SCALES:-small,medium}
 
 eval-relationships: setup
 	@test -d "$(RETAIL_DATA)" || { echo "error: $(RETAIL_DATA) not found (set RETAIL_DATA)"; exit 1; }

@@ -1,7 +1,8 @@
 """End to end, as an operator runs it: ``pip install .`` into a fresh environment, then,
 outside the checkout, generate the tiny world and run the nightly and then the hourly DAG
-through real Airflow 3 (SparkSubmitOperator -> spark-submit -> Delta) with the installed
-``bundlecast``; re-run the hourly DAG and check nothing changed."""
+through real Airflow 3 (every step task on the run's warm Spark driver -> Delta) with the
+installed ``bundlecast``; re-run the hourly DAG and check nothing changed; run one task the
+cluster way (``spark.warm_driver.enabled: false``: its own spark-submit)."""
 import json
 import os
 import subprocess
@@ -19,8 +20,9 @@ DATE = "2026-11-20"
 BIN: Path | None = None  # the installed bundlecast's bin/ (set by the e2e_home fixture)
 
 
-def _bundlecast(home: Path, *args: str) -> subprocess.CompletedProcess:
+def _bundlecast(home: Path, *args: str, **extra_env: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "BUNDLECAST_CONF"))}
+    env.update(extra_env)
     # spark-submit comes with pyspark, in this environment's bin/ (after the installed one).
     env.update(BUNDLECAST_HOME=str(home), BUNDLECAST_SPARK_MASTER="local[2]",
                PATH=os.pathsep.join([str(BIN), str(Path(sys.executable).parent), env.get("PATH", "")]))
@@ -37,6 +39,11 @@ def e2e_home(tmp_path_factory, installed_bundlecast):
                  ("run", "nightly", "--date", DATE), ("run", "hourly", "--date", DATE)):
         done = _bundlecast(home, *args)
         assert done.returncode == 0, f"{args}: {done.stderr[-3000:]}\n{done.stdout[-3000:]}"
+        if args[0] == "run":  # every step task ran on one warm driver, which the teardown stopped
+            assert done.stdout.count("starting the warm Spark driver") == 1, done.stdout[-3000:]
+            assert "ingest finished on the warm driver" in done.stdout
+            assert "warm Spark driver stopped" in done.stdout
+    assert not (home / "run" / "driver.json").exists()
     return home
 
 
@@ -139,3 +146,22 @@ def test_errors_are_one_line(e2e_home):
     lines = [line for line in done.stderr.splitlines() if line.startswith("bundlecast: error:")]
     assert len(lines) == 1 and "no_such_table" in lines[0].lower()
     assert "at org.apache" not in done.stderr
+
+
+def test_one_task_the_cluster_way_is_its_own_spark_submit(e2e_home):
+    """With the warm driver switched off (the prod overlay's setting) a step task is a
+    spark-submit of the installed jobs/submit.py, as on a cluster."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "BUNDLECAST_CONF"))}
+    env.update(BUNDLECAST_HOME=str(e2e_home), BUNDLECAST_SPARK_MASTER="local[2]", BUNDLECAST_WARM_DRIVER="false")
+    env.update(AIRFLOW__LOGGING__LOGGING_LEVEL="INFO",
+               PATH=os.pathsep.join([str(BIN), str(Path(sys.executable).parent), env.get("PATH", "")]))
+    code = ("from bundlecast.jobs.tools.airflow_run import airflow_env\n"
+            "import os, subprocess, sys\n"
+            "sys.exit(subprocess.run([sys.executable, '-m', 'airflow', 'tasks', 'test', 'bundlecast_nightly',"
+            " 'experiments', sys.argv[1]], env=airflow_env()).returncode)\n")
+    done = subprocess.run([str(BIN / "python"), "-c", code, DATE], env=env, capture_output=True, text=True,
+                          timeout=900, cwd=e2e_home)
+    said = done.stdout + done.stderr
+    assert done.returncode == 0, said[-3000:]
+    assert "spark-submit" in said.lower() and "warm driver" not in said
+    assert not (e2e_home / "run" / "driver.json").exists()  # no teardown ran: a warm driver would still be up

@@ -154,3 +154,27 @@ def test_online_retail_import_passes_the_contract(spark, cfg, tmp_path):
     assert audits["orders"].rows_quarantined == 0 and audits["items"].rows_quarantined == 0
     cancelled = spark.read.format("delta").load(f"{tmp_path}/wh/silver/orders").filter("status = 'cancelled'").count()
     assert cancelled > 0
+
+
+def test_a_fixed_drop_empties_its_quarantine_and_a_clean_date_commits_nothing(bad_drop, tiny_world, spark, cfg,
+                                                                              tmp_path):
+    """Re-ingesting a date after upstream fixed its files leaves no stale quarantine rows;
+    a date that never had a rejected row costs no quarantine commit at all."""
+    quarantine = catalog.table_path("quarantine", cfg)
+    folder = Path(cfg["storage"]["raw"]) / "order_lines" / f"dt={BAD_DATE}"
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    for name in ("b-mixed.jsonl", "c-missing-column.csv", "e-truncated.parquet", "f-wrong-format.xlsx"):
+        (folder / name).rename(moved / name)
+    try:
+        ingest.run(spark, BAD_DATE, ["order_lines"], cfg=cfg, with_expectations=False, progress=lambda m: None)
+        left = spark.read.format("delta").load(quarantine).filter(f"dataset = 'order_lines' AND dt = DATE'{BAD_DATE}'")
+        assert left.count() == 0
+    finally:
+        for path in moved.iterdir():
+            path.rename(folder / path.name)
+    from delta.tables import DeltaTable
+
+    version = DeltaTable.forPath(spark, quarantine).history(1).first().version
+    ingest.run(spark, tiny_world["date"], ["users"], cfg=cfg, with_expectations=False, progress=lambda m: None)
+    assert DeltaTable.forPath(spark, quarantine).history(1).first().version == version

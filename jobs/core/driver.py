@@ -70,6 +70,9 @@ def fingerprint(cfg: dict) -> str:
 
 
 def _alive(pid: int) -> bool:
+    with contextlib.suppress(ChildProcessError):  # started by this process: reap it, a zombie is not alive
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -183,6 +186,7 @@ def run_step(argv: list[str], cfg: dict | None = None, echo=print) -> int:
     ``echo`` line by line. Returns the step's exit code."""
     cfg = cfg or config()
     state = ensure(cfg, echo)
+    started = time.monotonic()
     try:
         conn = _request(state, {"op": "step", "argv": list(argv)})
     except (OSError, EOFError) as exc:
@@ -197,6 +201,8 @@ def run_step(argv: list[str], cfg: dict | None = None, echo=print) -> int:
             if kind == "out":
                 echo(payload)
             elif kind == "rc":
+                echo(f"[bundlecast] {' '.join(argv[:1])} finished on the warm driver in "
+                     f"{time.monotonic() - started:.1f} s (exit {int(payload)})")
                 return int(payload)
 
 
@@ -323,11 +329,21 @@ class _Server:
                     self.shutdown()
 
     def shutdown(self) -> None:
+        """Stop the session (bounded: a JVM that does not stop in 30 s is left to exit when
+        this process does, as PySpark's gateway exits when its parent's pipe closes)."""
         (run_dir(self.cfg) / "driver.json").unlink(missing_ok=True)
+        stopper = threading.Thread(target=self._stop_spark, daemon=True)
+        stopper.start()
+        stopper.join(30)
+        log.warning("driver stopped%s", "" if not stopper.is_alive() else " (the Spark session did not stop in 30 s)")
+        for handler in logging.getLogger().handlers:
+            with contextlib.suppress(Exception):
+                handler.flush()
+        os._exit(0)
+
+    def _stop_spark(self) -> None:
         with contextlib.suppress(Exception):
             self.spark.stop()
-        logging.shutdown()
-        os._exit(0)
 
 
 def serve() -> None:

@@ -78,6 +78,12 @@ class Tables:
             reader = reader.option("versionAsOf", version)
         return reader.load(self.path(name))
 
+    def has_rows(self, name: str, **partition) -> bool:
+        """Whether the table holds any row matching ``partition`` (as in :meth:`replace`)."""
+        frame = self.read(name)
+        where = predicate(name, partition)
+        return (frame.where(where) if where is not None else frame).limit(1).count() > 0
+
     def latest(self, name: str, as_of: str, column: str = "dt"):
         """(rows of the latest ``column`` on or before ``as_of``, that day) of a table
         written once per run date; (empty frame, None) when there is none yet."""

@@ -16,7 +16,7 @@ from bundlecast.jobs.core.runs import StepRun, record, utc_now
 from bundlecast.jobs.core.tables import Tables
 from bundlecast.jobs.ingest.extract import LINE, RAW, RAW_TEXT, SOURCE, list_raw_files, read_files, read_raw
 from bundlecast.jobs.ingest.load import write_ops, write_quarantine, write_silver
-from bundlecast.jobs.ingest.quality import ROW_ID, run_suite
+from bundlecast.jobs.ingest.quality import ROW_ID, build_data_docs, run_suite
 from bundlecast.jobs.ingest.transform import (
     AuditRow,
     deduplicate,
@@ -102,7 +102,7 @@ def _ingest_files(spark, spec: DatasetSpec, dt: str, run_id: str, cfg: dict, gx_
         valid = checked.filter(F.size("_reasons") == 0)
         suite_ok, flagged, blind = True, {}, []
         if gx_root and n_valid:
-            result = run_suite(valid.select(*spec.column_names, ROW_ID), spec.name, gx_root)
+            result = run_suite(valid.select(*spec.column_names, ROW_ID), spec.name, gx_root, build_docs=False)
             suite_ok, flagged, blind = result.success, result.flagged, result.unattributed
         if blind:
             raise BundlecastError(f"{spec.name}: expectation(s) {', '.join(sorted(set(blind)))} failed without naming "
@@ -123,8 +123,9 @@ def _ingest_files(spark, spec: DatasetSpec, dt: str, run_id: str, cfg: dict, gx_
                          "failed_threshold" if failed else "ok")
         if not audit.balanced():
             raise BundlecastError(f"{spec.name}: accounting does not add up: {asdict(audit)}")
-        rejected = rejected.join(raw.select(SOURCE, LINE, RAW, RAW_TEXT), [SOURCE, LINE], "left")
-        write_quarantine(tables, rejected.select(F.lit(spec.name).alias("dataset"), F.lit(dt).alias("dt"),
+        rejected = None if n_quarantined == 0 else \
+            rejected.join(raw.select(SOURCE, LINE, RAW, RAW_TEXT), [SOURCE, LINE], "left")
+        write_quarantine(tables, rejected and rejected.select(F.lit(spec.name).alias("dataset"), F.lit(dt).alias("dt"),
                                                 F.lit(run_id).alias("run_id"), SOURCE, F.col(LINE).alias("line"),
                                                 *quarantine_record(), F.col("_reasons").alias("reasons")),
                          spec.name, dt)
@@ -175,6 +176,8 @@ def run(spark, dt: str, datasets: list[str] | None = None, run_id: str | None = 
         if error:
             errors.append(error)
     shutil.rmtree(staging_root(cfg, run_id), ignore_errors=True)
+    if gx_root:
+        build_data_docs(gx_root)
     write_ops(tables, bad_files, audits, dt, utc_now())
     for a in audits:
         summary.counts.update({"files_read": a.files_read, "files_quarantined": a.files_quarantined,

@@ -17,7 +17,11 @@ def write_silver(tables, df, spec: DatasetSpec, dt: str) -> None:
 
 
 def write_quarantine(tables, rows, dataset: str, dt: str) -> None:
-    """Replace the (dataset, dt) partition of ``quarantine`` with this run's rejected rows."""
+    """Replace the (dataset, dt) partition of ``quarantine`` with this run's rejected rows
+    (``None``: none). A clean run of a date nothing was ever quarantined for makes no commit:
+    checking costs one small read, an empty replace a whole Delta commit per dataset."""
+    if rows is None and not tables.has_rows("quarantine", dataset=dataset, dt=dt):
+        return
     tables.replace("quarantine", rows if rows is not None else tables.frame("quarantine", None), dataset=dataset, dt=dt)
 
 

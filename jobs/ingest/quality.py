@@ -96,5 +96,11 @@ def run_suite(df, dataset: str, project_root: str, build_docs: bool = True) -> S
     return out
 
 
+def build_data_docs(project_root: str) -> None:
+    """Render the Data Docs site once for a run's validations (not once per dataset: each
+    build re-renders the whole site)."""
+    _context(project_root).build_data_docs()
+
+
 def data_docs_index(project_root: str) -> Path:
     return Path(project_root) / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"

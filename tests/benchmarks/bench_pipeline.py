@@ -1,0 +1,286 @@
+"""Whole-pipeline benchmark (`make bench`): the nightly's steps end to end, then one hourly
+run after 1% new events, each step's wall time and peak memory, against two floors measured
+in the same run. A benchmark, not a test: it prints numbers.
+
+    python tests/benchmarks/bench_pipeline.py --scales tiny,small [--airflow]
+
+For each scale (its own world under ``BUNDLECAST_HOME/bench-<scale>``, generated once):
+
+* **bare job**: a fresh process starts a Spark session with Delta, reads one small Delta
+  table and writes one row (what every task paid when each task was its own spark-submit);
+* **plain pass**: Spark's own readers over the landing's behaviour rows (events, orders,
+  order lines), raw to Parquet, no checks: the yardstick for the nightly's data work;
+* **nightly**: every step as the nightly DAG runs it (ingest of the landing, relationships
+  full, forecast of every series, need train + score of every active user, value, bundles,
+  proactive, offers, experiments), each sent to one warm driver (``jobs/core/driver.py``)
+  exactly as the DAG's tasks send them; the driver's start is counted in the total;
+* **hourly**: 1% of the landing's events land again as a new file (new ids, same day), then
+  the hourly DAG's steps run on the same driver. The file is removed afterwards.
+* ``--airflow`` (tiny only, slow elsewhere): the nightly DAG through Airflow
+  (``bundlecast run nightly``), timed as a whole against the bare job.
+
+Peak memory is the proportional set size (PSS) of the driver process and its children (JVM,
+Python workers) sampled every 0.2 s during the step. The growth table divides each step's time
+ratio between two scales by their ratio of events (1.0 = linear).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+NIGHTLY = [["ingest"], ["relationships", "--mode", "full"], ["forecast"], ["need", "--mode", "train"], ["value"],
+           ["bundles"], ["proactive", "--mode", "nightly"], ["offers", "--mode", "nightly"], ["experiments"]]
+HOURLY = [["ingest", "--datasets", "events,orders,order_lines,inventory,feedback"],
+          ["relationships", "--mode", "incremental"], ["need", "--mode", "rescore"], ["proactive", "--mode", "hourly"],
+          ["offers", "--mode", "reprice"]]
+BEHAVIOUR = ("events", "orders", "order_lines")
+HOURLY_FILE = "part-bench-hourly.jsonl"
+
+
+def _pss(proc: psutil.Process) -> int:
+    """Proportional set size: pages shared between the forked Python workers are counted
+    once in total, not once per worker as the resident set would."""
+    try:
+        return proc.memory_full_info().pss
+    except (psutil.AccessDenied, AttributeError):
+        return proc.memory_info().rss
+
+
+def tree_rss(pid: int) -> int:
+    """Memory of a process and its children (JVM, Python workers), proportional set size."""
+    try:
+        proc = psutil.Process(pid)
+        total = _pss(proc)
+        for child in proc.children(recursive=True):
+            try:
+                total += _pss(child)
+            except psutil.Error:
+                pass
+        return total
+    except psutil.Error:
+        return 0
+
+
+class Sampler:
+    """Peak resident memory of a process tree while the block runs."""
+
+    def __init__(self, pid_of):
+        import threading
+
+        self.pid_of, self.peak, self._stop = pid_of, 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            pid = self.pid_of()
+            if pid:
+                self.peak = max(self.peak, tree_rss(pid))
+            time.sleep(0.2)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def child_env(home: Path) -> dict:
+    env = dict(os.environ, BUNDLECAST_HOME=str(home))
+    env.setdefault("BUNDLECAST_JAR_CACHE", str(home.parent / "jars"))
+    return env
+
+
+def timed_process(args: list[str], env: dict) -> tuple[float, int, str]:
+    """(seconds, peak RSS of the process tree, last line of output)."""
+    started = time.monotonic()
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    with Sampler(lambda: proc.pid) as mem:
+        out, _ = proc.communicate()
+    if proc.returncode:
+        raise SystemExit(f"{' '.join(args[:4])} failed: {out.strip().splitlines()[-1:]}")
+    return time.monotonic() - started, mem.peak, (out.strip().splitlines() or [""])[-1]
+
+
+# ------------------------------------------------------------------ run inside a child process
+def child_bare() -> None:
+    """Start a session, read one small Delta table, write one row."""
+    from bundlecast.jobs.core.config import config
+    from bundlecast.jobs.core.spark import get_spark
+
+    cfg = config()
+    spark = get_spark("bundlecast-bare")
+    from bundlecast.jobs.core import catalog
+
+    n = spark.read.format("delta").load(catalog.table_path("sites", cfg)).count()
+    spark.createDataFrame([(n,)], "sites long").write.format("delta").mode("overwrite") \
+        .save(f"{cfg['storage']['warehouse']}/_bench/bare")
+    print(json.dumps({"sites": n}))
+
+
+def child_plain() -> None:
+    """Spark's plain pass over the behaviour rows: raw to Parquet, timed after the session is up."""
+    from bench_ingestion import plain_read
+
+    from bundlecast.jobs.core import catalog
+    from bundlecast.jobs.core.config import config
+    from bundlecast.jobs.core.spark import get_spark
+    from bundlecast.jobs.ingest.extract import list_raw_files
+
+    cfg = config()
+    spark = get_spark("bundlecast-plain")
+    dt = cfg["demo"]["date"]
+    started, rows = time.monotonic(), 0
+    for name in BEHAVIOUR:
+        files = [p for p in list_raw_files(cfg["storage"]["raw"], name, dt) if p.name != HOURLY_FILE]
+        target = f"{cfg['storage']['warehouse']}/_bench/plain/{name}"
+        plain_read(spark, files, catalog.dataset(name)).write.mode("overwrite").parquet(target)
+        rows += spark.read.parquet(target).count()
+    print(json.dumps({"seconds": time.monotonic() - started, "rows": rows}))
+
+
+# ------------------------------------------------------------------------- the orchestrator
+def prepare(scale: str, home: Path) -> dict:
+    """Generate the world once; returns its size."""
+    env = child_env(home)
+    truth = home / "demo" / "ground_truth.json"
+    if not truth.exists():
+        t0 = time.monotonic()
+        subprocess.run([sys.executable, "-m", "bundlecast.jobs.tools.cli", "generate", "--scale", scale, "--seed", "42",
+                        "--date", "2026-11-20"],
+                       env=env, check=True, stdout=subprocess.DEVNULL)
+        print(f"  generated the {scale} world in {time.monotonic() - t0:.0f} s", flush=True)
+    return json.loads(truth.read_text())
+
+
+def land_hourly(home: Path, dt: str, share: float = 0.01) -> int:
+    """1% of the landing's events again as a new file: new ids, same day."""
+    folder = home / "raw" / "events" / f"dt={dt}"
+    lines = []
+    for path in sorted(folder.glob("*.jsonl")):
+        if path.name != HOURLY_FILE:
+            lines.extend(path.read_text().splitlines())
+    step = max(int(1 / share), 1)
+    picked = []
+    for i, line in enumerate(lines[::step]):
+        record = json.loads(line)
+        record["event_id"] = f"H{i:010d}"
+        record["event_ts"] = f"{dt}T{record['event_ts'][11:]}" if "T" in record["event_ts"] else record["event_ts"]
+        picked.append(json.dumps(record))
+    (folder / HOURLY_FILE).write_text("\n".join(picked) + "\n")
+    return len(picked)
+
+
+def run_steps(steps: list[list[str]], dt: str, home: Path, label: str) -> list[dict]:
+    """Each step on the warm driver, as the DAG's tasks send them; (step, seconds, peak)."""
+    os.environ["BUNDLECAST_HOME"] = str(home)
+    os.environ.setdefault("BUNDLECAST_JAR_CACHE", str(home.parent / "jars"))
+    from bundlecast.jobs.core import driver
+
+    out = []
+    t0 = time.monotonic()
+    with Sampler(lambda: (driver.status() or {}).get("pid")) as mem:
+        driver.ensure(echo=lambda m: None)
+    out.append({"step": f"{label}: driver start", "seconds": time.monotonic() - t0, "peak": mem.peak})
+    for argv in steps:
+        name = " ".join(a for a in argv if not a.startswith("--") and a not in {"events,orders,order_lines,inventory,feedback"})
+        t0 = time.monotonic()
+        lines = []
+        with Sampler(lambda: (driver.status() or {}).get("pid")) as mem:
+            code = driver.run_step([argv[0], "--date", dt, "--run-id", f"bench-{label}", *argv[1:]], echo=lines.append)
+        if code:
+            raise SystemExit(f"{name} failed: {[ln for ln in lines if 'error' in ln][-1:]}")
+        out.append({"step": f"{label}: {name}", "seconds": time.monotonic() - t0, "peak": mem.peak})
+        print(f"  {out[-1]['step']:34s}{out[-1]['seconds']:9.1f} s{mem.peak / 2**20:9,.0f} MiB", flush=True)
+    return out
+
+
+def bench_scale(scale: str, root: Path, with_airflow: bool) -> dict:
+    home = root / f"bench-{scale}"
+    print(f"\n== {scale} ({home})", flush=True)
+    truth = prepare(scale, home)
+    env = child_env(home)
+    dt = truth["landing_date"]
+    me = [sys.executable, str(Path(__file__).resolve())]
+    from bundlecast.jobs.core import driver
+
+    os.environ["BUNDLECAST_HOME"] = str(home)
+    driver.stop()
+    (home / "raw" / "events" / f"dt={dt}" / HOURLY_FILE).unlink(missing_ok=True)
+    result = {"scale": scale, "steps": []}
+    result["steps"] += run_steps(NIGHTLY, dt, home, "nightly")
+    driver.stop()
+    bare_s, bare_peak, _ = timed_process(me + ["--child", "bare"], env)
+    print(f"  bare job (session + read + write one row) {bare_s:.1f} s", flush=True)
+    plain_s, plain_peak, line = timed_process(me + ["--child", "plain"], env)
+    plain = json.loads(line)
+    print(f"  plain pass over {plain['rows']:,} behaviour rows {plain['seconds']:.1f} s (process {plain_s:.1f} s)",
+          flush=True)
+    new_events = land_hourly(home, dt)
+    try:
+        result["steps"] += run_steps(HOURLY, dt, home, "hourly")
+    finally:
+        driver.stop()
+        (home / "raw" / "events" / f"dt={dt}" / HOURLY_FILE).unlink(missing_ok=True)
+    result.update(bare=bare_s, bare_peak=bare_peak, plain=plain["seconds"], plain_peak=plain_peak,
+                  rows=plain["rows"], new_events=new_events)
+    if with_airflow:
+        airflow_s, airflow_peak, _ = timed_process([sys.executable, "-m", "bundlecast.jobs.tools.cli", "run", "nightly",
+                                                    "--date", dt], env)
+        result.update(airflow=airflow_s, airflow_peak=airflow_peak)
+        print(f"  nightly DAG through Airflow {airflow_s:.1f} s", flush=True)
+    return result
+
+
+def report(results: list[dict]) -> None:
+    print(f"\ncores={os.cpu_count()} load={os.getloadavg()[0]:.2f}")
+    for r in results:
+        nightly = sum(s["seconds"] for s in r["steps"] if s["step"].startswith("nightly"))
+        hourly = sum(s["seconds"] for s in r["steps"] if s["step"].startswith("hourly"))
+        print(f"\n{r['scale']}: {r['rows']:,} behaviour rows, hourly +{r['new_events']:,} events")
+        print(f"{'step':36s}{'seconds':>9s}{'peak MiB':>10s}{'/ plain':>9s}{'/ bare':>8s}")
+        for s in r["steps"]:
+            print(f"{s['step']:36s}{s['seconds']:9.1f}{s['peak'] / 2**20:10,.0f}{s['seconds'] / r['plain']:9.2f}"
+                  f"{s['seconds'] / r['bare']:8.2f}")
+        print(f"{'nightly total':36s}{nightly:9.1f}{'':10s}{nightly / r['plain']:9.2f}{nightly / r['bare']:8.2f}")
+        print(f"{'hourly total':36s}{hourly:9.1f}{'':10s}{hourly / r['plain']:9.2f}{hourly / r['bare']:8.2f}")
+        print(f"{'bare job (floor)':36s}{r['bare']:9.1f}{r['bare_peak'] / 2**20:10,.0f}")
+        print(f"{'plain pass (yardstick)':36s}{r['plain']:9.1f}{r['plain_peak'] / 2**20:10,.0f}")
+        print(f"hourly / nightly = {hourly / nightly:.3f}")
+        if "airflow" in r:
+            print(f"nightly DAG through Airflow {r['airflow']:.1f} s = {r['airflow'] / r['bare']:.1f} bare jobs")
+    for small, big in zip(results, results[1:]):
+        data = big["rows"] / small["rows"]
+        print(f"\ngrowth {small['scale']} -> {big['scale']} (rows x{data:.1f}; time ratio / data ratio, 1.0 = linear)")
+        times = {s["step"]: s["seconds"] for s in small["steps"]}
+        for s in big["steps"]:
+            if s["step"] in times and times[s["step"]] > 0:
+                print(f"  {s['step']:34s}{s['seconds'] / times[s['step']] / data:6.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--scales", default="small,medium")
+    parser.add_argument("--airflow", action="store_true", help="also time the nightly DAG through Airflow")
+    parser.add_argument("--child", choices=["bare", "plain"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        sys.path.insert(0, str(Path(__file__).parent))
+        {"bare": child_bare, "plain": child_plain}[args.child]()
+        return
+    root = Path(os.environ.get("BUNDLECAST_HOME", "var")).resolve()
+    os.environ.setdefault("BUNDLECAST_JAR_CACHE", str(root / "jars"))
+    results = [bench_scale(s, root, args.airflow) for s in args.scales.split(",")]
+    report(results)
+
+
+if __name__ == "__main__":
+    main()
