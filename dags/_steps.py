@@ -26,15 +26,15 @@ def table_assets(names) -> list:
 def spark_submit_operator(task_id: str, args: list[str], inlets: list, outlets: list, **kwargs):
     """A SparkSubmitOperator running ``jobs/submit.py`` with ``args``. Configuration decides,
     when the task runs (not at parse time), how: with ``spark.warm_driver.enabled`` the step
-    runs on the run's warm driver (``bundlecast.jobs.core.driver``), otherwise as its own
+    runs on the run's warm driver (``bundlecast.jobs.tools.driver``), otherwise as its own
     spark-submit, the Airflow connection (``airflow.spark_conn_id``) deciding local versus
     cluster and the Spark settings (Delta, metastore, cached jars) filled in from config."""
     from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 
     class BundlecastSparkSubmitOperator(SparkSubmitOperator):
         def execute(self, context):
-            from bundlecast.jobs.core import driver
             from bundlecast.jobs.core.spark import spark_conf
+            from bundlecast.jobs.tools import driver
 
             if driver.enabled():
                 code = driver.run_step(self.application_args, echo=lambda line: print(line, flush=True))
@@ -74,7 +74,7 @@ def stop_driver_task():
 
     @task(task_id="stop_driver", retries=0)
     def stop_driver():
-        from bundlecast.jobs.core import driver
+        from bundlecast.jobs.tools import driver
 
         if driver.stop():
             print("[bundlecast] warm Spark driver stopped")

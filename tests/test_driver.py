@@ -1,4 +1,4 @@
-"""The warm Spark driver (``bundlecast.jobs.core.driver``): one long-lived driver per
+"""The warm Spark driver (``bundlecast.jobs.tools.driver``): one long-lived driver per
 BUNDLECAST_HOME that runs step command lines sent by the DAG's tasks."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from multiprocessing.connection import Client
 
 import pytest
 
-from bundlecast.jobs.core import driver
+from bundlecast.jobs.tools import driver
 
 
 def test_stream_sends_complete_lines_and_the_rest_on_flush():

@@ -76,7 +76,7 @@ def run_dag(kind: str, date: str, cfg: dict | None = None, echo=print) -> Path:
             if "[bundlecast]" in line or "Marking task as" in line or "state=" in line and "task_id" in line:
                 echo("  " + line.rstrip()[-200:])
         proc.wait()
-    from bundlecast.jobs.core import driver
+    from bundlecast.jobs.tools import driver
 
     driver.stop(cfg)  # the DAG's teardown does this; a run killed before it must not leave one behind
     states = task_states(DAG_IDS[kind], date, env)

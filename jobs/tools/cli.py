@@ -90,8 +90,8 @@ def cmd_run(args) -> None:
 
 
 def cmd_driver(args) -> None:
-    """The warm Spark driver the DAG tasks share (``bundlecast.jobs.core.driver``)."""
-    from bundlecast.jobs.core import driver
+    """The warm Spark driver the DAG tasks share (``bundlecast.jobs.tools.driver``)."""
+    from bundlecast.jobs.tools import driver
 
     if args.action == "start":
         state = driver.ensure(echo=lambda m: print(m, flush=True))

@@ -12,7 +12,7 @@ For each scale (its own world under ``BUNDLECAST_HOME/bench-<scale>``, generated
   order lines), raw to Parquet, no checks: the yardstick for the nightly's data work;
 * **nightly**: every step as the nightly DAG runs it (ingest of the landing, relationships
   full, forecast of every series, need train + score of every active user, value, bundles,
-  proactive, offers, experiments), each sent to one warm driver (``jobs/core/driver.py``)
+  proactive, offers, experiments), each sent to one warm driver (``jobs/tools/driver.py``)
   exactly as the DAG's tasks send them; the driver's start is counted in the total;
 * **hourly**: 1% of the landing's events land again as a new file (new ids, same day), then
   the hourly DAG's steps run on the same driver. The file is removed afterwards.
@@ -183,7 +183,7 @@ def run_steps(steps: list[list[str]], dt: str, home: Path, label: str) -> list[d
     """Each step on the warm driver, as the DAG's tasks send them; (step, seconds, peak)."""
     os.environ["BUNDLECAST_HOME"] = str(home)
     os.environ.setdefault("BUNDLECAST_JAR_CACHE", str(home.parent / "jars"))
-    from bundlecast.jobs.core import driver
+    from bundlecast.jobs.tools import driver
 
     out = []
     t0 = time.monotonic()
@@ -210,7 +210,7 @@ def bench_scale(scale: str, root: Path, with_airflow: bool) -> dict:
     env = child_env(home)
     dt = truth["landing_date"]
     me = [sys.executable, str(Path(__file__).resolve())]
-    from bundlecast.jobs.core import driver
+    from bundlecast.jobs.tools import driver
 
     os.environ["BUNDLECAST_HOME"] = str(home)
     driver.stop()

@@ -7,7 +7,7 @@ larger than the work. With ``spark.warm_driver.enabled`` the DAG's step tasks (a
 
     bundlecast driver start|status|stop
 
-- The driver is ``python -m bundlecast.jobs.core.driver serve``: one SparkSession (from
+- The driver is ``python -m bundlecast.jobs.tools.driver serve``: one SparkSession (from
   :func:`bundlecast.jobs.core.spark.get_spark`, so local or a cluster master alike) and a
   listener on 127.0.0.1 whose port and one-time key are in ``BUNDLECAST_HOME/run/driver.json``
   (mode 0600; ``multiprocessing.connection`` authenticates every client with that key).
@@ -158,7 +158,7 @@ def _start(cfg: dict, echo) -> dict:
     echo(f"[bundlecast] starting the warm Spark driver (log: {log_file})")
     started = time.monotonic()
     with open(log_file, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "bundlecast.jobs.core.driver", "serve"],
+        proc = subprocess.Popen([sys.executable, "-m", "bundlecast.jobs.tools.driver", "serve"],
                                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True, env=dict(os.environ))
     timeout = float(settings(cfg)["start_timeout_seconds"])
