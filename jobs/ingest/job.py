@@ -123,12 +123,13 @@ def _ingest_files(spark, spec: DatasetSpec, dt: str, run_id: str, cfg: dict, gx_
                          "failed_threshold" if failed else "ok")
         if not audit.balanced():
             raise BundlecastError(f"{spec.name}: accounting does not add up: {asdict(audit)}")
-        rejected = None if n_quarantined == 0 else \
-            rejected.join(raw.select(SOURCE, LINE, RAW, RAW_TEXT), [SOURCE, LINE], "left")
-        write_quarantine(tables, rejected and rejected.select(F.lit(spec.name).alias("dataset"), F.lit(dt).alias("dt"),
-                                                F.lit(run_id).alias("run_id"), SOURCE, F.col(LINE).alias("line"),
-                                                *quarantine_record(), F.col("_reasons").alias("reasons")),
-                         spec.name, dt)
+        quarantined = None  # nothing rejected: write_quarantine makes no commit unless stale rows need clearing
+        if n_quarantined:
+            quarantined = (rejected.join(raw.select(SOURCE, LINE, RAW, RAW_TEXT), [SOURCE, LINE], "left")
+                           .select(F.lit(spec.name).alias("dataset"), F.lit(dt).alias("dt"),
+                                   F.lit(run_id).alias("run_id"), SOURCE, F.col(LINE).alias("line"),
+                                   *quarantine_record(), F.col("_reasons").alias("reasons")))
+        write_quarantine(tables, quarantined, spec.name, dt)
         if failed:
             # Not published: the passing rows stay out of silver until the drop is fixed
             # (the raw files stay in place, so nothing is lost).

@@ -83,7 +83,7 @@ def _alive(pid: int) -> bool:
 
 
 def status(cfg: dict | None = None) -> dict | None:
-    """The running driver's record (pid, port, started, steps run, config fingerprint), or None."""
+    """The running driver's record (pid, port, key, started, application, config fingerprint), or None."""
     cfg = cfg or config()
     path = run_dir(cfg) / "driver.json"
     try:
@@ -96,7 +96,7 @@ def status(cfg: dict | None = None) -> dict | None:
     return state
 
 
-def _request(state: dict, message: dict, timeout: float | None = 30):
+def _request(state: dict, message: dict):
     conn = Client(("127.0.0.1", int(state["port"])), authkey=bytes.fromhex(state["key"]))
     conn.send(message)
     return conn
@@ -239,7 +239,6 @@ class _Server:
         self.listener = Listener(("127.0.0.1", 0), authkey=self.key)
         self.step_lock = threading.Lock()
         self.last_used = time.monotonic()
-        self.steps_run = 0
         self.busy = False
 
     def publish(self) -> None:
@@ -271,9 +270,7 @@ class _Server:
             except (EOFError, OSError):
                 return
             op = message.get("op")
-            if op == "status":
-                conn.send({"busy": self.busy, "steps_run": self.steps_run})
-            elif op == "stop":
+            if op == "stop":
                 with self.step_lock:
                     conn.send({"stopping": True})
                     self.shutdown()
@@ -303,7 +300,6 @@ class _Server:
                 stream.flush()
                 root.removeHandler(handler)
                 self.busy = False
-                self.steps_run += 1
                 self.last_used = time.monotonic()
             with contextlib.suppress(OSError, ValueError):
                 conn.send(("rc", code))
