@@ -193,17 +193,22 @@ def backtest(history: pd.DataFrame, method: str, holidays: pd.DataFrame | None, 
 
 
 def forecast_series(history: pd.DataFrame, future: pd.DataFrame, holidays: pd.DataFrame | None,
-                    s: ForecastSettings) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+                    s: ForecastSettings, method: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame, str]:
     """Backtest, pick the method, forecast. Returns (forecast, backtest metrics, method).
 
     The method is Prophet (enough history) or SBA (short or intermittent series); if its
     backtest MASE is worse than seasonal naive's on the same windows, seasonal naive makes
     the forecast instead, so a series never gets a forecast worse than the baseline's
-    on its own recent history.
+    on its own recent history. A ``method`` chosen by an earlier backtest skips the
+    backtest (no metrics): one fit instead of ``backtest_origins + 1``.
     """
-    method = choose_method(history, s)
-    metrics = backtest(history, method, holidays, s)
-    chosen = method
+    if method is not None:
+        metrics = pd.DataFrame(columns=["origin", "method", "mae", "smape", "mase", "n_days"])
+        chosen = method
+    else:
+        method = choose_method(history, s)
+        metrics = backtest(history, method, holidays, s)
+        chosen = method
     if len(metrics):
         by = metrics.groupby("method").mase.mean()
         if method in by and "seasonal_naive" in by and by["seasonal_naive"] < by[method]:

@@ -78,6 +78,37 @@ def test_rerun_leaves_the_same_rows(spark, test_world, fc_cfg, first_run):
     assert before.equals(after)  # seeded per series: the intervals too
 
 
+def test_the_next_night_reuses_the_backtested_choice_and_a_week_later_backtests_again(spark, test_world, fc_cfg,
+                                                                                       first_run):
+    """Backtests choose each series' method once in backtest_every_days; the nights in
+    between fit only the chosen method (no metric rows) and say whose backtest they used."""
+    from bundlecast.jobs.core.tables import Tables
+    from bundlecast.jobs.forecast import job as forecast
+    from bundlecast.jobs.forecast.extract import stored_choices
+
+    day0 = _table(spark, fc_cfg, "demand_forecast")
+    day0 = day0[day0.dt.astype(str) == "2026-11-20"].drop_duplicates(["site_id", "item_id"]).set_index(
+        ["site_id", "item_id"])
+    backtested = _table(spark, fc_cfg, "forecast_metrics")
+    backtested = set(map(tuple, backtested[backtested.dt.astype(str) == "2026-11-20"][["site_id", "item_id"]]
+                         .drop_duplicates().to_numpy()))
+    next_night = forecast.run(spark, "2026-11-21", "fc-next", fc_cfg, progress=lambda m: None)
+    f = _table(spark, fc_cfg, "demand_forecast")
+    f = f[f.dt.astype(str) == "2026-11-21"].drop_duplicates(["site_id", "item_id"]).set_index(["site_id", "item_id"])
+    reused = f[f.reason.str.contains("method from the backtest of 2026-11-20", regex=False)]
+    assert set(reused.index) == backtested and next_night.counts["backtests_reused"] == len(backtested)
+    assert (reused.method == day0.loc[reused.index].method).all()
+    m = _table(spark, fc_cfg, "forecast_metrics")
+    again = set(map(tuple, m[m.dt.astype(str) == "2026-11-21"][["site_id", "item_id"]].drop_duplicates().to_numpy()))
+    assert not again & backtested and next_night.counts["backtests_run"] == len(again)
+    assert {"model_mase", "seasonal_naive_mase"} <= set(next_night.metrics["backtest"])
+    tables = Tables(spark, fc_cfg)
+    level = ["site_id", "item_id"]
+    assert stored_choices(tables, "2026-11-26", 7, level).count() == len(backtested)  # still within the week
+    assert stored_choices(tables, "2026-11-27", 7, level).filter("backtested_on = '2026-11-20'").count() == 0
+    assert stored_choices(tables, "2026-11-21", 1, level) is None  # backtest_every_days 1: every night
+
+
 def test_bad_configuration_and_empty_window(spark, test_world, fc_cfg):
     from bundlecast.jobs.forecast import job as forecast
 

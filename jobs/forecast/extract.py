@@ -52,3 +52,26 @@ def holidays_frame(tables) -> pd.DataFrame:
                                                           F.col("date").alias("ds")).toPandas()
     ev["ds"] = pd.to_datetime(ev.ds)
     return ev
+
+
+def stored_choices(tables, dt: str, every_days: int, level: list[str]):
+    """Per series, the method its latest backtest chose, when that backtest ran on one of
+    the ``every_days - 1`` days before ``dt`` (columns: level, reuse_method, reuse_reason,
+    backtested_on); None when every series is backtested today (``every_days`` <= 1).
+
+    Only earlier dates are read, so a re-run of ``dt`` makes the same choices."""
+    from pyspark.sql import functions as F
+
+    if every_days <= 1:
+        return None
+    end = date.fromisoformat(dt)
+    window = F.col("dt").between(F.lit(end - timedelta(days=every_days - 1)), F.lit(end - timedelta(days=1)))
+    keys = level if "region" in level else level + ["region"]
+    pick = (lambda f: f) if "region" in level else (lambda f: f.filter(F.col("region") == "*"))
+    latest = (pick(tables.read("forecast_metrics").filter(window)).groupBy(*keys)
+              .agg(F.max("dt").alias("dt")))
+    chosen = (pick(tables.read("demand_forecast").filter(window)).select(*keys, "dt", "method", "reason")
+              .dropDuplicates([*keys, "dt"]))
+    return (latest.join(chosen, [*keys, "dt"])
+            .select(*level, F.col("method").alias("reuse_method"), F.col("reason").alias("reuse_reason"),
+                    F.col("dt").cast("string").alias("backtested_on")))

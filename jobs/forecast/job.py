@@ -11,7 +11,7 @@ import pandas as pd
 from bundlecast.jobs.core.config import config
 from bundlecast.jobs.core.runs import StepRun, record
 from bundlecast.jobs.core.tables import Tables
-from bundlecast.jobs.forecast.extract import daily_demand, holidays_frame, weather_by_day
+from bundlecast.jobs.forecast.extract import daily_demand, holidays_frame, stored_choices, weather_by_day
 from bundlecast.jobs.forecast.load import write_forecast
 from bundlecast.jobs.forecast.transform import LEVELS, backtest_summary, output_schema, series_function, settings
 
@@ -36,6 +36,12 @@ def run(spark, dt: str, run_id: str | None = None, cfg: dict | None = None, prog
         keys = (demand.select(*level).distinct().orderBy(F.xxhash64(*level), *level)
                 .limit(int(section["sample_series"])))
         demand = demand.join(F.broadcast(keys), level, "left_semi")
+    # A series' method is chosen by its rolling backtest once every backtest_every_days and
+    # reused in between: one fit per series on the other nights instead of backtest_origins + 1.
+    reused = stored_choices(tables, dt, int(section.get("backtest_every_days") or 1), level)
+    if reused is not None:
+        reused = reused.localCheckpoint()
+        demand = demand.join(F.broadcast(reused), level, "left")
     weather = weather_by_day(tables, "region" in level)
     holidays = holidays_frame(tables)
     fn = series_function(level, dt, s, weather, holidays)
@@ -66,11 +72,29 @@ def run(spark, dt: str, run_id: str | None = None, cfg: dict | None = None, prog
         summary.counts["items_without_sales"] = items.join(forecast.select("site_id", "item_id"),
                                                            ["site_id", "item_id"], "left_anti").count()
         m = metrics.toPandas()
+        summary.counts["backtests_run"] = len(m.drop_duplicates(level)) if len(m) else 0
+        if reused is not None:  # the run's scores include the backtests it reused
+            used = forecast.filter(F.col("reason").contains("(method from the backtest of")).select(*level).distinct()
+            summary.counts["backtests_reused"] = used.count()
+            m = pd.concat([m, _reused_metrics(tables, reused.join(used, level, "left_semi"), level).toPandas()],
+                          ignore_index=True)
         summary.metrics["backtest"] = backtest_summary(m)
         _log_run(cfg, dt, section, s, summary, m, forecast, demand, level)
     record(tables, summary.finish())
     progress(render_summary(summary))
     return summary
+
+
+def _reused_metrics(tables, reused, level: list[str]):
+    """The stored backtest rows behind the reused choices, in the shape of this run's metrics."""
+    from pyspark.sql import functions as F
+
+    m = tables.read("forecast_metrics")
+    if "region" not in level:
+        m = m.filter(F.col("region") == "*")
+    return (m.join(F.broadcast(reused.select(*level, F.col("backtested_on").cast("date").alias("dt"))), [*level, "dt"],
+                   "left_semi")
+            .select(*level, "origin", "method", "mae", "smape", "mase", "n_days"))
 
 
 def _log_run(cfg, dt, section, s, summary, metrics_pd, forecast, demand, level) -> None:
@@ -135,5 +159,6 @@ def render_summary(s: StepRun) -> str:
     if b:
         lines.append(f"  backtest mean MASE: model {b.get('model_mase', float('nan')):.3f} vs seasonal naive "
                      f"{b.get('seasonal_naive_mase', float('nan')):.3f}; sMAPE {b.get('model_smape', float('nan')):.3f}"
-                     f" vs {b.get('seasonal_naive_smape', float('nan')):.3f}")
+                     f" vs {b.get('seasonal_naive_smape', float('nan')):.3f} (series backtested today "
+                     f"{c.get('backtests_run', 0):,}, choices reused from the last days {c.get('backtests_reused', 0):,})")
     return "\n".join(lines)

@@ -11,6 +11,8 @@ from bundlecast.jobs.core.errors import BundlecastError
 from bundlecast.models import forecast as fc
 
 LEVELS = {"item": ["site_id", "item_id"], "item_region": ["site_id", "item_id", "region"]}
+# Columns a series' rows carry when an earlier backtest chose its method (see job.stored_choices).
+REUSED = ("reuse_method", "reuse_reason", "backtested_on")
 OUT_COLUMNS = ["kind", "ds", "yhat", "yhat_lower", "yhat_upper", "method", "reason", "origin", "mae", "smape",
                "mase", "n_days", "history_days"]
 
@@ -42,15 +44,20 @@ def series_function(level: list[str], dt: str, s: fc.ForecastSettings, weather: 
         hol = holidays[holidays.region.isin(["ALL", region] if by_region else holidays.region.unique())]
         hol = hol[["holiday", "ds"]].drop_duplicates()
         reason = _method_reason(history, s)
+        known = pdf[REUSED[0]].iloc[0] if REUSED[0] in pdf else None
+        if known is not None and not pd.isna(known):  # chosen by a backtest of the last days
+            reason = f"{pdf[REUSED[1]].iloc[0]} (method from the backtest of {pdf[REUSED[2]].iloc[0]})"
+        else:
+            known = None
         # Prophet's intervals are sampled: a seed per series makes a re-run give the same rows.
         np.random.seed(zlib.crc32("|".join(str(v) for v in key.values()).encode()))
         try:
-            forecast, metrics, method = fc.forecast_series(history, future, hol, s)
+            forecast, metrics, method = fc.forecast_series(history, future, hol, s, method=known)
         except Exception as exc:  # noqa: BLE001 - a series that cannot be fitted falls back, counted
             method, reason = "sba", f"fit failed ({type(exc).__name__}: {str(exc)[:120]}); SBA instead"
             train = history.assign(y=fc.winsorize(history.y.to_numpy(), s.winsorize_quantile))
             forecast, metrics = fc.predict(train, future, "sba", None, s), pd.DataFrame()
-        if method == "seasonal_naive":
+        if method == "seasonal_naive" and len(metrics):
             by = metrics.groupby("method").mase.mean()
             reason = f"backtest MASE {by.drop('seasonal_naive').min():.2f} > seasonal naive {by['seasonal_naive']:.2f}"
         out = forecast.assign(kind="forecast", method=method, reason=reason, history_days=len(history))

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from datetime import date, timedelta
 
-import numpy as np
 import pandas as pd
 
 
@@ -33,38 +32,28 @@ def co_purchase_neighbours(purchases, cutoff: date, k: int, lookback_days: int):
 
 
 def als_candidates(purchases, cutoff: date, s: dict, users):
-    """Top ``cf_k`` items per user from ALS on implicit feedback (purchase days per item)."""
-    from pyspark.ml.feature import StringIndexer
-    from pyspark.ml.recommendation import ALS
+    """Top ``cf_k`` items per user from implicit-feedback ALS (purchase days per item in
+    the lookback), fitted on the driver (``models.collaborative``): the ratings are one
+    small aggregate, and a fit costs milliseconds there against several Spark jobs per
+    iteration in Spark ML."""
     from pyspark.sql import functions as F
+
+    from bundlecast.models import collaborative
 
     spark = purchases.sparkSession
     p = purchases.filter((F.col("day") <= _d(cutoff)) &
                          (F.col("day") > _d(cutoff - timedelta(days=int(s["lookback_days"])))))
     ratings = (p.withColumn("item_key", F.concat_ws("|", "site_id", "item_id"))
-               .groupBy("user_id", "item_key").agg(F.countDistinct("day").cast("float").alias("strength")))
-    if ratings.limit(1).count() == 0:
+               .groupBy("user_id", "item_key").agg(F.countDistinct("day").cast("float").alias("strength"))).toPandas()
+    if ratings.empty:
         return None
-    users_ix = StringIndexer(inputCol="user_id", outputCol="u", handleInvalid="skip").fit(ratings)
-    items_ix = StringIndexer(inputCol="item_key", outputCol="i", handleInvalid="skip").fit(ratings)
-    data = items_ix.transform(users_ix.transform(ratings)).select(F.col("u").cast("int"), F.col("i").cast("int"),
-                                                                 "strength").localCheckpoint()
-    als = ALS(userCol="u", itemCol="i", ratingCol="strength", implicitPrefs=True, rank=int(s["als_rank"]),
-              regParam=float(s["als_reg"]), alpha=float(s["als_alpha"]), maxIter=int(s["als_iterations"]),
-              coldStartStrategy="drop", seed=7)
-    model = als.fit(data)
-    wanted = users_ix.transform(users.select("user_id")).select(F.col("u").cast("int"))
-    recs = model.recommendForUserSubset(wanted, int(s["cf_k"]))
-    user_keys = spark.createDataFrame(pd.DataFrame({"user_id": users_ix.labelsArray[0]}).reset_index()
-                                      .rename(columns={"index": "u"}))
-    labels = items_ix.labelsArray[0]
-    item_keys = spark.createDataFrame(pd.DataFrame({"i": np.arange(len(labels), dtype="int32"),
-                                                    "site_id": [x.split("|", 1)[0] for x in labels],
-                                                    "item_id": [x.split("|", 1)[1] for x in labels]}))
-    return (recs.select("u", F.explode("recommendations").alias("r"))
-            .select("u", F.col("r.i").alias("i"), F.col("r.rating").alias("cf_score"))
-            .join(F.broadcast(user_keys), "u").join(F.broadcast(item_keys), "i")
-            .select("user_id", "site_id", "item_id", "cf_score"))
+    recs = collaborative.recommend(ratings, users.toPandas().user_id, int(s["cf_k"]), rank=int(s["als_rank"]),
+                                   reg=float(s["als_reg"]), alpha=float(s["als_alpha"]),
+                                   iterations=int(s["als_iterations"]), seed=7)
+    keys = recs.item_key.str.split("|", n=1, expand=True) if len(recs) else pd.DataFrame({0: [], 1: []})
+    out = pd.DataFrame({"user_id": recs.user_id.astype(str), "site_id": keys[0].astype(str),
+                        "item_id": keys[1].astype(str), "cf_score": recs.cf_score.astype(float)})
+    return spark.createDataFrame(out, "user_id string, site_id string, item_id string, cf_score double")
 
 
 def candidates(inputs, cutoff: date, users, s: dict, with_table: bool = False):

@@ -99,14 +99,18 @@ def examples(inputs, cutoff: date, horizon: int, users, s: dict):
 
 def _sampled_training_frame(frame, max_examples: int, seed: int = 11) -> pd.DataFrame:
     """All positives and a hashed share of negatives (weight = 1 / share), as pandas."""
+    from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
+    # Counted, then sampled: materialised once, not computed twice.
+    frame = frame.persist(StorageLevel.MEMORY_AND_DISK)
     counts = {r["label"]: r["count"] for r in frame.groupBy("label").count().collect()}
     pos, neg = counts.get(1, 0), counts.get(0, 0)
     share = 1.0 if pos + neg <= max_examples else max(0.001, (max_examples - pos) / max(neg, 1))
     keep = (F.col("label") == 1) | ((F.abs(F.xxhash64("user_id", "site_id", "item_id", F.lit(seed))) % 1_000_000)
                                     < F.lit(int(share * 1_000_000)))
     out = frame.filter(keep).withColumn("weight", F.when(F.col("label") == 1, 1.0).otherwise(1.0 / share)).toPandas()
+    frame.unpersist()
     return out
 
 
