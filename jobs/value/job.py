@@ -30,12 +30,19 @@ def run(spark, dt: str, run_id: str | None = None, cfg: dict | None = None, prog
     end = date.fromisoformat(dt)
     inputs = extract(tables)
     segments = cfg["need"]["segments"]
-    train_pd = frame_at(inputs, end - timedelta(days=2 * V), V, segments)
-    eval_pd = frame_at(inputs, end - timedelta(days=V), V, segments)
-    if len(train_pd) < int(s["min_users"]) or len(eval_pd) < int(s["min_users"]) or not eval_pd.spend_next.sum():
+    # A young shop (no order 2 x V days before the run date) is skipped after one small read.
+    first_cut = end - timedelta(days=2 * V)
+    too_little = None if _any_order_before(tables, first_cut) else \
+        f"too little history: no order before {first_cut} (the training cut-off needs {2 * V} days of orders)"
+    if too_little is None:
+        train_pd = frame_at(inputs, first_cut, V, segments)
+        eval_pd = frame_at(inputs, end - timedelta(days=V), V, segments)
+        if len(train_pd) < int(s["min_users"]) or len(eval_pd) < int(s["min_users"]) or not eval_pd.spend_next.sum():
+            too_little = (f"too little history: {len(train_pd)} / {len(eval_pd)} users with orders at the training / "
+                          f"evaluation cut-offs (need {s['min_users']}, and {2 * V} days of orders)")
+    if too_little:
         # Not an error for the nightly DAG (a young shop has no 2 x V days yet): skipped, said once.
-        summary.notes.append(f"too little history: {len(train_pd)} / {len(eval_pd)} users with orders at the training / "
-                             f"evaluation cut-offs (need {s['min_users']}, and {2 * V} days of orders); nothing written")
+        summary.notes.append(f"{too_little}; nothing written")
         summary.labels["skipped"] = "true"
         write_user_value(tables, pd.DataFrame(), dt)
         record(tables, summary.finish())
@@ -61,6 +68,12 @@ def run(spark, dt: str, run_id: str | None = None, cfg: dict | None = None, prog
     record(tables, summary.finish())
     progress(render(summary))
     return summary
+
+
+def _any_order_before(tables, day: date) -> bool:
+    """Whether any order was placed before ``day``."""
+    from pyspark.sql import functions as F
+    return tables.read("orders").filter(F.col("order_ts") < F.lit(day).cast("timestamp")).limit(1).count() > 0
 
 
 def _register_and_gate(cfg: dict, dt: str, summary: StepRun, final, train_pd: pd.DataFrame, eval_pd: pd.DataFrame,
