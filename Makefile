@@ -11,8 +11,6 @@ export PYTHONDONTWRITEBYTECODE := 1
 DEMO_DATE ?= 2026-11-20
 DEMO_SCALE ?= tiny
 PYTEST_ARGS ?=
-# Two pytest-xdist workers (tests/conftest.py groups the tests); TEST_WORKERS=0 runs them in one process.
-TEST_WORKERS ?= 2
 # Real data for the relationship evaluation (see ../shared/data/README.md), in its own world.
 RETAIL_DATA ?= $(CURDIR)/../shared/data/online_retail
 EVAL_HOME ?= $(BUNDLECAST_HOME)/eval-online-retail
@@ -54,7 +52,7 @@ lint: install
 	$(BIN)/ruff check .
 
 test: setup lint
-	$(BIN)/python -m pytest $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The inner loop: no generated world, no Airflow, no install (about a minute and a half).
 test-fast: install lint

@@ -20,33 +20,10 @@ WORLD_FIXTURES = {"tiny_world", "test_world", "e2e_home", "installed_bundlecast"
                   "bad_drop", "rel_world", "dagbag", "corpus"}
 
 
-# `make test` runs two pytest-xdist workers (--dist loadgroup): each worker takes whole
-# groups, so a module's fixtures and a session's world are built once. The Airflow and
-# warm-driver tests (mostly waiting on subprocesses) go first, the modelling tests on the
-# `test` world second, everything else to whichever worker frees up.
-GROUPS = ("subprocesses", "test-world", "in-process")
-
-
-def _group(module_items) -> str:
-    fixtures = set().union(*(set(getattr(i, "fixturenames", ())) for i in module_items))
-    if {"installed_bundlecast", "e2e_home"} & fixtures or module_items[0].module.__name__.endswith("test_driver"):
-        return "subprocesses"
-    return "test-world" if "test_world" in fixtures else "in-process"
-
-
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if WORLD_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.world)
-    if not getattr(config.option, "numprocesses", None):
-        return
-    modules: dict[str, list] = {}
-    for item in items:
-        modules.setdefault(item.nodeid.split("::")[0], []).append(item)
-    group = {path: _group(its) for path, its in modules.items()}
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(group[item.nodeid.split("::")[0]]))
-    items.sort(key=lambda i: GROUPS.index(group[i.nodeid.split("::")[0]]))
 
 
 @pytest.fixture(scope="session")
