@@ -62,8 +62,7 @@ def recommend(ratings: pd.DataFrame, wanted: pd.Series | np.ndarray, k: int, ran
     (user_id, item_key, strength). Returns (user_id, item_key, cf_score); users without
     ratings get none. Ties go to the item key that sorts first, so a run is reproducible."""
     if ratings.empty:
-        return pd.DataFrame({"user_id": pd.Series(dtype=object), "item_key": pd.Series(dtype=object),
-                             "cf_score": pd.Series(dtype=float)})
+        return _no_recommendations()
     user_codes, user_keys = pd.factorize(ratings.user_id, sort=True)
     item_codes, item_keys = pd.factorize(ratings.item_key, sort=True)
     U, V = fit(user_codes, item_codes, ratings.strength.to_numpy(float), len(user_keys), len(item_keys), rank, reg,
@@ -76,14 +75,16 @@ def recommend(ratings: pd.DataFrame, wanted: pd.Series | np.ndarray, k: int, ran
         if not len(chunk):
             continue
         scores = U[chunk] @ V.T
-        top = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < scores.shape[1] else \
-            np.tile(np.arange(scores.shape[1]), (len(chunk), 1))
+        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
         # Descending score, then ascending item code (item keys are sorted): a stable order.
         top = np.sort(top, axis=1)
         top = np.take_along_axis(top, np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable"),
                                  axis=1)
         out.append(pd.DataFrame({"user_id": np.repeat(user_keys[chunk], k), "item_key": item_keys[top.ravel()],
                                  "cf_score": np.take_along_axis(scores, top, axis=1).ravel()}))
-    if not out:
-        return recommend(ratings.iloc[:0], [], k)
-    return pd.concat(out, ignore_index=True)
+    return pd.concat(out, ignore_index=True) if out else _no_recommendations()
+
+
+def _no_recommendations() -> pd.DataFrame:
+    return pd.DataFrame({"user_id": pd.Series(dtype=object), "item_key": pd.Series(dtype=object),
+                         "cf_score": pd.Series(dtype=float)})

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 SEASON = 7
+BACKTEST_COLUMNS = ["origin", "method", "mae", "smape", "mase", "n_days"]
 REGRESSORS = ("temperature_c", "precipitation_mm")
 
 
@@ -189,7 +190,7 @@ def backtest(history: pd.DataFrame, method: str, holidays: pd.DataFrame | None, 
             f = predict(train, test.drop(columns="y"), name, holidays, s).yhat.to_numpy()
             rows.append(dict(origin=test.ds.iloc[0], method=name, mae=mae(test.y, f), smape=smape(test.y, f),
                              mase=mase(test.y, f, train.y), n_days=len(test)))
-    return pd.DataFrame(rows, columns=["origin", "method", "mae", "smape", "mase", "n_days"])
+    return pd.DataFrame(rows, columns=BACKTEST_COLUMNS)
 
 
 def forecast_series(history: pd.DataFrame, future: pd.DataFrame, holidays: pd.DataFrame | None,
@@ -203,7 +204,7 @@ def forecast_series(history: pd.DataFrame, future: pd.DataFrame, holidays: pd.Da
     backtest (no metrics): one fit instead of ``backtest_origins + 1``.
     """
     if method is not None:
-        metrics = pd.DataFrame(columns=["origin", "method", "mae", "smape", "mase", "n_days"])
+        metrics = pd.DataFrame(columns=BACKTEST_COLUMNS)
         chosen = method
     else:
         method = choose_method(history, s)

@@ -45,10 +45,10 @@ def series_function(level: list[str], dt: str, s: fc.ForecastSettings, weather: 
         hol = hol[["holiday", "ds"]].drop_duplicates()
         reason = _method_reason(history, s)
         known = pdf[REUSED[0]].iloc[0] if REUSED[0] in pdf else None
-        if known is not None and not pd.isna(known):  # chosen by a backtest of the last days
-            reason = f"{pdf[REUSED[1]].iloc[0]} (method from the backtest of {pdf[REUSED[2]].iloc[0]})"
-        else:
+        if pd.isna(known):
             known = None
+        else:  # chosen by a backtest of the last days
+            reason = f"{pdf[REUSED[1]].iloc[0]} (method from the backtest of {pdf[REUSED[2]].iloc[0]})"
         # Prophet's intervals are sampled: a seed per series makes a re-run give the same rows.
         np.random.seed(zlib.crc32("|".join(str(v) for v in key.values()).encode()))
         try:

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 from datetime import date, timedelta
 
-import pandas as pd
-
 
 def _d(day):
     from pyspark.sql import functions as F
@@ -43,17 +41,20 @@ def als_candidates(purchases, cutoff: date, s: dict, users):
     spark = purchases.sparkSession
     p = purchases.filter((F.col("day") <= _d(cutoff)) &
                          (F.col("day") > _d(cutoff - timedelta(days=int(s["lookback_days"])))))
-    ratings = (p.withColumn("item_key", F.concat_ws("|", "site_id", "item_id"))
-               .groupBy("user_id", "item_key").agg(F.countDistinct("day").cast("float").alias("strength"))).toPandas()
+    ratings = (p.groupBy("user_id", "site_id", "item_id")
+               .agg(F.countDistinct("day").cast("float").alias("strength")).toPandas())
     if ratings.empty:
         return None
+    # Items keyed by their position in (site_id, item_id) order, mapped back after.
+    items = ratings[["site_id", "item_id"]].drop_duplicates().sort_values(["site_id", "item_id"], ignore_index=True)
+    ratings = ratings.merge(items.rename_axis("item_key").reset_index(), on=["site_id", "item_id"])
     recs = collaborative.recommend(ratings, users.toPandas().user_id, int(s["cf_k"]), rank=int(s["als_rank"]),
                                    reg=float(s["als_reg"]), alpha=float(s["als_alpha"]),
                                    iterations=int(s["als_iterations"]), seed=7)
-    keys = recs.item_key.str.split("|", n=1, expand=True) if len(recs) else pd.DataFrame({0: [], 1: []})
-    out = pd.DataFrame({"user_id": recs.user_id.astype(str), "site_id": keys[0].astype(str),
-                        "item_id": keys[1].astype(str), "cf_score": recs.cf_score.astype(float)})
-    return spark.createDataFrame(out, "user_id string, site_id string, item_id string, cf_score double")
+    out = items.iloc[recs.item_key.to_numpy(int)].reset_index(drop=True).assign(
+        user_id=recs.user_id.to_numpy(), cf_score=recs.cf_score.to_numpy(float))
+    return spark.createDataFrame(out[["user_id", "site_id", "item_id", "cf_score"]],
+                                 "user_id string, site_id string, item_id string, cf_score double")
 
 
 def candidates(inputs, cutoff: date, users, s: dict, with_table: bool = False):

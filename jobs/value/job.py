@@ -32,7 +32,7 @@ def run(spark, dt: str, run_id: str | None = None, cfg: dict | None = None, prog
     segments = cfg["need"]["segments"]
     # A young shop (no order 2 x V days before the run date) is skipped after one small read.
     first_cut = end - timedelta(days=2 * V)
-    too_little = None if _any_order_before(tables, first_cut) else \
+    too_little = None if _any_order_before(inputs.orders, first_cut) else \
         f"too little history: no order before {first_cut} (the training cut-off needs {2 * V} days of orders)"
     if too_little is None:
         train_pd = frame_at(inputs, first_cut, V, segments)
@@ -70,10 +70,10 @@ def run(spark, dt: str, run_id: str | None = None, cfg: dict | None = None, prog
     return summary
 
 
-def _any_order_before(tables, day: date) -> bool:
+def _any_order_before(orders, day: date) -> bool:
     """Whether any order was placed before ``day``."""
     from pyspark.sql import functions as F
-    return tables.read("orders").filter(F.col("order_ts") < F.lit(day).cast("timestamp")).limit(1).count() > 0
+    return orders.filter(F.col("order_ts") < F.lit(day).cast("timestamp")).limit(1).count() > 0
 
 
 def _register_and_gate(cfg: dict, dt: str, summary: StepRun, final, train_pd: pd.DataFrame, eval_pd: pd.DataFrame,
