@@ -129,6 +129,10 @@ def _contract(conf_dir: str) -> dict[str, DatasetSpec]:
         refs = tuple(
             Reference(tuple(r["columns"]), r["dataset"], tuple(r.get("ref_columns", r["columns"])))
             for r in d.get("refs", []))
+        later = [r.dataset for r in refs if r.dataset not in specs and r.dataset != name]
+        if later:
+            # Ingestion starts a dataset once those it references are in (jobs/ingest/job.py).
+            raise ConfigError(f"contract dataset {name}: references {later} must be declared before it")
         specs[name] = DatasetSpec(
             name=name, description=d.get("description", ""), keys=tuple(d["keys"]),
             load=d["load"], columns=tuple(_column(c, v) for c, v in d["columns"].items()), refs=refs)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +18,9 @@ from bundlecast.jobs.core.config import PROJECT_ROOT
 
 SUITES_DIR = PROJECT_ROOT / "expectations"
 ROW_ID = "_row_id"
+# A GX file context reads and rewrites its YAML and JSON stores: one dataset at a time, even
+# when ingestion runs datasets on several threads.
+_GX_LOCK = threading.Lock()
 
 
 @dataclass
@@ -54,6 +58,11 @@ def run_suite(df, dataset: str, project_root: str, build_docs: bool = True) -> S
     definition = load_suite_definition(dataset)
     if not definition or not definition.get("expectations"):
         return SuiteResult(success=True)
+    with _GX_LOCK:
+        return _run_suite(df, dataset, definition, project_root, build_docs)
+
+
+def _run_suite(df, dataset: str, definition: dict, project_root: str, build_docs: bool) -> SuiteResult:
     import great_expectations as gx
     from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
 
@@ -99,7 +108,8 @@ def run_suite(df, dataset: str, project_root: str, build_docs: bool = True) -> S
 def build_data_docs(project_root: str) -> None:
     """Render the Data Docs site once for a run's validations (not once per dataset: each
     build re-renders the whole site)."""
-    _context(project_root).build_data_docs()
+    with _GX_LOCK:
+        _context(project_root).build_data_docs()
 
 
 def data_docs_index(project_root: str) -> Path:

@@ -229,12 +229,33 @@ class _Stream(io.TextIOBase):
             self._buffer = ""
 
 
+# The libraries the steps import on first use (several seconds together): imported while
+# the JVM starts, which leaves this process idle, instead of inside the first steps.
+PRELOAD = ("great_expectations", "mlflow", "mlflow.sklearn", "prophet", "sklearn.ensemble",
+           "sklearn.inspection", "matplotlib.pyplot", "ortools.sat.python.cp_model",
+           "ortools.constraint_solver.pywrapcp")
+
+
+def _preload() -> None:
+    import importlib
+
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    for name in PRELOAD:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # noqa: BLE001 - the step that needs it reports the error
+            log.warning("preloading %s failed: %s", name, one_line(exc))
+
+
 class _Server:
     def __init__(self, cfg: dict):
         from bundlecast.jobs.core.spark import get_spark
 
         self.cfg = cfg
+        preload = threading.Thread(target=_preload, name="preload", daemon=True)
+        preload.start()
         self.spark = get_spark("bundlecast-driver", cfg)
+        preload.join()
         self.key = secrets.token_bytes(32)
         self.listener = Listener(("127.0.0.1", 0), authkey=self.key)
         self.step_lock = threading.Lock()
