@@ -17,7 +17,7 @@ from bundlecast.jobs.core.errors import BundlecastError, DataQualityError, one_l
 from bundlecast.jobs.core.runs import StepRun, record, utc_now
 from bundlecast.jobs.core.tables import Tables
 from bundlecast.jobs.ingest.extract import LINE, RAW, RAW_TEXT, SOURCE, list_raw_files, read_files, read_raw
-from bundlecast.jobs.ingest.load import write_ops, write_quarantine, write_silver
+from bundlecast.jobs.ingest.load import quarantined_datasets, write_ops, write_quarantine, write_silver
 from bundlecast.jobs.ingest.quality import ROW_ID, build_data_docs, run_suite
 from bundlecast.jobs.ingest.transform import (
     AuditRow,
@@ -51,9 +51,12 @@ def _references(spark, spec: DatasetSpec, cfg: dict) -> dict:
     return references
 
 
-def ingest_dataset(spark, spec: DatasetSpec, dt: str, run_id: str, cfg: dict, gx_root: str | None):
+def ingest_dataset(spark, spec: DatasetSpec, dt: str, run_id: str, cfg: dict, gx_root: str | None,
+                   stale_quarantine: bool | None = None):
     """Ingest one dataset's drop: writes its silver rows (unless over the quarantine
     threshold) and its quarantine rows. Returns (audit row, refused files, error message).
+    ``stale_quarantine``: whether ``quarantine`` holds rows of this dataset and date from an
+    earlier run (None: look them up).
 
     Order: every file parsed on its own, every record checked against the contract and the
     expectation suite, and only then the valid rows de-duplicated, so a bad row never
@@ -65,7 +68,7 @@ def ingest_dataset(spark, spec: DatasetSpec, dt: str, run_id: str, cfg: dict, gx
     staging = staging_root(cfg, run_id) / spec.name
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        return _ingest_files(spark, spec, dt, run_id, cfg, gx_root, staging)
+        return _ingest_files(spark, spec, dt, run_id, cfg, gx_root, staging, stale_quarantine)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -75,7 +78,8 @@ def staging_root(cfg: dict, run_id: str) -> Path:
     return Path(cfg["home"]) / "work" / "ingest" / re.sub(r"[^A-Za-z0-9_.-]", "_", run_id)
 
 
-def _ingest_files(spark, spec: DatasetSpec, dt: str, run_id: str, cfg: dict, gx_root: str | None, staging: Path):
+def _ingest_files(spark, spec: DatasetSpec, dt: str, run_id: str, cfg: dict, gx_root: str | None, staging: Path,
+                  stale_quarantine: bool | None):
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
@@ -87,7 +91,7 @@ def _ingest_files(spark, spec: DatasetSpec, dt: str, run_id: str, cfg: dict, gx_
     records = sum(f.rows for f in files)
     raw = read_raw(spark, files)
     if raw is None:
-        write_quarantine(tables, None, spec.name, dt)
+        write_quarantine(tables, None, spec.name, dt, stale_quarantine)
         audit = AuditRow(spec.name, dt, run_id, len(files), len(bad_files), 0, 0, 0, 0, 0.0, "{}", True,
                          "empty" if not files else "ok")
         return audit, bad_files, None
@@ -131,7 +135,7 @@ def _ingest_files(spark, spec: DatasetSpec, dt: str, run_id: str, cfg: dict, gx_
                            .select(F.lit(spec.name).alias("dataset"), F.lit(dt).alias("dt"),
                                    F.lit(run_id).alias("run_id"), SOURCE, F.col(LINE).alias("line"),
                                    *quarantine_record(), F.col("_reasons").alias("reasons")))
-        write_quarantine(tables, quarantined, spec.name, dt)
+        write_quarantine(tables, quarantined, spec.name, dt, stale_quarantine)
         if failed:
             # Not published: the passing rows stay out of silver until the drop is fixed
             # (the raw files stay in place, so nothing is lost).
@@ -165,7 +169,8 @@ def run(spark, dt: str, datasets: list[str] | None = None, run_id: str | None = 
         specs = [s for s in specs if s.name in datasets]
     gx_root = cfg["quality"]["gx_project"] if with_expectations else None
     workers = max(1, int(cfg["ingestion"].get("parallel_datasets", 1)))
-    results = ingest_all(spark, specs, dt, run_id, cfg, gx_root, workers, progress)
+    results = ingest_all(spark, specs, dt, run_id, cfg, gx_root, workers, progress,
+                         stale=quarantined_datasets(tables, dt))
     audits = [audit for audit, _, _ in results]
     bad_files = [f for _, files, _ in results for f in files]
     errors = [error for _, _, error in results if error]
@@ -186,12 +191,13 @@ def run(spark, dt: str, datasets: list[str] | None = None, run_id: str | None = 
 
 
 def ingest_all(spark, specs: list[DatasetSpec], dt: str, run_id: str, cfg: dict, gx_root: str | None,
-               workers: int, progress=print) -> list[tuple]:
+               workers: int, progress=print, stale: set[str] | None = None) -> list[tuple]:
     """Ingest ``specs`` (contract order) on ``workers`` threads of the one Spark session; returns
     (audit row, refused files, error) per dataset, in contract order.
 
     A dataset starts once the datasets it references (when they are in this run) are done,
-    so its reference check reads today's keys. On a small world each dataset is a chain of
+    so its reference check reads today's keys. ``stale``: the datasets whose quarantine
+    holds rows for ``dt`` (None: each looks for itself). On a small world each dataset is a chain of
     small Spark jobs and Delta commits that leave the cores idle between them, so two run
     side by side. A dataset's failure never stops the others."""
     lock = threading.Lock()
@@ -199,7 +205,8 @@ def ingest_all(spark, specs: list[DatasetSpec], dt: str, run_id: str, cfg: dict,
     def one(spec: DatasetSpec, before: list[Future]):
         wait(before)
         try:
-            audit, files, error = ingest_dataset(spark, spec, dt, run_id, cfg, gx_root)
+            audit, files, error = ingest_dataset(spark, spec, dt, run_id, cfg, gx_root,
+                                                 None if stale is None else spec.name in stale)
         except Exception as exc:  # noqa: BLE001 - reported in the audit and the step's error
             error = f"{spec.name}: not published: {one_line(exc)}"
             audit, files = failed_audit(spec, dt, run_id, error), []

@@ -11,16 +11,28 @@ def write_silver(tables, df, spec: DatasetSpec, dt: str) -> None:
     """Dimensions are upserted on their keys, facts replace their landing-date partition
     (the catalog's write mode, from the contract's ``load``)."""
     if tables.mode(spec.name) == "upsert":
-        tables.upsert(spec.name, df)
+        # A dimension drop updates keys all over a small table: one rewrite beats a MERGE.
+        tables.upsert(spec.name, df, rewrite=True)
     else:
         tables.replace(spec.name, df, dt=dt)
 
 
-def write_quarantine(tables, rows, dataset: str, dt: str) -> None:
+def quarantined_datasets(tables, dt: str) -> set[str]:
+    """The datasets that hold quarantine rows for ``dt`` (one read for a whole run)."""
+    from pyspark.sql import functions as F
+
+    rows = tables.read("quarantine").where(F.col("dt") == F.lit(dt).cast("date")).select("dataset").distinct()
+    return {r.dataset for r in rows.collect()}
+
+
+def write_quarantine(tables, rows, dataset: str, dt: str, stale: bool | None = None) -> None:
     """Replace the (dataset, dt) partition of ``quarantine`` with this run's rejected rows
     (``None``: none). A clean run of a date nothing was ever quarantined for makes no commit:
-    checking costs one small read, an empty replace a whole Delta commit per dataset."""
-    if rows is None and not tables.has_rows("quarantine", dataset=dataset, dt=dt):
+    checking costs one small read, an empty replace a whole Delta commit per dataset.
+    ``stale``: whether the partition holds rows (None: look)."""
+    if stale is None:
+        stale = tables.has_rows("quarantine", dataset=dataset, dt=dt)
+    if rows is None and not stale:
         return
     tables.replace("quarantine", rows if rows is not None else tables.frame("quarantine", None), dataset=dataset, dt=dt)
 

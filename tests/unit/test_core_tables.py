@@ -2,6 +2,7 @@
 from the catalog; the run record."""
 from __future__ import annotations
 
+import shutil
 from datetime import date, datetime
 
 import pytest
@@ -70,6 +71,27 @@ def test_upsert_merges_on_keys_and_write_modes_are_enforced(unit_tables):
         t.replace("notifications", t.frame("notifications", []))
     with pytest.raises(BundlecastError, match="write: replace, not upsert"):
         t.upsert("offers", t.frame("offers", []))
+
+
+def test_a_rewriting_upsert_leaves_the_rows_a_merge_leaves(unit_tables):
+    t = unit_tables
+
+    def site(sid, name, tz="UTC"):
+        return {"site_id": sid, "name": name, "country": "GB", "currency": "GBP", "timezone": tz,
+                "dt": "2026-11-20", "_source_file": "f"}
+    first = t.frame("sites", [site("S1", "one"), site("S2", "two"), site("S3", "three")])
+    drop = t.frame("sites", [site("S2", "two again", "Europe/London"), site("S4", "four")])
+    merged, rewritten = {}, {}
+    for rewrite, out in ((False, merged), (True, rewritten)):
+        t.spark.sql(f"DROP TABLE IF EXISTS {t.cfg['storage']['database']}.sites")
+        shutil.rmtree(t.path("sites"), ignore_errors=True)  # each way starts from no table
+        t.upsert("sites", first, rewrite=rewrite)
+        t.upsert("sites", drop, rewrite=rewrite)
+        out.update({r.site_id: r.asDict() for r in t.read("sites").collect()})
+    assert merged == rewritten and sorted(merged) == ["S1", "S2", "S3", "S4"]
+    assert merged["S2"]["name"] == "two again" and merged["S1"]["name"] == "one"
+    with pytest.raises(BundlecastError, match="insert-only"):
+        t.upsert("sites", drop, update=False, rewrite=True)
 
 
 def test_step_runs_keep_one_row_per_date_step_and_mode_and_the_latest_watermark(unit_tables):
