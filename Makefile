@@ -11,6 +11,9 @@ export PYTHONDONTWRITEBYTECODE := 1
 DEMO_DATE ?= 2026-11-20
 DEMO_SCALE ?= tiny
 PYTEST_ARGS ?=
+# make test: two pytest-xdist workers taking whole modules (tests/conftest.py orders them);
+# TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 2
 # Real data for the relationship evaluation (see ../shared/data/README.md), in its own world.
 RETAIL_DATA ?= $(CURDIR)/../shared/data/online_retail
 EVAL_HOME ?= $(BUNDLECAST_HOME)/eval-online-retail
@@ -52,7 +55,7 @@ lint: install
 	$(BIN)/ruff check .
 
 test: setup lint
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder) $(PYTEST_ARGS)
 
 # The inner loop: no generated world, no Airflow, no install (about a minute and a half).
 test-fast: install lint

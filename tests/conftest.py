@@ -20,10 +20,24 @@ WORLD_FIXTURES = {"tiny_world", "test_world", "e2e_home", "installed_bundlecast"
                   "bad_drop", "rel_world", "dagbag", "corpus"}
 
 
+# `make test` runs two pytest-xdist workers with --dist loadscope: each takes whole modules,
+# longest first, so the Airflow end-to-end module (mostly waiting on its DAG runs) runs on
+# one worker while the modelling modules run on the other. Each worker builds the session
+# worlds it needs itself, in its own temporary state directory.
+LONGEST_FIRST = ("test_end_to_end", "test_forecast", "test_relationships", "test_need", "test_offers",
+                 "test_export", "test_proactive", "test_driver", "test_ingest_corpus", "test_ingest")
+
+
+def _rank(item) -> int:
+    module = item.nodeid.split("::")[0].rsplit("/", 1)[-1].removesuffix(".py")
+    return LONGEST_FIRST.index(module) if module in LONGEST_FIRST else len(LONGEST_FIRST)
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if WORLD_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.world)
+    items.sort(key=_rank)  # stable: a module keeps its own order
 
 
 @pytest.fixture(scope="session")
