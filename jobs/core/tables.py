@@ -145,10 +145,9 @@ class Tables:
                 raise BundlecastError(f"{name}: an insert-only upsert cannot rewrite the table")
             new = self._typed(name, df)
             keys = catalog.table(name).keys
-            old = self.read(name).alias("t")
-            kept = old.join(new.select(*keys).alias("s"),
-                            [old[f"`{k}`"].eqNullSafe(new[f"`{k}`"]) for k in keys], "left_anti")
-            self._typed(name, kept.unionByName(new)).write.format("delta").mode("overwrite").save(self.path(name))
+            old = self.read(name)
+            kept = old.join(new.select(*keys), [old[f"`{k}`"].eqNullSafe(new[f"`{k}`"]) for k in keys], "left_anti")
+            kept.unionByName(new).write.format("delta").mode("overwrite").save(self.path(name))
             return
         builder = self.merge(name, self._typed(name, df))
         if update:

@@ -52,11 +52,11 @@ def _references(spark, spec: DatasetSpec, cfg: dict) -> dict:
 
 
 def ingest_dataset(spark, spec: DatasetSpec, dt: str, run_id: str, cfg: dict, gx_root: str | None,
-                   stale_quarantine: bool | None = None):
+                   stale_quarantine: bool):
     """Ingest one dataset's drop: writes its silver rows (unless over the quarantine
     threshold) and its quarantine rows. Returns (audit row, refused files, error message).
     ``stale_quarantine``: whether ``quarantine`` holds rows of this dataset and date from an
-    earlier run (None: look them up).
+    earlier run (``quarantined_datasets``).
 
     Order: every file parsed on its own, every record checked against the contract and the
     expectation suite, and only then the valid rows de-duplicated, so a bad row never
@@ -79,7 +79,7 @@ def staging_root(cfg: dict, run_id: str) -> Path:
 
 
 def _ingest_files(spark, spec: DatasetSpec, dt: str, run_id: str, cfg: dict, gx_root: str | None, staging: Path,
-                  stale_quarantine: bool | None):
+                  stale_quarantine: bool):
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
@@ -169,8 +169,7 @@ def run(spark, dt: str, datasets: list[str] | None = None, run_id: str | None = 
         specs = [s for s in specs if s.name in datasets]
     gx_root = cfg["quality"]["gx_project"] if with_expectations else None
     workers = max(1, int(cfg["ingestion"].get("parallel_datasets", 1)))
-    results = ingest_all(spark, specs, dt, run_id, cfg, gx_root, workers, progress,
-                         stale=quarantined_datasets(tables, dt))
+    results = ingest_all(spark, specs, dt, run_id, cfg, gx_root, workers, quarantined_datasets(tables, dt), progress)
     audits = [audit for audit, _, _ in results]
     bad_files = [f for _, files, _ in results for f in files]
     errors = [error for _, _, error in results if error]
@@ -191,22 +190,20 @@ def run(spark, dt: str, datasets: list[str] | None = None, run_id: str | None = 
 
 
 def ingest_all(spark, specs: list[DatasetSpec], dt: str, run_id: str, cfg: dict, gx_root: str | None,
-               workers: int, progress=print, stale: set[str] | None = None) -> list[tuple]:
+               workers: int, stale: set[str], progress=print) -> list[tuple]:
     """Ingest ``specs`` (contract order) on ``workers`` threads of the one Spark session; returns
     (audit row, refused files, error) per dataset, in contract order.
 
     A dataset starts once the datasets it references (when they are in this run) are done,
     so its reference check reads today's keys. ``stale``: the datasets whose quarantine
-    holds rows for ``dt`` (None: each looks for itself). On a small world each dataset is a chain of
-    small Spark jobs and Delta commits that leave the cores idle between them, so two run
-    side by side. A dataset's failure never stops the others."""
+    holds rows for ``dt``. On a small world each dataset is a chain of small Spark jobs and
+    Delta commits that leave the cores idle between them, so two run side by side. A dataset's failure never stops the others."""
     lock = threading.Lock()
 
     def one(spec: DatasetSpec, before: list[Future]):
         wait(before)
         try:
-            audit, files, error = ingest_dataset(spark, spec, dt, run_id, cfg, gx_root,
-                                                 None if stale is None else spec.name in stale)
+            audit, files, error = ingest_dataset(spark, spec, dt, run_id, cfg, gx_root, spec.name in stale)
         except Exception as exc:  # noqa: BLE001 - reported in the audit and the step's error
             error = f"{spec.name}: not published: {one_line(exc)}"
             audit, files = failed_audit(spec, dt, run_id, error), []

@@ -25,13 +25,11 @@ def quarantined_datasets(tables, dt: str) -> set[str]:
     return {r.dataset for r in rows.collect()}
 
 
-def write_quarantine(tables, rows, dataset: str, dt: str, stale: bool | None = None) -> None:
+def write_quarantine(tables, rows, dataset: str, dt: str, stale: bool) -> None:
     """Replace the (dataset, dt) partition of ``quarantine`` with this run's rejected rows
-    (``None``: none). A clean run of a date nothing was ever quarantined for makes no commit:
-    checking costs one small read, an empty replace a whole Delta commit per dataset.
-    ``stale``: whether the partition holds rows (None: look)."""
-    if stale is None:
-        stale = tables.has_rows("quarantine", dataset=dataset, dt=dt)
+    (``None``: none). ``stale``: whether the partition holds rows of an earlier run. A clean
+    run of a date nothing was ever quarantined for makes no commit (an empty replace is a
+    whole Delta commit per dataset)."""
     if rows is None and not stale:
         return
     tables.replace("quarantine", rows if rows is not None else tables.frame("quarantine", None), dataset=dataset, dt=dt)

@@ -14,7 +14,7 @@ from bundlecast.jobs.ingest import job
 
 
 def _fake_ingest(events: list, lock: threading.Lock, fail: str | None = None):
-    def ingest(spark, spec, dt, run_id, cfg, gx_root, stale=None):
+    def ingest(spark, spec, dt, run_id, cfg, gx_root, stale):
         with lock:
             events.append(("start", spec.name, time.monotonic()))
         # Datasets nothing waits on take longest, so finishing order differs from contract order.
@@ -33,7 +33,7 @@ def test_each_dataset_starts_after_the_datasets_it_references(monkeypatch, worke
     monkeypatch.setattr(job, "ingest_dataset", _fake_ingest(events, lock, fail="users"))
     specs = list(catalog.datasets().values())
     lines = []
-    results = job.ingest_all(None, specs, "2026-11-20", "r1", {}, None, workers, lines.append)
+    results = job.ingest_all(None, specs, "2026-11-20", "r1", {}, None, workers, set(), lines.append)
 
     assert [audit.dataset for audit, _, _ in results] == [s.name for s in specs]
     assert len(lines) == len(specs)
