@@ -21,7 +21,9 @@ STEPS: dict[str, Step] = {s.name: s for s in (
     Step("ingest", "bundlecast.jobs.ingest.job", "validate raw -> silver (contract + Great Expectations)",
          reads=(), writes=SILVER + INGEST_OPS,
          args=(Arg("--datasets", "datasets", "comma-separated datasets (default: all)", kind="list"),
-               Arg("--no-expectations", "with_expectations", "skip the Great Expectations suites", kind="off"))),
+               Arg("--no-expectations", "with_expectations", "skip the Great Expectations suites", kind="off"),
+               Arg("--reingest", "skip_unchanged", "read every dataset, even one whose landing is unchanged since "
+                   "its last ok run for the date", kind="off"))),
     Step("relationships", "bundlecast.jobs.relationships.job", "score item relationships",
          reads=("events", "orders", "order_lines", "items", "users", "reviews", "inventory", "item_relationships",
                 "step_runs") + RELATIONSHIP_STATE,

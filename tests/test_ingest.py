@@ -35,9 +35,47 @@ def test_tables_are_in_the_persistent_catalog_and_readable_by_delta_rs(tiny_worl
 
 def test_rerun_leaves_the_same_rows(tiny_world, spark, cfg):
     before = {t: sorted(map(tuple, _silver(spark, t, cfg).drop("_source_file").collect())) for t in ("users", "events")}
-    ingest.run(spark, tiny_world["date"], ["users", "events"], cfg=cfg, with_expectations=False, progress=lambda m: None)
+    ingest.run(spark, tiny_world["date"], ["users", "events"], cfg=cfg, with_expectations=False, skip_unchanged=False,
+               progress=lambda m: None)
     after = {t: sorted(map(tuple, _silver(spark, t, cfg).drop("_source_file").collect())) for t in ("users", "events")}
     assert before == after
+
+
+def test_an_unchanged_landing_is_skipped_and_a_changed_one_is_read_with_what_references_it(tiny_world, spark, cfg):
+    """The hourly re-reads only what changed: a dataset whose files (and contract, suite,
+    settings, referenced datasets) are as its last ok run found them is skipped; a touched
+    file, or new keys in a referenced dataset, make it read again."""
+    import os
+
+    dt = tiny_world["date"]
+
+    def ingest_run(**kw):
+        lines = []
+        ingest.run(spark, dt, ["users", "feedback"], cfg=cfg, with_expectations=False, progress=lines.append, **kw)
+        return {ln.split()[0]: ("skipped" if ln.endswith("skipped") else "read") for ln in lines}
+
+    def audit_runs():
+        return {r.dataset: r.run_id for r in spark.read.format("delta").load(catalog.table_path("ingestion_audit", cfg))
+                .filter(f"dt = DATE'{dt}' AND dataset IN ('users', 'feedback')").collect()}
+
+    ingest_run(skip_unchanged=False)   # the digests of this very setting (no expectations)
+    runs = audit_runs()
+    rows = _silver(spark, "feedback", cfg, dt).count()
+    assert ingest_run() == {"users": "skipped", "feedback": "skipped"}
+    assert audit_runs() == runs and _silver(spark, "feedback", cfg, dt).count() == rows
+
+    feedback_file = next((Path(cfg["storage"]["raw"]) / "feedback" / f"dt={dt}").iterdir())
+    st = feedback_file.stat()
+    os.utime(feedback_file, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))   # rewritten in place
+    assert ingest_run() == {"users": "skipped", "feedback": "read"}
+    assert audit_runs()["users"] == runs["users"] and audit_runs()["feedback"] != runs["feedback"]
+    assert _silver(spark, "feedback", cfg, dt).count() == rows
+
+    users_file = next((Path(cfg["storage"]["raw"]) / "users" / f"dt={dt}").iterdir())
+    st = users_file.stat()
+    os.utime(users_file, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    assert ingest_run() == {"users": "read", "feedback": "read"}   # feedback references users
+    assert ingest_run(skip_unchanged=False) == {"users": "read", "feedback": "read"}
 
 
 BAD_DATE = "2026-11-21"
@@ -176,5 +214,6 @@ def test_a_fixed_drop_empties_its_quarantine_and_a_clean_date_commits_nothing(ba
     from delta.tables import DeltaTable
 
     version = DeltaTable.forPath(spark, quarantine).history(1).first().version
-    ingest.run(spark, tiny_world["date"], ["users"], cfg=cfg, with_expectations=False, progress=lambda m: None)
+    ingest.run(spark, tiny_world["date"], ["users"], cfg=cfg, with_expectations=False, skip_unchanged=False,
+               progress=lambda m: None)
     assert DeltaTable.forPath(spark, quarantine).history(1).first().version == version

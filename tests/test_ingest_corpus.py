@@ -130,7 +130,8 @@ def test_a_rerun_leaves_the_same_rows(corpus, spark):
     from bundlecast.jobs.ingest import job as ingest
 
     before = sorted(_quarantine(spark, corpus["cfg"]))
-    ingest.run(spark, DT, ["events"], run_id="corpus-rerun", cfg=corpus["cfg"], progress=lambda m: None)
+    ingest.run(spark, DT, ["events"], run_id="corpus-rerun", cfg=corpus["cfg"], skip_unchanged=False,
+               progress=lambda m: None)
     assert sorted(_quarantine(spark, corpus["cfg"])) == before
 
 

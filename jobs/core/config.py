@@ -118,3 +118,8 @@ def _cached(env: str, state_home: str) -> dict:
 def config() -> dict:
     """The configuration for the current BUNDLECAST_ENV and BUNDLECAST_HOME (cached)."""
     return copy.deepcopy(_cached(env_name(), str(home())))
+
+
+def truthy(value) -> bool:
+    """A config switch: a YAML boolean, or a string from the environment ("true", "1", "on"...)."""
+    return value if isinstance(value, bool) else str(value).strip().lower() in ("1", "true", "yes", "on")

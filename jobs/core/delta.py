@@ -2,10 +2,12 @@
 its catalog location and registered as ``bundlecast.<name>`` in the Spark catalog."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from bundlecast.jobs.core import catalog
 
+log = logging.getLogger(__name__)
 _ENSURED: set[tuple[str, str]] = set()
 
 
@@ -19,15 +21,27 @@ def ensure_table(spark, name: str, cfg: dict) -> str:
     key = (spark.sparkContext.applicationId, path)
     if key in _ENSURED and ("://" in path or Path(path, "_delta_log").is_dir()):
         return path
-    builder = DeltaTable.createIfNotExists(spark).location(path).addColumns(StructType.fromDDL(spec.ddl()))
+    wanted = StructType.fromDDL(spec.ddl())
+    builder = DeltaTable.createIfNotExists(spark).location(path).addColumns(wanted)
     if spec.partition_by:
         builder = builder.partitionedBy(*spec.partition_by)
-    builder.execute()
+    _add_missing_columns(spark, path, builder.execute().toDF().columns, wanted)
     spark.sql(f"CREATE TABLE IF NOT EXISTS {catalog.qualified_name(name, cfg)} USING DELTA LOCATION '{path}'")
     _ENSURED.add(key)
     return path
 
 
+
+def _add_missing_columns(spark, path: str, have: list[str], wanted) -> None:
+    """Additive schema evolution: a catalog column that an existing table lacks (a table
+    written by an earlier release) is added, empty for the old rows. createIfNotExists keeps
+    an existing table's schema as it is, so without this the first write would be refused.
+    Removing or retyping a column is never done here: that needs a deliberate migration."""
+    missing = [f for f in wanted.fields if f.name not in set(have)]
+    if missing:
+        columns = ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in missing)
+        spark.sql(f"ALTER TABLE delta.`{path}` ADD COLUMNS ({columns})")
+        log.warning("%s: added the catalog column(s) %s that the table lacked", path, [f.name for f in missing])
 
 
 def catalog_frame(spark, name: str, rows):

@@ -1,6 +1,7 @@
 """The ingest step's run: each dataset's drop read, validated, accounted for and written."""
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -12,13 +13,13 @@ from pathlib import Path
 
 from bundlecast.jobs.core import catalog
 from bundlecast.jobs.core.catalog import DatasetSpec
-from bundlecast.jobs.core.config import config
+from bundlecast.jobs.core.config import config, truthy
 from bundlecast.jobs.core.errors import BundlecastError, DataQualityError, one_line
 from bundlecast.jobs.core.runs import StepRun, record, utc_now
 from bundlecast.jobs.core.tables import Tables
 from bundlecast.jobs.ingest.extract import LINE, RAW, RAW_TEXT, SOURCE, list_raw_files, read_files, read_raw
 from bundlecast.jobs.ingest.load import quarantined_datasets, write_ops, write_quarantine, write_silver
-from bundlecast.jobs.ingest.quality import ROW_ID, build_data_docs, run_suite
+from bundlecast.jobs.ingest.quality import ROW_ID, build_data_docs, run_suite, suite_path
 from bundlecast.jobs.ingest.transform import (
     AuditRow,
     deduplicate,
@@ -155,28 +156,49 @@ def failed_audit(spec: DatasetSpec, dt: str, run_id: str, message: str) -> Audit
 
 
 def run(spark, dt: str, datasets: list[str] | None = None, run_id: str | None = None,
-        cfg: dict | None = None, with_expectations: bool = True, progress=print) -> list[AuditRow]:
-    """Ingest the given datasets (default: all, in contract order) for landing date ``dt``."""
+        cfg: dict | None = None, with_expectations: bool = True, skip_unchanged: bool = True,
+        progress=print) -> list[AuditRow]:
+    """Ingest the given datasets (default: all, in contract order) for landing date ``dt``.
+
+    A dataset whose landing digest (:func:`landing_digests`) equals the one its last ok run
+    for ``dt`` recorded is skipped (``ingestion.skip_unchanged``; ``skip_unchanged=False``,
+    ``--reingest`` on the command line, reads it anyway): its tables already hold exactly
+    what a re-run would write."""
     cfg = cfg or config()
     tables = Tables(spark, cfg)
     summary = StepRun("ingest", dt, run_id or f"ingest-{dt}-{uuid.uuid4().hex[:8]}")
     run_id = summary.run_id
-    specs = list(catalog.datasets().values())
+    contract = list(catalog.datasets().values())
+    specs = contract
     if datasets:
         unknown = set(datasets) - {s.name for s in specs}
         if unknown:
             raise BundlecastError(f"unknown dataset(s) {sorted(unknown)}: expected some of {[s.name for s in specs]}")
         specs = [s for s in specs if s.name in datasets]
     gx_root = cfg["quality"]["gx_project"] if with_expectations else None
+    digests = landing_digests(contract, dt, cfg, with_expectations)
+    unchanged = {}
+    if skip_unchanged and truthy(cfg["ingestion"].get("skip_unchanged", True)):
+        unchanged = unchanged_datasets(tables, dt, {s.name: digests[s.name] for s in specs})
+    for spec in specs:
+        if spec.name in unchanged:
+            progress(f"{spec.name:18s} unchanged since run {unchanged[spec.name]}: skipped")
+    specs = [s for s in specs if s.name not in unchanged]
+    summary.counts["datasets_skipped_unchanged"] = len(unchanged)
+    summary.labels["skipped_unchanged"] = ",".join(sorted(unchanged))
     workers = max(1, int(cfg["ingestion"].get("parallel_datasets", 1)))
-    results = ingest_all(spark, specs, dt, run_id, cfg, gx_root, workers, quarantined_datasets(tables, dt), progress)
+    stale = quarantined_datasets(tables, dt) if specs else set()
+    results = ingest_all(spark, specs, dt, run_id, cfg, gx_root, workers, stale, progress)
     audits = [audit for audit, _, _ in results]
+    for audit in audits:
+        audit.landing_digest = digests[audit.dataset]
     bad_files = [f for _, files, _ in results for f in files]
     errors = [error for _, _, error in results if error]
     shutil.rmtree(staging_root(cfg, run_id), ignore_errors=True)
-    if gx_root:
+    if gx_root and specs:
         build_data_docs(gx_root)
-    write_ops(tables, bad_files, audits, dt, utc_now())
+    if audits:
+        write_ops(tables, bad_files, audits, dt, utc_now())
     for a in audits:
         summary.counts.update({"files_read": a.files_read, "files_quarantined": a.files_quarantined,
                                "rows_read": a.rows_read, "rows_accepted": a.rows_accepted,
@@ -187,6 +209,40 @@ def run(spark, dt: str, datasets: list[str] | None = None, run_id: str | None = 
     if errors:
         raise DataQualityError("; ".join(errors))
     return audits
+
+
+def landing_digests(specs: list[DatasetSpec], dt: str, cfg: dict, with_expectations: bool) -> dict[str, str]:
+    """Per dataset (``specs``: the whole contract, in its order), a digest of everything its
+    ingestion for ``dt`` depends on: each landed file's name, size and modification time (a
+    file rewritten in place changes its time), the dataset's contract entry and bounds, its
+    expectation suite, the ingestion settings, and the digests of the datasets it references
+    (new users can turn quarantined orders valid). Costs one directory listing per dataset."""
+    settings = json.dumps({"ingestion": cfg["ingestion"], "expectations": with_expectations,
+                           "limits": repr(catalog.limits())}, sort_keys=True, default=str)
+    digests: dict[str, str] = {}
+    for spec in specs:
+        h = hashlib.sha256(settings.encode())
+        h.update(repr(spec).encode())
+        suite = suite_path(spec.name)
+        h.update(suite.read_bytes() if with_expectations and suite.exists() else b"-")
+        for path in list_raw_files(cfg["storage"]["raw"], spec.name, dt):
+            st = path.stat()
+            h.update(f"\n{path.name}\t{path.parent.name}\t{st.st_size}\t{st.st_mtime_ns}".encode())
+        for ref in spec.refs:
+            h.update(f"\nref {ref.dataset} {digests.get(ref.dataset, '-')}".encode())
+        digests[spec.name] = h.hexdigest()[:32]
+    return digests
+
+
+def unchanged_datasets(tables, dt: str, digests: dict[str, str]) -> dict[str, str]:
+    """{dataset: run id} of the datasets whose last run for ``dt`` ended ok (or found no file)
+    with the same landing digest: one read of the audit for the whole run."""
+    from pyspark.sql import functions as F
+
+    rows = (tables.read("ingestion_audit").where(F.col("dt") == F.lit(dt).cast("date"))
+            .select("dataset", "landing_digest", "status", "run_id").collect())
+    return {r.dataset: r.run_id for r in rows
+            if r.status in ("ok", "empty") and r.landing_digest and r.landing_digest == digests.get(r.dataset)}
 
 
 def ingest_all(spark, specs: list[DatasetSpec], dt: str, run_id: str, cfg: dict, gx_root: str | None,

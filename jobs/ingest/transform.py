@@ -26,6 +26,7 @@ class AuditRow:
     top_reasons: str
     expectations_passed: bool
     status: str
+    landing_digest: str = ""
 
     def balanced(self) -> bool:
         return self.rows_read == self.rows_accepted + self.rows_quarantined + self.duplicates_dropped

@@ -43,7 +43,7 @@ import time
 from multiprocessing.connection import Client, Listener
 from pathlib import Path
 
-from bundlecast.jobs.core.config import config
+from bundlecast.jobs.core.config import config, truthy
 from bundlecast.jobs.core.errors import BundlecastError, one_line
 
 log = logging.getLogger(__name__)
@@ -56,8 +56,7 @@ def settings(cfg: dict) -> dict:
 
 
 def enabled(cfg: dict | None = None) -> bool:
-    value = settings(cfg or config())["enabled"]
-    return value if isinstance(value, bool) else str(value).strip().lower() in ("1", "true", "yes", "on")
+    return truthy(settings(cfg or config())["enabled"])
 
 
 def run_dir(cfg: dict) -> Path:

@@ -126,3 +126,29 @@ def test_partition_values_are_typed_literals_never_pasted_text():
     assert sql_literal("a' OR '1'='1") == "'a\\' OR \\'1\\'=\\'1'"
     with pytest.raises(ValueError):
         predicate("quarantine", {"dt": "2026-11-20' OR '1'='1"})
+
+
+def test_a_table_written_by_an_earlier_release_gains_the_catalog_columns_it_lacks(unit_tables):
+    """Additive schema evolution: ingestion_audit without landing_digest (as an earlier
+    release wrote it) gets the column, old rows read it as null, and new rows write it."""
+    from datetime import datetime
+
+    from bundlecast.jobs.core import catalog, delta
+
+    t = unit_tables
+    path = catalog.table_path("ingestion_audit", t.cfg)
+    old_ddl = ", ".join(f"`{c.name}` {c.spark_type}" for c in catalog.table("ingestion_audit").columns
+                        if c.name != "landing_digest")
+    row = {"dataset": "users", "dt": "2026-11-20", "run_id": "old", "files_read": 1, "files_quarantined": 0,
+           "rows_read": 1, "rows_accepted": 1, "rows_quarantined": 0, "duplicates_dropped": 0, "quarantine_share": 0.0,
+           "top_reasons": "{}", "expectations_passed": True, "status": "ok", "ingested_at": datetime(2026, 11, 20)}
+    t.spark.createDataFrame([{k: v for k, v in row.items() if k != "dt"}], old_ddl.replace("`dt` date, ", "")) \
+        .selectExpr("*", "DATE'2026-11-20' AS dt").select(*[c.split("`")[1] for c in old_ddl.split(", ")]) \
+        .write.format("delta").save(path)
+    delta._ENSURED.clear()
+    assert "landing_digest" in t.read("ingestion_audit").columns
+    assert t.read("ingestion_audit").first().landing_digest is None
+    t.upsert("ingestion_audit", t.frame("ingestion_audit", [{**row, "dt": "2026-11-21", "run_id": "new",
+                                                             "landing_digest": "abc"}]))
+    got = {r.run_id: r.landing_digest for r in t.read("ingestion_audit").collect()}
+    assert got == {"old": None, "new": "abc"}
