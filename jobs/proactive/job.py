@@ -41,7 +41,7 @@ def run(spark, dt: str, mode: str = "nightly", run_id: str | None = None, cfg: d
     decide(spark, cfg, dt, mode, summary.run_id, limits, summary)
     delivery = as_date(dt) + timedelta(days=int(cfg["proactive"]["delivery_offset_days"]))
     days = {d for d in touched if d >= as_date(dt)} | {delivery}
-    replan(spark, cfg, days, dt, summary.run_id, summary)
+    replan(spark, cfg, days, dt, summary.run_id, summary, only_changed=mode == "hourly")
     record(tables, summary.finish())
     progress(render(summary))
     return summary

@@ -81,18 +81,26 @@ def day_problem(depot: tuple[float, float], stops: pd.DataFrame, props: pd.DataF
     return problem, planned, widened
 
 
-def replan(spark, cfg: dict, days: set[date], dt: str, run_id: str, summary: StepRun) -> None:
+def replan(spark, cfg: dict, days: set[date], dt: str, run_id: str, summary: StepRun,
+           only_changed: bool = False) -> None:
     """Re-plan each delivery day: planned routes of the latest routes feed for that day plus
     every active shipment of the day, per depot. On the delivery day itself (an hourly
-    re-plan after a same-day cancel) the vans are loaded: routed shipments keep their van."""
+    re-plan after a same-day cancel) the vans are loaded: routed shipments keep their van.
+
+    ``only_changed`` (the hourly run, whose routes feed is the night's): a day whose plan
+    already routes exactly its active shipments is kept as it is (no solve, no write)."""
     c, p = summary.counts, cfg["proactive"]
     routes_all = Tables(spark, cfg).read("routes")
     shipments = read_pandas(spark, "proactive_shipments", cfg)
     warehouses = Tables(spark, cfg).read("warehouses").select("warehouse_id", "lat", "lon").toPandas().set_index("warehouse_id")
+    plans = _planned_shipments(spark, cfg, days) if only_changed else {}
     for day in sorted(days):
-        stops_all = day_routes(spark, cfg, day, routes_all)
         on_day = pd.to_datetime(shipments.delivery_date).dt.date == day
         todays = shipments[on_day & shipments.status.isin(ACTIVE)].copy()
+        if day in plans and plans[day] == set(todays.shipment_id):
+            c["skipped_replan_unchanged"] += 1
+            continue
+        stops_all = day_routes(spark, cfg, day, routes_all)
         # dropped by an earlier plan of the day: no longer routed, still dropped at their depot
         dropped_before = shipments[on_day & shipments.status.eq("dropped")].warehouse_id.value_counts()
         if stops_all is None:
@@ -136,6 +144,16 @@ def replan(spark, cfg: dict, days: set[date], dt: str, run_id: str, summary: Ste
         c["proactive_stops_routed"] += len(routed)
         c["proactive_stops_dropped"] += len(dropped)
         finish_day(spark, cfg, todays, routed, dropped, dt, run_id, summary)
+
+
+def _planned_shipments(spark, cfg: dict, days: set[date]) -> dict[date, set[str]]:
+    """{day: the shipment ids its current plan routes} for the days that have a plan."""
+    from pyspark.sql import functions as F
+
+    rows = (Tables(spark, cfg).read("route_stops")
+            .filter(F.col("route_date").cast("string").isin(sorted(str(d) for d in days)))
+            .select("route_date", "shipment_id").toPandas())
+    return {as_date(d): set(g.shipment_id.dropna()) for d, g in rows.groupby("route_date")}
 
 
 def read_users(spark, cfg: dict, ships: pd.DataFrame) -> pd.DataFrame:
