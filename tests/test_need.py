@@ -128,6 +128,28 @@ def test_gate_keeps_the_champion_and_scoring_uses_it(spark, test_world, need_cfg
     assert len(runs) >= 2 and {"false", "true"} <= set(runs.promoted)
 
 
+def test_cutoffs_built_side_by_side_give_the_same_frames(spark, test_world, need_cfg):
+    """need.parallel_cutoffs changes when the cut-offs are built, never what they hold."""
+    from bundlecast.jobs.core.tables import Tables
+    from bundlecast.jobs.need import job as need
+    from bundlecast.jobs.need.extract import extract
+
+    s = need.settings(need_cfg)
+    inputs = extract(Tables(spark, need_cfg)).persisted()
+    eval_cut = date.fromisoformat(test_world["date"]) - timedelta(days=7)
+    cuts = [eval_cut - timedelta(days=7 + 7 * i) for i in range(3)]
+    one, side = (need.training_frames(inputs, eval_cut, cuts, 7, {**s, "parallel_cutoffs": w}) for w in (1, 3))
+    inputs.unpersist()
+    key = ["user_id", "site_id", "item_id"]
+
+    def ordered(frame, by):
+        return frame.sort_values(by).reset_index(drop=True)
+    pd.testing.assert_frame_equal(ordered(one[0], ["cutoff", *key]), ordered(side[0], ["cutoff", *key]))
+    assert list(side[0].cutoff.drop_duplicates()) == [str(c) for c in cuts]   # cut-off order kept
+    pd.testing.assert_frame_equal(ordered(one[1], key), ordered(side[1], key))
+    pd.testing.assert_series_equal(one[2].sort_index(), side[2].sort_index())
+
+
 def test_scoring_in_user_batches_gives_the_same_predictions(spark, test_world, need_cfg, trained):
     from bundlecast.jobs.need import job as need
 
