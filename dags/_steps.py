@@ -69,15 +69,17 @@ def step_task(name: str, mode: str | None = None, task_id: str | None = None, da
 
 def stop_driver_task():
     """Teardown: stop the run's warm Spark driver (whatever the other tasks did), so the
-    embedded metastore is free for the next run, ``bundlecast sql`` and analysts."""
+    embedded metastore is free for the next run, ``bundlecast sql`` and analysts; or, with
+    ``spark.warm_driver.keep_after_run``, leave it warm for the next run."""
     from airflow.sdk import task
 
     @task(task_id="stop_driver", retries=0)
     def stop_driver():
         from bundlecast.jobs.tools import driver
 
-        if driver.stop():
-            print("[bundlecast] warm Spark driver stopped")
+        line = driver.end_of_run()
+        if line:
+            print(f"[bundlecast] {line}")
 
     return stop_driver().as_teardown()
 

@@ -71,7 +71,12 @@ def test_steps_run_on_one_driver_with_their_output_and_exit_code(driver_home):
     with pytest.raises(ProcessLookupError):
         os.kill(int(first["pid"]), 0)
 
+    # the end of a run: kept warm for the next one when so configured, else stopped
+    kept = config()
+    kept["spark"]["warm_driver"]["keep_after_run"] = "true"
+    assert "kept for the next run" in driver.end_of_run(kept)
+    assert driver.status()["pid"] == second["pid"]
     started = time.monotonic()
-    assert driver.stop() is True
+    assert driver.end_of_run() == "warm Spark driver stopped"
     assert time.monotonic() - started < 60  # stopped, not killed after the wait
-    assert driver.status() is None and driver.stop() is False
+    assert driver.status() is None and driver.stop() is False and driver.end_of_run() is None

@@ -78,7 +78,7 @@ def run_dag(kind: str, date: str, cfg: dict | None = None, echo=print) -> Path:
         proc.wait()
     from bundlecast.jobs.tools import driver
 
-    driver.stop(cfg)  # the DAG's teardown does this; a run killed before it must not leave one behind
+    driver.end_of_run(cfg)  # the DAG's teardown does this; a run killed before it must not leave one behind
     states = task_states(DAG_IDS[kind], date, env)
     failed = [t for t, s in states.items() if s != "success"]
     if proc.returncode or failed or not states:

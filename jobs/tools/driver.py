@@ -51,12 +51,29 @@ log = logging.getLogger(__name__)
 
 def settings(cfg: dict) -> dict:
     """``spark.warm_driver`` with its defaults."""
-    return {"enabled": False, "idle_seconds": 900, "start_timeout_seconds": 300,
+    return {"enabled": False, "idle_seconds": 900, "start_timeout_seconds": 300, "keep_after_run": False,
             **(cfg["spark"].get("warm_driver") or {})}
 
 
 def enabled(cfg: dict | None = None) -> bool:
     return truthy(settings(cfg or config())["enabled"])
+
+
+def kept_after_run(cfg: dict | None = None) -> bool:
+    """Whether a run leaves the driver up for the next one (``spark.warm_driver.keep_after_run``):
+    it then stops only after ``idle_seconds`` without a step, or by ``bundlecast driver stop``."""
+    return truthy(settings(cfg or config())["keep_after_run"])
+
+
+def end_of_run(cfg: dict | None = None) -> str | None:
+    """What a finished run does with the driver: stop it, unless it is kept for the next run.
+    Returns the line to print (None: there was no driver)."""
+    cfg = cfg or config()
+    if kept_after_run(cfg):
+        up = status(cfg)
+        return (f"warm Spark driver kept for the next run (stops after {settings(cfg)['idle_seconds']} s idle)"
+                if up else None)
+    return "warm Spark driver stopped" if stop(cfg) else None
 
 
 def run_dir(cfg: dict) -> Path:
