@@ -49,9 +49,9 @@ def test_an_unchanged_landing_is_skipped_and_a_changed_one_is_read_with_what_ref
 
     dt = tiny_world["date"]
 
-    def ingest_run(**kw):
+    def ingest_run(run_cfg=cfg, **kw):
         lines = []
-        ingest.run(spark, dt, ["users", "feedback"], cfg=cfg, with_expectations=False, progress=lines.append, **kw)
+        ingest.run(spark, dt, ["users", "feedback"], cfg=run_cfg, with_expectations=False, progress=lines.append, **kw)
         return {ln.split()[0]: ("skipped" if ln.endswith("skipped") else "read") for ln in lines}
 
     def audit_runs():
@@ -63,6 +63,8 @@ def test_an_unchanged_landing_is_skipped_and_a_changed_one_is_read_with_what_ref
     rows = _silver(spark, "feedback", cfg, dt).count()
     assert ingest_run() == {"users": "skipped", "feedback": "skipped"}
     assert audit_runs() == runs and _silver(spark, "feedback", cfg, dt).count() == rows
+    one_at_a_time = {**cfg, "ingestion": {**cfg["ingestion"], "parallel_datasets": 1}}   # how, not what
+    assert ingest_run(one_at_a_time) == {"users": "skipped", "feedback": "skipped"}
 
     feedback_file = next((Path(cfg["storage"]["raw"]) / "feedback" / f"dt={dt}").iterdir())
     st = feedback_file.stat()

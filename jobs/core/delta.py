@@ -31,7 +31,6 @@ def ensure_table(spark, name: str, cfg: dict) -> str:
     return path
 
 
-
 def _add_missing_columns(spark, path: str, have: list[str], wanted) -> None:
     """Additive schema evolution: a catalog column that an existing table lacks (a table
     written by an earlier release) is added, empty for the old rows. createIfNotExists keeps

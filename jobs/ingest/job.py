@@ -211,13 +211,19 @@ def run(spark, dt: str, datasets: list[str] | None = None, run_id: str | None = 
     return audits
 
 
+HOW_NOT_WHAT = ("parallel_datasets", "skip_unchanged")
+
+
 def landing_digests(specs: list[DatasetSpec], dt: str, cfg: dict, with_expectations: bool) -> dict[str, str]:
     """Per dataset (``specs``: the whole contract, in its order), a digest of everything its
     ingestion for ``dt`` depends on: each landed file's name, size and modification time (a
     file rewritten in place changes its time), the dataset's contract entry and bounds, its
     expectation suite, the ingestion settings, and the digests of the datasets it references
     (new users can turn quarantined orders valid). Costs one directory listing per dataset."""
-    settings = json.dumps({"ingestion": cfg["ingestion"], "expectations": with_expectations,
+    # Every ingestion setting but those that only decide how the run goes (a new setting counts
+    # until it is listed here: a needless re-read is cheap, a wrong skip is not).
+    rules = {k: v for k, v in cfg["ingestion"].items() if k not in HOW_NOT_WHAT}
+    settings = json.dumps({"ingestion": rules, "expectations": with_expectations,
                            "limits": repr(catalog.limits())}, sort_keys=True, default=str)
     digests: dict[str, str] = {}
     for spec in specs:
