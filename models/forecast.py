@@ -1,6 +1,8 @@
-"""Per-series demand forecasting: Prophet for series with enough history, SBA (Croston
-with the Syntetos-Boylan correction) for short or intermittent ones, seasonal naive
-(same weekday last week) as the baseline every method is measured against.
+"""Per-series demand forecasting: Prophet for the series that carry the volume (the
+head) where its rolling backtest beats statsforecast's ETS(A,N,A) and Theta, those two
+alone for the long tail (about a tenth of a Prophet fit each), SBA (Croston with the Syntetos-Boylan correction) for short or
+intermittent series, seasonal naive (same weekday last week) as the baseline every
+method is measured against.
 
 Everything here works on one series in pandas, so the Spark job can run it with
 ``groupBy(...).applyInPandas(...)`` and a test or a notebook can call it directly.
@@ -20,6 +22,7 @@ import pandas as pd
 SEASON = 7
 BACKTEST_COLUMNS = ["origin", "method", "mae", "smape", "mase", "n_days"]
 REGRESSORS = ("temperature_c", "precipitation_mm")
+TAIL_METHODS = ("ets", "theta")  # statsforecast models for the long tail (see statsforecast_forecast)
 
 
 @dataclass(frozen=True)
@@ -38,13 +41,21 @@ class ForecastSettings:
     uncertainty_samples: int = 200
     country_holidays: str | None = None
     sba_alpha: float = 0.1
+    prophet_volume_share: float = 0.8  # head: the largest series that together make this share of the units
+    tail_methods: tuple[str, ...] = TAIL_METHODS  # backtested against each other for a long-tail series
+    head_methods: tuple[str, ...] = ("prophet", *TAIL_METHODS)  # Prophet stays where it wins the backtest
     regressors: tuple[str, ...] = field(default=REGRESSORS)
 
     @classmethod
     def from_config(cls, section: dict) -> "ForecastSettings":
         known = {k: v for k, v in section.items() if k in cls.__dataclass_fields__}
-        if "regressors" in known:
-            known["regressors"] = tuple(known["regressors"] or ())
+        for name in ("regressors", "tail_methods", "head_methods"):
+            if name in known:
+                known[name] = tuple(known[name] or ())
+        for name, allowed in (("tail_methods", TAIL_METHODS), ("head_methods", ("prophet", *TAIL_METHODS))):
+            if name in known and (not known[name] or set(known[name]) - set(allowed)):
+                raise ValueError(f"forecast.{name} must be a non-empty list of {list(allowed)}, "
+                                 f"not {list(known[name])}")
         return cls(**known)
 
 
@@ -110,11 +121,34 @@ def winsorize(y: np.ndarray, q: float) -> np.ndarray:
     return np.minimum(y, np.quantile(nz, q))
 
 
-def choose_method(train: pd.DataFrame, s: ForecastSettings) -> str:
-    """``prophet`` for series with enough history and demand, otherwise ``sba``."""
+def choose_method(train: pd.DataFrame, s: ForecastSettings, head: bool = True) -> str:
+    """The family a series is forecast with: ``sba`` for short or intermittent series,
+    otherwise ``prophet`` for a head series and ``tail`` (the statsforecast models,
+    ``s.tail_methods``, backtested against each other) for a long-tail one."""
     if len(train) >= s.min_history_days and (train.y > 0).mean() >= s.min_nonzero_share:
-        return "prophet"
+        return "prophet" if head else "tail"
     return "sba"
+
+
+def candidates(family: str, s: ForecastSettings) -> list[str]:
+    """The methods a backtest compares for a family (seasonal naive is always added)."""
+    return list(s.head_methods if family == "prophet" else s.tail_methods if family == "tail" else [family])
+
+
+def head_series(volume: pd.Series, share: float, total: float | None = None) -> pd.Series:
+    """True for the series that carry the volume: sorted by units, the largest ones whose
+    running total, before them, is below ``share`` of all units (so at least one series;
+    ties broken by the index for a stable split). ``share`` 1 makes every series head,
+    0 none. ``total`` is all units when ``volume`` holds only the largest series (the
+    rest are smaller than every one given); by default the sum of ``volume``."""
+    if share <= 0 or volume.empty:
+        return pd.Series(False, index=volume.index)
+    v = volume.astype(float).clip(lower=0)
+    order = v.sort_index(kind="stable").sort_values(ascending=False, kind="stable")
+    before = order.cumsum() - order
+    total = float(order.sum()) if total is None else float(total)
+    head = before < share * total if total > 0 else pd.Series(share >= 1, index=order.index)
+    return head.reindex(volume.index)
 
 
 def _quiet_stan() -> None:
@@ -159,24 +193,46 @@ def prophet_forecast(train: pd.DataFrame, future: pd.DataFrame, holidays: pd.Dat
     return out
 
 
+def statsforecast_forecast(train: pd.DataFrame, future: pd.DataFrame, method: str,
+                           s: ForecastSettings) -> pd.DataFrame:
+    """A long-tail forecast with statsforecast: ``ets`` is ETS(A,N,A) (additive error, no
+    trend, additive weekly season), ``theta`` the standard Theta method with a weekly
+    seasonal test. Same transform and interval width as Prophet; clipped at 0."""
+    from statsforecast.models import AutoETS, Theta
+
+    model = AutoETS(season_length=SEASON, model="ANA") if method == "ets" else Theta(season_length=SEASON)
+    y = train.y.to_numpy(float)
+    if s.transform == "log1p":
+        y = np.log1p(np.clip(y, 0, None))
+    level = int(round(s.interval_width * 100))
+    out = model.forecast(y=y, h=len(future), level=[level])
+    back = np.expm1 if s.transform == "log1p" else (lambda a: a)
+    cols = {"yhat": out["mean"], "yhat_lower": out[f"lo-{level}"], "yhat_upper": out[f"hi-{level}"]}
+    return pd.DataFrame({"ds": future.ds.to_numpy(),
+                         **{k: np.clip(back(np.asarray(v, float)), 0.0, None) for k, v in cols.items()}})
+
+
 def predict(train: pd.DataFrame, future: pd.DataFrame, method: str, holidays: pd.DataFrame | None,
             s: ForecastSettings) -> pd.DataFrame:
-    """Forecast ``future`` days with ``method`` (prophet | sba | seasonal_naive) from a
-    training frame whose y is already winsorised."""
+    """Forecast ``future`` days with ``method`` (prophet | ets | theta | sba |
+    seasonal_naive) from a training frame whose y is already winsorised."""
     horizon = len(future)
     if method == "prophet":
         return prophet_forecast(train, future, holidays, s)
+    if method in TAIL_METHODS:
+        return statsforecast_forecast(train, future, method, s)
     y = train.y.to_numpy(float)
     yhat = sba(y, horizon, s.sba_alpha) if method == "sba" else seasonal_naive(y, horizon)
     lower, upper = empirical_interval(y, yhat, s.interval_width)
     return pd.DataFrame({"ds": future.ds.to_numpy(), "yhat": yhat, "yhat_lower": lower, "yhat_upper": upper})
 
 
-def backtest(history: pd.DataFrame, method: str, holidays: pd.DataFrame | None, s: ForecastSettings) -> pd.DataFrame:
-    """Rolling-origin backtest of ``method`` and of seasonal naive on the same windows.
-    Origins are the last ``backtest_origins`` multiples of horizon_days before the end of
-    ``history``; each fits on the days before the origin only. Returns one row per
-    (origin, method): origin, method, mae, smape, mase, n_days."""
+def backtest(history: pd.DataFrame, family: str, holidays: pd.DataFrame | None, s: ForecastSettings) -> pd.DataFrame:
+    """Rolling-origin backtest of a family's methods (``candidates``) and of seasonal naive
+    on the same windows. Origins are the last ``backtest_origins`` multiples of
+    horizon_days before the end of ``history``; each fits on the days before the origin
+    only (a window whose training days are too short or sparse for the family uses SBA).
+    Returns one row per (origin, method): origin, method, mae, smape, mase, n_days."""
     h = s.horizon_days
     rows = []
     for k in range(s.backtest_origins, 0, -1):
@@ -185,35 +241,46 @@ def backtest(history: pd.DataFrame, method: str, holidays: pd.DataFrame | None, 
             continue
         train, test = history.iloc[:cut].copy(), history.iloc[cut:cut + h]
         train["y"] = winsorize(train.y.to_numpy(), s.winsorize_quantile)
-        m = method if method != "prophet" or choose_method(train, s) == "prophet" else "sba"
-        for name in dict.fromkeys([m, "seasonal_naive"]):
+        fits = family if family == "sba" or choose_method(train, s, family == "prophet") == family else "sba"
+        for name in dict.fromkeys([*candidates(fits, s), "seasonal_naive"]):
             f = predict(train, test.drop(columns="y"), name, holidays, s).yhat.to_numpy()
             rows.append(dict(origin=test.ds.iloc[0], method=name, mae=mae(test.y, f), smape=smape(test.y, f),
                              mase=mase(test.y, f, train.y), n_days=len(test)))
     return pd.DataFrame(rows, columns=BACKTEST_COLUMNS)
 
 
+def pick(metrics: pd.DataFrame, family: str, s: ForecastSettings) -> str:
+    """The family's method with the lowest backtest mean MASE (ties: the order of
+    ``candidates``), or seasonal naive if it beats that one on the same windows."""
+    own = candidates(family, s)
+    by = metrics.groupby("method").mase.mean()
+    scored = [m for m in own if m in by and np.isfinite(by[m])]
+    best = min(scored, key=lambda m: (by[m], own.index(m))) if scored else own[0]
+    if best in by and "seasonal_naive" in by and by["seasonal_naive"] < by[best]:
+        return "seasonal_naive"
+    return best
+
+
 def forecast_series(history: pd.DataFrame, future: pd.DataFrame, holidays: pd.DataFrame | None,
-                    s: ForecastSettings, method: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+                    s: ForecastSettings, method: str | None = None,
+                    head: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, str]:
     """Backtest, pick the method, forecast. Returns (forecast, backtest metrics, method).
 
-    The method is Prophet (enough history) or SBA (short or intermittent series); if its
-    backtest MASE is worse than seasonal naive's on the same windows, seasonal naive makes
-    the forecast instead, so a series never gets a forecast worse than the baseline's
-    on its own recent history. A ``method`` chosen by an earlier backtest skips the
-    backtest (no metrics): one fit instead of ``backtest_origins + 1``.
+    The family is Prophet (a head series with enough history), the statsforecast models
+    (a long-tail series with enough history: the best of ``tail_methods`` on the backtest)
+    or SBA (short or intermittent series). If the chosen method's backtest MASE is worse
+    than seasonal naive's on the same windows, seasonal naive makes the forecast
+    instead, so a series never gets a forecast worse than the baseline's on its own
+    recent history. A ``method`` chosen by an earlier backtest skips the backtest (no
+    metrics): one fit instead of ``backtest_origins + 1``.
     """
     if method is not None:
         metrics = pd.DataFrame(columns=BACKTEST_COLUMNS)
         chosen = method
     else:
-        method = choose_method(history, s)
-        metrics = backtest(history, method, holidays, s)
-        chosen = method
-    if len(metrics):
-        by = metrics.groupby("method").mase.mean()
-        if method in by and "seasonal_naive" in by and by["seasonal_naive"] < by[method]:
-            chosen = "seasonal_naive"
+        family = choose_method(history, s, head)
+        metrics = backtest(history, family, holidays, s)
+        chosen = pick(metrics, family, s) if len(metrics) else candidates(family, s)[0]
     train = history.copy()
     train["y"] = winsorize(train.y.to_numpy(), s.winsorize_quantile)
     forecast = predict(train, future, chosen, holidays, s)

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 def fc_cfg(test_world):
     cfg = copy.deepcopy(test_world["cfg"])
     # 60 days of demo history: per item (not item x region) and 4 weeks minimum, so dense
-    # items go to Prophet and the rest to SBA.
+    # items go to Prophet (the head) or statsforecast (the tail) and the rest to SBA.
     cfg["forecast"].update(level="item", min_history_days=28, backtest_origins=2, horizon_days=7)
     return cfg
 
@@ -39,7 +39,17 @@ def test_every_series_is_forecast_with_its_method(spark, fc_cfg, first_run):
     assert (f.groupby(["site_id", "item_id"]).size() == 7).all()
     assert str(f.date.min()) == "2026-11-21" and str(f.date.max()) == "2026-11-27"
     assert (f.yhat >= 0).all() and (f.yhat_lower <= f.yhat + 1e-9).all() and (f.yhat <= f.yhat_upper + 1e-9).all()
-    assert set(f.method) <= {"prophet", "sba", "seasonal_naive"} and "prophet" in set(f.method)
+    assert set(f.method) <= {"prophet", "ets", "theta", "sba", "seasonal_naive"} and "prophet" in set(f.method)
+    assert {"ets", "theta"} & set(f.method)  # the long tail is forecast by statsforecast
+    # Prophet only for the series that together carry the volume share (of the window's units).
+    per = f.drop_duplicates(["site_id", "item_id"])
+    assert first_run.counts["head_series"] + first_run.counts["tail_series"] == len(per)
+    assert 0 < first_run.counts["head_series"] < len(per)
+    # A head series keeps Prophet only where it won its backtest; a tail series never fits it.
+    assert per[per.method == "prophet"].reason.str.contains("carries the volume").all()
+    tail = per.reason.str.contains("long tail")
+    assert tail.any() and not (per.method[tail] == "prophet").any()
+    assert per[per.method.isin(["ets", "theta"])].reason.str.contains("long tail|carries the volume").all()
     assert f.reason.notna().all() and (f.region == "*").all()
     assert (f.model_run_id == first_run.labels["mlflow_run_id"]).all() and first_run.counts["failed_fits"] == 0
     from bundlecast.jobs.forecast.job import methods
@@ -50,7 +60,9 @@ def test_backtest_compares_each_method_with_seasonal_naive_on_the_same_windows(s
     m = _table(spark, fc_cfg, "forecast_metrics")
     per_window = m.groupby(["site_id", "item_id", "origin"]).method.apply(set)
     assert len(per_window) > 50
-    assert all(len(v) == 2 and "seasonal_naive" in v for v in per_window)
+    head, tail = {"prophet", "ets", "theta", "seasonal_naive"}, {"ets", "theta", "seasonal_naive"}
+    assert all(v in (head, tail, {"sba", "seasonal_naive"}) for v in per_window)
+    assert head in list(per_window) and tail in list(per_window)
     assert (m.n_days == 7).all() and (m.mae >= 0).all() and m.smape.between(0, 2).all()
     assert {"model_mase", "seasonal_naive_mase"} <= set(first_run.metrics["backtest"])
 
@@ -116,6 +128,10 @@ def test_bad_configuration_and_empty_window(spark, test_world, fc_cfg):
     bad["forecast"]["level"] = "warehouse"
     with pytest.raises(BundlecastError, match="forecast.level"):
         forecast.run(spark, test_world["date"], "fc-bad", bad, progress=lambda m: None)
+    bad["forecast"].update(level="item", tail_methods=["arima"])
+    with pytest.raises(BundlecastError, match="tail_methods"):
+        forecast.run(spark, test_world["date"], "fc-bad", bad, progress=lambda m: None)
     # Long before any order: no series, nothing written for that date, the run still ends.
     empty = forecast.run(spark, "2020-01-01", "fc-empty", fc_cfg, progress=lambda m: None)
     assert empty.counts["series"] == 0 and empty.counts["items_without_sales"] > 0
+    assert empty.counts["head_series"] == empty.counts["tail_series"] == 0

@@ -93,9 +93,60 @@ def test_forecast_series_backtests_and_falls_back_to_seasonal_naive_when_it_wins
     assert method == "seasonal_naive"
     assert (forecast.yhat.to_numpy()[future.ds.dt.dayofweek == 0] > 8).all()
     assert (forecast.yhat.to_numpy()[future.ds.dt.dayofweek != 0] == 0).all()
-    # A dense noisy weekly series keeps Prophet, and its backtest has both methods per origin.
+    # A dense noisy weekly head series: Prophet and the cheap models on the same windows;
+    # the one with the lowest backtest MASE forecasts. Prophet alone when head_methods says so.
     dense = series(150, seed=4)
     fut = pd.DataFrame({"ds": pd.date_range(dense.ds.iloc[-1] + pd.Timedelta(days=1), periods=14)})
     _, metrics, method = fc.forecast_series(dense, fut, None, S)
+    assert metrics.groupby("origin").method.apply(set).tolist() == [{"prophet", "ets", "theta", "seasonal_naive"}] * 2
+    assert method == metrics.groupby("method").mase.mean().idxmin()
+    only = fc.ForecastSettings(backtest_origins=2, head_methods=("prophet",))
+    _, metrics, method = fc.forecast_series(dense, fut, None, only)
     assert method == "prophet"
     assert metrics.groupby("origin").method.apply(set).tolist() == [{"prophet", "seasonal_naive"}] * 2
+
+
+def test_head_series_carry_the_volume_share():
+    v = pd.Series([5.0, 50, 10, 30, 5], index=list("edcba"))
+    assert fc.head_series(v, 0.8).to_dict() == dict(e=False, d=True, c=False, b=True, a=False)
+    assert fc.head_series(v, 0.81).sum() == 3  # 80 units before the third largest: below 81% of 100
+    assert fc.head_series(v, 1.0).all() and not fc.head_series(v, 0.0).any()
+    ties = pd.Series([1.0, 1, 1, 1], index=list("dcba"))
+    assert fc.head_series(ties, 0.5).to_dict() == dict(d=False, c=False, b=True, a=True)  # stable by key
+    assert fc.head_series(pd.Series([0.0, 0.0], index=["x", "y"]), 0.8).tolist() == [False, False]
+
+
+def test_a_long_tail_series_gets_the_better_statsforecast_model_on_its_backtest():
+    dense = series(150, seed=4)
+    fut = pd.DataFrame({"ds": pd.date_range(dense.ds.iloc[-1] + pd.Timedelta(days=1), periods=28)})
+    forecast, metrics, method = fc.forecast_series(dense, fut, None, S, head=False)
+    assert metrics.groupby("origin").method.apply(set).tolist() == [{"ets", "theta", "seasonal_naive"}] * 2
+    by = metrics.groupby("method").mase.mean()
+    assert method == by.drop("seasonal_naive").idxmin() and by[method] < by["seasonal_naive"]
+    assert (forecast.yhat >= 0).all() and (forecast.yhat_lower <= forecast.yhat + 1e-9).all()
+    assert (forecast.yhat <= forecast.yhat_upper + 1e-9).all() and len(forecast) == 28
+    # Both models learn the weekly shape (Saturday high, Sunday low), with or without log1p.
+    for transform in ("none", "log1p"):
+        s = fc.ForecastSettings(backtest_origins=2, transform=transform)
+        for m in fc.TAIL_METHODS:
+            f = fc.predict(dense, fut, m, None, s)
+            by_day = f.assign(dow=f.ds.dt.dayofweek).groupby("dow").yhat.mean()
+            assert by_day.idxmax() == 5 and by_day.idxmin() == 6, (m, transform)
+    # The head/tail split does not change what a short or sparse series gets.
+    assert fc.choose_method(series(30), S, head=False) == "sba"
+    assert fc.choose_method(series(120), S, head=False) == "tail"
+
+
+def test_tail_methods_are_checked():
+    assert fc.ForecastSettings.from_config({"tail_methods": ["theta"]}).tail_methods == ("theta",)
+    with pytest.raises(ValueError, match="tail_methods must be a non-empty list"):
+        fc.ForecastSettings.from_config({"tail_methods": ["arima"]})
+    with pytest.raises(ValueError, match="tail_methods"):
+        fc.ForecastSettings.from_config({"tail_methods": []})
+    with pytest.raises(ValueError, match="head_methods must be a non-empty list of .'prophet', 'ets', 'theta'."):
+        fc.ForecastSettings.from_config({"head_methods": ["sba"]})
+
+
+def test_head_series_against_a_larger_whole():
+    v = pd.Series([30.0, 20, 10], index=list("abc"))  # the 3 largest of a store selling 200 units
+    assert fc.head_series(v, 0.2, total=200).tolist() == [True, True, False]  # 30 < 40, 50 >= 40

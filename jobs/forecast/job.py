@@ -13,7 +13,8 @@ from bundlecast.jobs.core.runs import StepRun, record
 from bundlecast.jobs.core.tables import Tables
 from bundlecast.jobs.forecast.extract import daily_demand, holidays_frame, stored_choices, weather_by_day
 from bundlecast.jobs.forecast.load import write_forecast
-from bundlecast.jobs.forecast.transform import LEVELS, backtest_summary, output_schema, series_function, settings
+from bundlecast.jobs.forecast.transform import HEAD, LEVELS, backtest_summary, output_schema, series_function, settings
+from bundlecast.models.forecast import head_series
 
 EXPERIMENT = "bundlecast-demand-forecast"
 
@@ -36,6 +37,8 @@ def run(spark, dt: str, run_id: str | None = None, cfg: dict | None = None, prog
         keys = (demand.select(*level).distinct().orderBy(F.xxhash64(*level), *level)
                 .limit(int(section["sample_series"])))
         demand = demand.join(F.broadcast(keys), level, "left_semi")
+    demand, summary.counts["head_series"], summary.counts["tail_series"] = _with_head(demand, level,
+                                                                                      s.prophet_volume_share)
     # A series' method is chosen by its rolling backtest once every backtest_every_days and
     # reused in between: one fit per series on the other nights instead of backtest_origins + 1.
     reused = stored_choices(tables, dt, int(section.get("backtest_every_days") or 1), level)
@@ -85,6 +88,20 @@ def run(spark, dt: str, run_id: str | None = None, cfg: dict | None = None, prog
     return summary
 
 
+def _with_head(demand, level: list[str], share: float):
+    """demand with a ``head`` column: the series that together carry ``share`` of the
+    window's units are Prophet's, the rest the long tail's (``models.forecast.head_series``).
+    One small aggregate to the driver: a row per series. Returns (demand, head, tail)."""
+    from pyspark.sql import functions as F
+
+    volume = demand.groupBy(*level).agg(F.sum("y").alias("units")).toPandas()
+    flags = volume[level].assign(**{HEAD: head_series(volume.set_index(level).units, share).to_numpy()})
+    schema = ", ".join([*(f"{c} string" for c in level), f"{HEAD} boolean"])
+    keyed = demand.sparkSession.createDataFrame(flags, schema)
+    n_head = int(flags[HEAD].sum())
+    return demand.join(F.broadcast(keyed), level), n_head, len(flags) - n_head
+
+
 def _reused_metrics(tables, reused, level: list[str]):
     """The stored backtest rows behind the reused choices, in the shape of this run's metrics."""
     from pyspark.sql import functions as F
@@ -105,6 +122,7 @@ def _log_run(cfg, dt, section, s, summary, metrics_pd, forecast, demand, level) 
                        "lookback_days": section["lookback_days"]})
     mlflow.log_metrics({f"backtest_{k}": v for k, v in summary.metrics["backtest"].items() if np.isfinite(v)})
     mlflow.log_metrics({"series": summary.counts["series"], "failed_fits": summary.counts["failed_fits"],
+                        "head_series": summary.counts["head_series"], "tail_series": summary.counts["tail_series"],
                         **{f"series_{k}": v for k, v in methods(summary).items()}})
     mlflow.set_tags({"bundlecast.run_id": summary.run_id, "data_window_end": dt})
     if not metrics_pd.empty:
@@ -153,6 +171,8 @@ def render_summary(s: StepRun) -> str:
     mix = ", ".join(f"{k} {v:,}" for k, v in sorted(methods(s).items()))
     lines = [f"forecast run {s.run_id} for {s.dt}: {c['series']:,} series ({mix}) in {s.seconds:.0f} s; "
              f"MLflow run {s.labels.get('mlflow_run_id')}",
+             f"  Prophet for the {c.get('head_series', 0):,} series that carry the volume, statsforecast (or SBA) "
+             f"for the {c.get('tail_series', 0):,} in the long tail",
              f"  items without sales in the window (no series) {c['items_without_sales']:,}; order lines of unknown "
              f"items skipped {c['order_lines_unknown_item']:,}; fits failed (SBA instead) {c['failed_fits']:,}"]
     b = s.metrics.get("backtest", {})

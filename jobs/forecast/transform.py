@@ -13,6 +13,7 @@ from bundlecast.models import forecast as fc
 LEVELS = {"item": ["site_id", "item_id"], "item_region": ["site_id", "item_id", "region"]}
 # Columns a series' rows carry when an earlier backtest chose its method (see job.stored_choices).
 REUSED = ("reuse_method", "reuse_reason", "backtested_on")
+HEAD = "head"  # boolean column: the series carries the volume (Prophet); false: long tail (statsforecast)
 OUT_COLUMNS = ["kind", "ds", "yhat", "yhat_lower", "yhat_upper", "method", "reason", "origin", "mae", "smape",
                "mase", "n_days", "history_days"]
 
@@ -21,7 +22,10 @@ def settings(cfg: dict) -> tuple[fc.ForecastSettings, dict]:
     section = cfg["forecast"]
     if section.get("level") not in LEVELS:
         raise BundlecastError(f"forecast.level must be one of {sorted(LEVELS)}, not {section.get('level')!r}")
-    return fc.ForecastSettings.from_config(section), section
+    try:
+        return fc.ForecastSettings.from_config(section), section
+    except ValueError as exc:
+        raise BundlecastError(str(exc)) from None
 
 
 def series_function(level: list[str], dt: str, s: fc.ForecastSettings, weather: pd.DataFrame,
@@ -43,7 +47,8 @@ def series_function(level: list[str], dt: str, s: fc.ForecastSettings, weather: 
         history, future = history.merge(w, on="ds", how="left"), future.merge(w, on="ds", how="left")
         hol = holidays[holidays.region.isin(["ALL", region] if by_region else holidays.region.unique())]
         hol = hol[["holiday", "ds"]].drop_duplicates()
-        reason = _method_reason(history, s)
+        head = bool(pdf[HEAD].iloc[0]) if HEAD in pdf else True
+        reason = _method_reason(history, s, head)
         known = pdf[REUSED[0]].iloc[0] if REUSED[0] in pdf else None
         if pd.isna(known):
             known = None
@@ -52,7 +57,7 @@ def series_function(level: list[str], dt: str, s: fc.ForecastSettings, weather: 
         # Prophet's intervals are sampled: a seed per series makes a re-run give the same rows.
         np.random.seed(zlib.crc32("|".join(str(v) for v in key.values()).encode()))
         try:
-            forecast, metrics, method = fc.forecast_series(history, future, hol, s, method=known)
+            forecast, metrics, method = fc.forecast_series(history, future, hol, s, method=known, head=head)
         except Exception as exc:  # noqa: BLE001 - a series that cannot be fitted falls back, counted
             method, reason = "sba", f"fit failed ({type(exc).__name__}: {str(exc)[:120]}); SBA instead"
             train = history.assign(y=fc.winsorize(history.y.to_numpy(), s.winsorize_quantile))
@@ -77,13 +82,15 @@ def series_function(level: list[str], dt: str, s: fc.ForecastSettings, weather: 
     return run
 
 
-def _method_reason(history: pd.DataFrame, s: fc.ForecastSettings) -> str:
+def _method_reason(history: pd.DataFrame, s: fc.ForecastSettings, head: bool = True) -> str:
     if len(history) < s.min_history_days:
         return f"short history ({len(history)} days < {s.min_history_days}): SBA"
     share = float((history.y > 0).mean())
     if share < s.min_nonzero_share:
         return f"intermittent ({share:.0%} of days with demand < {s.min_nonzero_share:.0%}): SBA"
-    return f"{len(history)} days, {share:.0%} with demand: Prophet"
+    if head:
+        return f"{len(history)} days, {share:.0%} with demand, carries the volume: best of {'/'.join(s.head_methods)}"
+    return f"{len(history)} days, {share:.0%} with demand, long tail: best of {'/'.join(s.tail_methods)}"
 
 
 def output_schema(level: list[str]) -> str:

@@ -190,7 +190,7 @@ def cmd_eval(args) -> None:
         name = "bundlecast-relationships-eval"
     else:
         from bundlecast.jobs.tools import evaluate_forecast as ev
-        results = ev.evaluate(get_spark("bundlecast-eval"), config(), args.data, args.holdout_days)
+        results = ev.evaluate(get_spark("bundlecast-eval"), config(), args.data, args.holdout_days, args.tail)
         name = ev.EXPERIMENT
     print(ev.render(results))
     print(f"logged to MLflow ({config()['mlflow']['tracking_uri']}), experiment {name}")
@@ -317,6 +317,8 @@ def _analysis_commands(sub) -> None:
     p.add_argument("--data", default=str(PROJECT_ROOT.parent / "shared" / "data" / "online_retail"),
                    help="forecast: folder with the Online Retail daily item series")
     p.add_argument("--holdout-days", type=int, default=56)
+    p.add_argument("--tail", type=int, default=200,
+                   help="forecast: also the items ranked just below the top 100, this many (0: none)")
     p.set_defaults(func=cmd_eval)
     p = sub.add_parser("models", help="ML engineers: recent runs of a model side by side")
     p.add_argument("action", choices=["compare"])
