@@ -92,31 +92,39 @@ def test_rerun_leaves_the_same_rows(spark, test_world, fc_cfg, first_run):
 
 def test_the_next_night_reuses_the_backtested_choice_and_a_week_later_backtests_again(spark, test_world, fc_cfg,
                                                                                        first_run):
-    """Backtests choose each series' method once in backtest_every_days; the nights in
-    between fit only the chosen method (no metric rows) and say whose backtest they used."""
+    """Backtests choose each series' method once in backtest_every_days, each series on its
+    own day of the cycle; the nights in between fit only the chosen method (no metric
+    rows) and say whose backtest they used."""
+    from pyspark.sql import functions as F
+
     from bundlecast.jobs.core.tables import Tables
     from bundlecast.jobs.forecast import job as forecast
-    from bundlecast.jobs.forecast.extract import stored_choices
+    from bundlecast.jobs.forecast.extract import backtest_slot, slot_of, stored_choices
 
+    level = ["site_id", "item_id"]
     day0 = _table(spark, fc_cfg, "demand_forecast")
-    day0 = day0[day0.dt.astype(str) == "2026-11-20"].drop_duplicates(["site_id", "item_id"]).set_index(
-        ["site_id", "item_id"])
+    day0 = day0[day0.dt.astype(str) == "2026-11-20"].drop_duplicates(level).set_index(level)
     backtested = _table(spark, fc_cfg, "forecast_metrics")
-    backtested = set(map(tuple, backtested[backtested.dt.astype(str) == "2026-11-20"][["site_id", "item_id"]]
+    backtested = set(map(tuple, backtested[backtested.dt.astype(str) == "2026-11-20"][level]
                          .drop_duplicates().to_numpy()))
+    slots = (spark.createDataFrame(sorted(backtested), level).withColumn("slot", backtest_slot(level, 7))
+             .toPandas().set_index(level).slot)
+    due = {k for k in backtested if slots[k] == slot_of("2026-11-21", 7)}  # this series' day of the week
+    assert 0 < len(due) < len(backtested) / 3  # spread over the week, not all on one night
     next_night = forecast.run(spark, "2026-11-21", "fc-next", fc_cfg, progress=lambda m: None)
     f = _table(spark, fc_cfg, "demand_forecast")
-    f = f[f.dt.astype(str) == "2026-11-21"].drop_duplicates(["site_id", "item_id"]).set_index(["site_id", "item_id"])
+    f = f[f.dt.astype(str) == "2026-11-21"].drop_duplicates(level).set_index(level)
     reused = f[f.reason.str.contains("method from the backtest of 2026-11-20", regex=False)]
-    assert set(reused.index) == backtested and next_night.counts["backtests_reused"] == len(backtested)
+    assert set(reused.index) == backtested - due and next_night.counts["backtests_reused"] == len(reused)
     assert (reused.method == day0.loc[reused.index].method).all()
     m = _table(spark, fc_cfg, "forecast_metrics")
-    again = set(map(tuple, m[m.dt.astype(str) == "2026-11-21"][["site_id", "item_id"]].drop_duplicates().to_numpy()))
-    assert not again & backtested and next_night.counts["backtests_run"] == len(again)
+    again = set(map(tuple, m[m.dt.astype(str) == "2026-11-21"][level].drop_duplicates().to_numpy()))
+    assert again == due and next_night.counts["backtests_run"] == len(again)
     assert {"model_mase", "seasonal_naive_mase"} <= set(next_night.metrics["backtest"])
     tables = Tables(spark, fc_cfg)
-    level = ["site_id", "item_id"]
-    assert stored_choices(tables, "2026-11-26", 7, level).count() == len(backtested)  # still within the week
+    on_26 = stored_choices(tables, "2026-11-26", 7, level)  # still within the week, but not on its own day
+    assert on_26.count() == len({k for k in backtested if slots[k] != slot_of("2026-11-26", 7)})
+    assert on_26.filter(F.col("backtested_on") == "2026-11-21").count() == len(due)
     assert stored_choices(tables, "2026-11-27", 7, level).filter("backtested_on = '2026-11-20'").count() == 0
     assert stored_choices(tables, "2026-11-21", 1, level) is None  # backtest_every_days 1: every night
 

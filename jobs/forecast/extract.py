@@ -54,11 +54,27 @@ def holidays_frame(tables) -> pd.DataFrame:
     return ev
 
 
+def backtest_slot(level: list[str], every_days: int):
+    """A series' backtest day in the ``every_days`` cycle (a Spark column, 0 .. every_days - 1),
+    from a hash of its key: the series are spread evenly over the days."""
+    from pyspark.sql import functions as F
+
+    return F.pmod(F.xxhash64(*level), F.lit(every_days))
+
+
+def slot_of(dt: str, every_days: int) -> int:
+    """The slot whose series are backtested on ``dt``."""
+    return date.fromisoformat(dt).toordinal() % every_days
+
+
 def stored_choices(tables, dt: str, every_days: int, level: list[str]):
     """Per series, the method its latest backtest chose, when that backtest ran on one of
-    the ``every_days - 1`` days before ``dt`` (columns: level, reuse_method, reuse_reason,
-    backtested_on); None when every series is backtested today (``every_days`` <= 1).
+    the ``every_days - 1`` days before ``dt`` and ``dt`` is not the series' own backtest
+    day (``backtest_slot``); columns: level, reuse_method, reuse_reason, backtested_on.
+    None when every series is backtested today (``every_days`` <= 1).
 
+    So after the first night (every series) each night backtests about 1/every_days of the
+    series, not all of them once a week: the weekly backtest costs the same every night.
     Only earlier dates are read, so a re-run of ``dt`` makes the same choices."""
     from pyspark.sql import functions as F
 
@@ -73,5 +89,6 @@ def stored_choices(tables, dt: str, every_days: int, level: list[str]):
     chosen = (pick(tables.read("demand_forecast").filter(window)).select(*keys, "dt", "method", "reason")
               .dropDuplicates([*keys, "dt"]))
     return (latest.join(chosen, [*keys, "dt"])
+            .filter(backtest_slot(level, every_days) != F.lit(slot_of(dt, every_days)))
             .select(*level, F.col("method").alias("reuse_method"), F.col("reason").alias("reuse_reason"),
                     F.col("dt").cast("string").alias("backtested_on")))
