@@ -9,7 +9,7 @@ export GX_ANALYTICS_ENABLED := false
 export MLFLOW_DISABLE_TELEMETRY := true
 export PYTHONDONTWRITEBYTECODE := 1
 DEMO_DATE ?= 2026-11-20
-DEMO_SCALE ?= tiny
+DEMO_SCALE ?= demo
 PYTEST_ARGS ?=
 # make test: two pytest-xdist workers taking whole modules (tests/conftest.py orders them);
 # TEST_WORKERS=0 runs everything in one process.

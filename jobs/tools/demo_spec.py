@@ -23,6 +23,9 @@ class Scale:
 
 SCALES = {
     "tiny": Scale(users=150, items_per_site=25, days=42, views_per_active_user=3.0, chunk_days=42, active_share=0.2),
+    # `make run`'s world: tiny, with the half year of orders the user-value model needs
+    # (2 x value.horizon_days) and room for a week of offers before the demo date.
+    "demo": Scale(users=150, items_per_site=25, days=200, views_per_active_user=3.0, chunk_days=50, active_share=0.2),
     # Enough repeat behaviour on few items for the planted structure to be learnable (tests).
     "test": Scale(users=1_000, items_per_site=40, days=60, views_per_active_user=4.0, chunk_days=60, active_share=0.3),
     "small": Scale(users=3_000, items_per_site=300, days=90, views_per_active_user=4.0, chunk_days=30, active_share=0.2),
