@@ -1,8 +1,8 @@
 """Per-series demand forecasting: Prophet for the series that carry the volume (the
-head) where its rolling backtest beats statsforecast's ETS(A,N,A) and Theta, those two
-alone for the long tail (about a tenth of a Prophet fit each), SBA (Croston with the Syntetos-Boylan correction) for short or
-intermittent series, seasonal naive (same weekday last week) as the baseline every
-method is measured against.
+head) where its rolling backtest beats statsforecast's ETS(A,N,A) and Theta; those two
+alone for the long tail (about a tenth of a Prophet fit each); SBA (Croston with the
+Syntetos-Boylan correction) for short or intermittent series; seasonal naive (same
+weekday last week) as the baseline every method is measured against.
 
 Everything here works on one series in pandas, so the Spark job can run it with
 ``groupBy(...).applyInPandas(...)`` and a test or a notebook can call it directly.
