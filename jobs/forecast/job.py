@@ -37,6 +37,8 @@ def run(spark, dt: str, run_id: str | None = None, cfg: dict | None = None, prog
         keys = (demand.select(*level).distinct().orderBy(F.xxhash64(*level), *level)
                 .limit(int(section["sample_series"])))
         demand = demand.join(F.broadcast(keys), level, "left_semi")
+    # Read once: the head/tail split, the per-series pass and the plot all use it.
+    demand = demand.localCheckpoint()
     demand, summary.counts["head_series"], summary.counts["tail_series"] = _with_head(demand, level,
                                                                                       s.prophet_volume_share)
     # A series' method is chosen by its rolling backtest once every backtest_every_days and
@@ -171,8 +173,8 @@ def render_summary(s: StepRun) -> str:
     mix = ", ".join(f"{k} {v:,}" for k, v in sorted(methods(s).items()))
     lines = [f"forecast run {s.run_id} for {s.dt}: {c['series']:,} series ({mix}) in {s.seconds:.0f} s; "
              f"MLflow run {s.labels.get('mlflow_run_id')}",
-             f"  Prophet for the {c.get('head_series', 0):,} series that carry the volume, statsforecast (or SBA) "
-             f"for the {c.get('tail_series', 0):,} in the long tail",
+             f"  head (Prophet where it wins its backtest) {c.get('head_series', 0):,} series, long tail "
+             f"(statsforecast) {c.get('tail_series', 0):,}; short or intermittent series of either: SBA",
              f"  items without sales in the window (no series) {c['items_without_sales']:,}; order lines of unknown "
              f"items skipped {c['order_lines_unknown_item']:,}; fits failed (SBA instead) {c['failed_fits']:,}"]
     b = s.metrics.get("backtest", {})

@@ -69,13 +69,14 @@ def load_tail_series(data_dir: str | Path, n: int, skip: int = 100) -> pd.DataFr
     for f in (old, new):
         if not f.exists():
             raise BundlecastError(f"{f} is missing (see ../shared/data/README.md)")
+
     def read(f: Path) -> pd.DataFrame:  # both files: invoice, code, _, quantity, date, price, ...
         x = pd.read_csv(f, usecols=[0, 1, 3, 4, 5], dtype=str)
         x.columns = ["invoice", "code", "qty", "ts", "price"]
-        return x.assign(qty=pd.to_numeric(x.qty), price=pd.to_numeric(x.price))
+        return x.assign(qty=pd.to_numeric(x.qty), price=pd.to_numeric(x.price),
+                        ds=pd.to_datetime(x.ts).dt.normalize())
 
     a, b = read(old), read(new)
-    a, b = (x.assign(ds=pd.to_datetime(x.ts).dt.normalize()) for x in (a, b))
     rows = pd.concat([a[a.ds < "2010-12-01"], b], ignore_index=True)
     sale = (~rows.invoice.str.match(r"^[CA]")) & (rows.qty > 0) & (rows.price > 0) & rows.code.str.match(PRODUCT)
     daily = rows[sale].groupby(["code", "ds"], as_index=False).qty.sum()
@@ -133,12 +134,13 @@ def evaluate(spark, cfg: dict, data_dir: str | Path, holdout_days: int = 56, tai
         frames["tail"] = load_tail_series(data_dir, tail)
     store = store_units(data_dir)
     train_end = frames["top100"].ds.max() - pd.Timedelta(days=holdout_days)
+    store_total = float(store[store.ds <= train_end].y.sum())
+    series = pd.concat([f.assign(group=g) for g, f in frames.items()], ignore_index=True)
     # Head or tail as the nightly would see it: the top 100 are the largest items, the tail
     # items come right after them.
-    units = pd.concat([f[f.ds <= train_end].groupby("series").y.sum() for f in frames.values()])
-    head = head_flags(pd.concat(frames.values()), store, train_end, s.prophet_volume_share)
-    series = pd.concat([f.assign(group=g) for g, f in frames.items()], ignore_index=True)
+    head = head_flags(series, store, train_end, s.prophet_volume_share)
     series = series.assign(head=series.series.map(head).fillna(False).astype(bool))
+    units_share = (series[series.ds <= train_end].groupby("group").y.sum() / store_total).to_dict()
 
     def run(pdf: pd.DataFrame) -> pd.DataFrame:
         rows = evaluate_series(pdf[["ds", "y"]], holdout_days, s, bool(pdf["head"].iloc[0]))
@@ -154,9 +156,7 @@ def evaluate(spark, cfg: dict, data_dir: str | Path, holdout_days: int = 56, tai
     results["_meta"] = dict(series=int(per_series.series.nunique()), holdout_days=holdout_days,
                             train_end=str(train_end.date()), country_holidays=s.country_holidays,
                             seasonality_mode=s.seasonality_mode, prophet_volume_share=s.prophet_volume_share,
-                            tail_methods=",".join(s.tail_methods),
-                            units_share={g: float(units[frames[g].series.unique()].sum()
-                                                  / store[store.ds <= train_end].y.sum()) for g in frames})
+                            tail_methods=",".join(s.tail_methods), units_share=units_share)
     results["_meta"]["run_id"] = log_to_mlflow(cfg, results, per_series)
     return results
 
