@@ -93,7 +93,7 @@ def ranking_at_k(frame: pd.DataFrame, score: np.ndarray, bought: pd.Series, k: i
     candidates or not, so recall counts what the candidate generation missed."""
     f = frame[["user_id", "label"]].assign(score=score)
     f = f[f.user_id.isin(bought[bought > 0].index)]
-    f = f.sort_values(["user_id", "score"], ascending=[True, False])
+    f = f.sort_values(["user_id", "score"], ascending=[True, False], kind="stable")  # ties: the frame's order
     top = f.groupby("user_id", sort=False).head(k)
     hits = top.groupby("user_id").label.sum().reindex(bought[bought > 0].index, fill_value=0)
     return {f"precision_at_{k}": float((hits / k).mean()),

@@ -53,25 +53,27 @@ def test_features_see_nothing_after_the_cutoff(spark, test_world, need_cfg):
 
     from bundlecast.jobs.core.tables import Tables
     from bundlecast.jobs.need import features as need
+    from bundlecast.jobs.need.candidates import cutoff_frame
     from bundlecast.jobs.need.extract import extract
     from bundlecast.jobs.need.job import settings
 
     cutoff = date.fromisoformat(test_world["date"]) - timedelta(days=14)
+    cuts = cutoff_frame(spark, [cutoff])
     inputs = extract(Tables(spark, need_cfg))
     s = settings(need_cfg)
-    users = need.active_users(inputs.purchases, cutoff, s, sample=150)
-    cands = need.candidates(inputs, cutoff, users, s).localCheckpoint()
-    full = need.features(inputs, cands, cutoff, 7, s).toPandas()
+    users = need.active_users(inputs.purchases, cuts, s, sample=150)
+    cands = need.candidates(inputs, cuts, users, s).localCheckpoint()
+    full = need.features(inputs, cands, cuts, 7, s).toPandas()
     cut = F.col("day") <= F.lit(cutoff)
     before = replace(inputs, purchases=inputs.purchases.filter(cut), browsing=inputs.browsing.filter(cut))
-    truncated = need.features(before, cands, cutoff, 7, s).toPandas()
+    truncated = need.features(before, cands, cuts, 7, s).toPandas()
     purchases = inputs.purchases
     keys = ["user_id", "site_id", "item_id"]
     full, truncated = (x.sort_values(keys).reset_index(drop=True) for x in (full, truncated))
-    assert len(full) > 1000
+    assert len(full) > 1000 and full.user_id.nunique() == 150
     pd.testing.assert_frame_equal(full, truncated)
     # Labels come only from the H days after the cut-off.
-    lab = need.labels(purchases, cutoff, 7).toPandas()
+    lab = need.labels(purchases, cuts, 7).toPandas()
     assert len(lab) and lab.days_to_need.between(1, 7).all()
 
 
@@ -128,26 +130,39 @@ def test_gate_keeps_the_champion_and_scoring_uses_it(spark, test_world, need_cfg
     assert len(runs) >= 2 and {"false", "true"} <= set(runs.promoted)
 
 
-def test_cutoffs_built_side_by_side_give_the_same_frames(spark, test_world, need_cfg):
-    """need.parallel_cutoffs changes when the cut-offs are built, never what they hold."""
+def test_one_pass_gives_each_cutoff_the_frame_it_gets_alone(spark, test_world, need_cfg):
+    """Every cut-off is built in the same pass; each sees only its own history, so its
+    rows are those it gets when built on its own (and the later cut-offs change nothing)."""
     from bundlecast.jobs.core.tables import Tables
     from bundlecast.jobs.need import job as need
+    from bundlecast.jobs.need.candidates import cutoff_frame
     from bundlecast.jobs.need.extract import extract
+    from bundlecast.jobs.need.features import _sampled_training_frame, active_users, examples
 
     s = need.settings(need_cfg)
     inputs = extract(Tables(spark, need_cfg)).persisted()
     eval_cut = date.fromisoformat(test_world["date"]) - timedelta(days=7)
     cuts = [eval_cut - timedelta(days=7 + 7 * i) for i in range(3)]
-    one, side = (need.training_frames(inputs, eval_cut, cuts, 7, {**s, "parallel_cutoffs": w}) for w in (1, 3))
-    inputs.unpersist()
+    train_pd, eval_pd, bought = need.training_frames(inputs, eval_cut, cuts, 7, s)
+
+    def alone(cut, sample):
+        one = cutoff_frame(spark, [cut])
+        return examples(inputs, one, 7, active_users(inputs.purchases, one, s, sample), s)
     key = ["user_id", "site_id", "item_id"]
 
-    def ordered(frame, by):
-        return frame.sort_values(by).reset_index(drop=True)
-    pd.testing.assert_frame_equal(ordered(one[0], ["cutoff", *key]), ordered(side[0], ["cutoff", *key]))
-    assert list(side[0].cutoff.drop_duplicates()) == [str(c) for c in cuts]   # cut-off order kept
-    pd.testing.assert_frame_equal(ordered(one[1], key), ordered(side[1], key))
-    pd.testing.assert_series_equal(one[2].sort_index(), side[2].sort_index())
+    def ordered(frame):
+        return frame.sort_values(key).reset_index(drop=True)
+    frame, bought_alone = alone(eval_cut, s.get("max_eval_users"))
+    pd.testing.assert_frame_equal(ordered(eval_pd), ordered(frame.drop("cutoff").toPandas()))
+    pd.testing.assert_series_equal(bought.sort_index(), bought_alone.droplevel("cutoff").sort_index())
+    assert list(train_pd.cutoff.drop_duplicates()) == [str(c) for c in cuts]   # cut-off order kept
+    for cut in (cuts[0], cuts[-1]):
+        frame, _ = alone(cut, s.get("max_train_users"))
+        expected = _sampled_training_frame(frame, int(s["max_train_examples"]) // len(cuts))
+        got = train_pd[train_pd.cutoff == str(cut)]
+        assert len(got) > 500
+        pd.testing.assert_frame_equal(ordered(got), ordered(expected))
+    inputs.unpersist()
 
 
 def test_scoring_in_user_batches_gives_the_same_predictions(spark, test_world, need_cfg, trained):
@@ -155,7 +170,7 @@ def test_scoring_in_user_batches_gives_the_same_predictions(spark, test_world, n
 
     whole = _table(spark, need_cfg, "need_predictions")
     batched = copy.deepcopy(need_cfg)
-    batched["need"]["score_batch_rows"] = 2_000  # several batches on this world
+    batched["need"]["score_users_per_batch"] = 20  # many groups on this world
     s = need.score(spark, test_world["date"], "need-batched", batched)
     again = _table(spark, need_cfg, "need_predictions")
     key = ["user_id", "site_id", "item_id"]

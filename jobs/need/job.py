@@ -1,9 +1,9 @@
 """The need step's run (see the package docstring)."""
 from __future__ import annotations
 
+import functools
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime, timedelta
 
 import numpy as np
@@ -14,7 +14,7 @@ from bundlecast.jobs.core.config import config
 from bundlecast.jobs.core.errors import BundlecastError
 from bundlecast.jobs.core.runs import StepRun, last_watermark, record
 from bundlecast.jobs.core.tables import Tables
-from bundlecast.jobs.need.candidates import candidates
+from bundlecast.jobs.need.candidates import candidates, cutoff_frame
 from bundlecast.jobs.need.extract import extract, latest_activity, touched_users
 from bundlecast.jobs.need.features import _sampled_training_frame, active_users, examples, features
 from bundlecast.models import need as nm
@@ -31,14 +31,17 @@ def train(spark, dt: str, run_id: str, cfg: dict, summary: StepRun | None = None
     inputs = extract(Tables(spark, cfg)).persisted()
     eval_cut = date.fromisoformat(dt) - timedelta(days=H)
     train_cuts = [eval_cut - timedelta(days=H + i * int(s["cutoff_step_days"])) for i in range(int(s["train_cutoffs"]))]
-    train_pd, eval_pd, bought = training_frames(inputs, eval_cut, train_cuts, H, s)
+    with summary.timed("examples"):
+        train_pd, eval_pd, bought = training_frames(inputs, eval_cut, train_cuts, H, s)
     summary.counts["train_examples"], summary.counts["eval_examples"] = len(train_pd), len(eval_pd)
     if train_pd.label.nunique() < 2 or eval_pd.label.nunique() < 2:
         raise BundlecastError(f"need model: too little history to train (train positives {int(train_pd.label.sum())}, "
                               f"evaluation positives {int(eval_pd.label.sum())}); need at least {2 * H} days of orders")
-    model = nm.fit(train_pd, seed=int(s["seed"]))
-    p_model = nm.predict(model, eval_pd)
-    summary.metrics, typical = evaluate_with_baselines(train_pd, eval_pd, p_model, bought, eval_cut, H, int(s["k"]))
+    with summary.timed("fit"):
+        model = nm.fit(train_pd, seed=int(s["seed"]))
+    with summary.timed("evaluate"):
+        p_model = nm.predict(model, eval_pd)
+        summary.metrics, typical = evaluate_with_baselines(train_pd, eval_pd, p_model, bought, eval_cut, H, int(s["k"]))
     _register_and_gate(cfg, s, dt, run_id, summary, model, train_pd, eval_pd, p_model, bought,
                        {"eval_cutoff": str(eval_cut), "train_cutoffs": ",".join(map(str, train_cuts)),
                         "typical_days_to_need": typical})
@@ -51,27 +54,29 @@ def training_frames(inputs, eval_cut: date, train_cuts: list[date], H: int, s: d
     """(training examples, sampled per cut-off; evaluation examples; items bought per
     evaluation user), as pandas.
 
-    The cut-offs are independent: ``need.parallel_cutoffs`` of them are built at once on the
-    one Spark session (threads submitting jobs side by side). On a small world each cut-off
-    is a chain of short jobs that leave the cores idle between them; on a large one the
-    scheduler shares the cores among the jobs. The frames come back in cut-off order."""
-    def train_part(cut: date) -> pd.DataFrame:
-        users = active_users(inputs.purchases, cut, s, s.get("max_train_users"))
-        frame, _ = examples(inputs, cut, H, users, s)
-        part = _sampled_training_frame(frame, int(s["max_train_examples"]) // len(train_cuts))
-        return part.assign(cutoff=str(cut))
+    Every cut-off, training and evaluation, is built in one pass: the frames carry a
+    ``cutoff`` column and each row sees the history up to its own cut-off only. On a small
+    world this is one set of short Spark stages instead of one per cut-off; on a large one
+    the history is read once."""
+    from pyspark.sql import functions as F
 
-    def evaluation_part():
-        users = active_users(inputs.purchases, eval_cut, s, s.get("max_eval_users"))
-        eval_frame, bought = examples(inputs, eval_cut, H, users, s)
-        return eval_frame.toPandas(), bought
-
-    workers = max(1, int(s.get("parallel_cutoffs", 1)))
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="need-cutoff") as pool:
-        evaluation = pool.submit(evaluation_part)
-        parts = [pool.submit(train_part, cut) for cut in train_cuts]
-        train_pd = pd.concat([f.result() for f in parts], ignore_index=True)
-        eval_pd, bought = evaluation.result()
+    spark = inputs.purchases.sparkSession
+    cuts = cutoff_frame(spark, [*train_cuts, eval_cut])
+    users = active_users(inputs.purchases, cutoff_frame(spark, train_cuts), s, s.get("max_train_users")).unionByName(
+        active_users(inputs.purchases, cutoff_frame(spark, [eval_cut]), s, s.get("max_eval_users"))).localCheckpoint()
+    frame, bought = examples(inputs, cuts, H, users, s)
+    frame = frame.localCheckpoint()
+    is_eval = F.col("cutoff") == F.lit(eval_cut)
+    train_pd = _sampled_training_frame(frame.filter(~is_eval), int(s["max_train_examples"]) // len(train_cuts))
+    # Rows in a fixed order (cut-offs as given, then user and item), whatever order Spark
+    # returns them in: the fit's validation split and calibration folds depend on it.
+    order = {str(c): i for i, c in enumerate(train_cuts)}
+    keys = ["user_id", "site_id", "item_id"]
+    train_pd = (train_pd.assign(_order=train_pd.cutoff.map(order)).sort_values(["_order", *keys], ignore_index=True)
+                .drop(columns="_order"))
+    eval_pd = frame.filter(is_eval).drop("cutoff").toPandas().sort_values(keys, ignore_index=True)
+    bought = bought.xs(eval_cut, level="cutoff") if eval_cut in bought.index.get_level_values("cutoff") \
+        else bought.iloc[:0].droplevel("cutoff")
     return train_pd, eval_pd, bought
 
 
@@ -115,9 +120,11 @@ def _register_and_gate(cfg: dict, s: dict, dt: str, run_id: str, summary: StepRu
         mlflow.set_tags({"data_window_end": dt, "bundlecast.run_id": run_id})
         for scorer, m in metrics.items():
             mlflow.log_metrics({f"{scorer}.{k}": v for k, v in m.items() if np.isfinite(v)})
-        _log_plots(model, eval_pd, p_model, metrics, bought, s)
-        version = registry.log_and_register(model, eval_pd[nm.FEATURES].head(200), p_model[:200], s["model_name"],
-                                            {"typical_days_to_need": typical, "horizon_days": H})
+        with summary.timed("mlflow plots"):
+            _log_plots(model, eval_pd, p_model, metrics, bought, s)
+        with summary.timed("mlflow register"):
+            version = registry.log_and_register(model, eval_pd[nm.FEATURES].head(200), p_model[:200], s["model_name"],
+                                                {"typical_days_to_need": typical, "horizon_days": H})
         summary.labels["model_version"] = str(version)
         k, metric = int(s["k"]), s["gate_metric"]
         checks = []
@@ -125,10 +132,11 @@ def _register_and_gate(cfg: dict, s: dict, dt: str, run_id: str, summary: StepRu
             ours, base = metrics["model"][f"recall_at_{k}"], metrics["topfreq"][f"recall_at_{k}"]
             checks.append((ours > base, f"recall@{k} {ours:.4f} {'>' if ours > base else 'does not beat'} "
                                         f"personal top-frequency {base:.4f}"))
-        decision = registry.gate(
-            s["model_name"], version, metric, metrics["model"][metric],
-            lambda champ: nm.evaluate(eval_pd, nm.predict(champ, eval_pd), bought, k)[metric],
-            higher_is_better=metric not in ("brier", "ece"), margin=float(s["gate_margin"]), checks=checks)
+        with summary.timed("mlflow gate"):
+            decision = registry.gate(
+                s["model_name"], version, metric, metrics["model"][metric],
+                lambda champ: nm.evaluate(eval_pd, nm.predict(champ, eval_pd), bought, k)[metric],
+                higher_is_better=metric not in ("brier", "ece"), margin=float(s["gate_margin"]), checks=checks)
         summary.labels.update(promoted=str(decision["promoted"]).lower(), decision=decision["reason"])
         mlflow.set_tags({"promoted": str(decision["promoted"]).lower(), "gate_reason": decision["reason"]})
         mlflow.log_metric("promoted", float(decision["promoted"]))
@@ -187,8 +195,8 @@ def score(spark, dt: str, run_id: str, cfg: dict, users_since: datetime | None =
     cutoff = date.fromisoformat(dt)
     tables = Tables(spark, cfg)
     inputs = extract(tables).persisted()
-    purchases = inputs.purchases
-    users = active_users(purchases, cutoff, s)
+    cuts = cutoff_frame(spark, [cutoff])
+    users = active_users(inputs.purchases, cuts, s)
     if users_since is not None:
         touched = touched_users(tables, users_since)
         users = users.join(touched.distinct(), "user_id", "left_semi").localCheckpoint()
@@ -197,29 +205,27 @@ def score(spark, dt: str, run_id: str, cfg: dict, users_since: datetime | None =
             summary.labels["scored_with_version"] = str(registry.champion_version(s["model_name"]).version)
             return summary.finish()
     model, version, meta = registry.champion(cfg, s["model_name"])
-    cands = candidates(inputs, cutoff, users, s, with_table=inputs.relationships.limit(1).count() > 0)
-    feats = features(inputs, cands, cutoff, H, s).persist()
-    n_rows = feats.count()
-    # Scored in hash batches of users, so the driver never holds every candidate at once
-    # (on the medium world the whole frame is over 1 GB).
-    batches = max(1, -(-n_rows // int(s["score_batch_rows"])))
-    parts = []
-    summary.counts["users_scored"] = 0
-    for b in range(batches):
-        frame = (feats if batches == 1 else feats.filter(F.pmod(F.hash("user_id"), F.lit(batches)) == b)).toPandas()
-        summary.counts["users_scored"] += int(frame.user_id.nunique())
-        if len(frame):
-            parts.append(_top_predictions(frame, model, version, meta, s, cutoff, H, run_id, summary.now))
-    feats.unpersist()
-    rows = (pd.concat(parts, ignore_index=True) if parts
-            else pd.DataFrame(columns=[c.name for c in catalog.table("need_predictions").columns]))
-    summary.counts["predictions"] = len(rows)
-    out = spark.createDataFrame(rows, catalog.table("need_predictions").ddl()) if len(rows) else \
-        spark.createDataFrame([], catalog.table("need_predictions").ddl())
-    if users_since is None:
-        tables.replace("need_predictions", out, dt=dt)
-    else:
-        tables.replace("need_predictions", _with_users_replaced(tables, out, users, dt), dt=dt)
+    n_users = users.count()
+    cands = candidates(inputs, cuts, users, s, with_table=inputs.relationships.limit(1).count() > 0)
+    feats = features(inputs, cands, cuts, H, s).drop("cutoff")
+    # Scored where the features are, in groups of about need.score_users_per_batch users (a
+    # hash of the user): the model goes to the Python workers, the predictions stay in
+    # Spark, and a group's candidates bound a worker's memory. No candidate row passes
+    # through the driver.
+    groups = max(spark.sparkContext.defaultParallelism, -(-n_users // int(s["score_users_per_batch"])))
+    top = functools.partial(_top_predictions, model=model, version=version, meta=meta, s=s, cutoff=cutoff, H=H,
+                            run_id=run_id, now=summary.now)
+    with summary.timed("candidates, features and scores"):
+        out = (feats.withColumn("_group", F.pmod(F.xxhash64("user_id"), F.lit(groups))).groupBy("_group")
+               .applyInPandas(lambda frame: top(frame.drop(columns="_group")), catalog.table("need_predictions").ddl())
+               .localCheckpoint())
+    summary.counts["users_scored"] = n_users
+    summary.counts["predictions"] = out.count()
+    with summary.timed("write"):
+        if users_since is None:
+            tables.replace("need_predictions", out, dt=dt)
+        else:
+            tables.replace("need_predictions", _with_users_replaced(tables, out, users, dt), dt=dt)
     inputs.unpersist()
     summary.labels["scored_with_version"] = str(version)
     return summary.finish()
@@ -227,11 +233,14 @@ def score(spark, dt: str, run_id: str, cfg: dict, users_since: datetime | None =
 
 def _top_predictions(frame: pd.DataFrame, model, version, meta: dict, s: dict, cutoff: date, H: int,
                      run_id: str, now: datetime) -> pd.DataFrame:
-    """``need_predictions`` rows of one batch of users: the most likely candidates per user
-    (at most ``max_per_user``, probability >= ``min_probability``) with their need dates."""
+    """``need_predictions`` rows of one group of users (all of each user's candidates): the
+    most likely candidates per user (at most ``max_per_user``, probability >=
+    ``min_probability``) with their need dates. Ties keep the item order, so a re-run gives
+    the same rows."""
+    frame = frame.sort_values(["user_id", "site_id", "item_id"], ignore_index=True)
     frame["probability"] = nm.predict(model, frame)
     frame = frame[frame.probability >= float(s["min_probability"])]
-    frame = frame.sort_values(["user_id", "probability"], ascending=[True, False]) \
+    frame = frame.sort_values(["user_id", "probability"], ascending=[True, False], kind="stable") \
         .groupby("user_id").head(int(s["max_per_user"]))
     need_date, basis = nm.need_dates(frame, pd.Timestamp(cutoff), H, int(meta.get("typical_days_to_need", H // 2)))
     return pd.DataFrame({
@@ -303,4 +312,5 @@ def render(s: StepRun) -> str:
                      f"{m[k]:12.4f} {m[k.replace('recall', 'precision')]:15.4f}")
     promoted = "promoted to champion" if lab.get("promoted") == "true" else "not promoted"
     lines.append(f"  gate: {promoted} ({lab.get('decision')})")
+    lines.append("  seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in s.timings.items()))
     return "\n".join(lines)
