@@ -72,6 +72,10 @@ def test_features_see_nothing_after_the_cutoff(spark, test_world, need_cfg):
     full, truncated = (x.sort_values(keys).reset_index(drop=True) for x in (full, truncated))
     assert len(full) > 1000 and full.user_id.nunique() == 150
     pd.testing.assert_frame_equal(full, truncated)
+    # So do the candidates (co-purchase neighbours, ALS, popular items).
+    cands_before = need.candidates(before, cuts, users, s).toPandas().sort_values(keys).reset_index(drop=True)
+    pd.testing.assert_frame_equal(cands.toPandas().sort_values(keys).reset_index(drop=True), cands_before)
+    assert cands_before.src_related.sum() > 100
     # Labels come only from the H days after the cut-off.
     lab = need.labels(purchases, cuts, 7).toPandas()
     assert len(lab) and lab.days_to_need.between(1, 7).all()

@@ -27,14 +27,21 @@ def window(frame, cuts, days: int, column: str = "day"):
     return frame.join(F.broadcast(cuts), (c <= F.col("cutoff")) & (c > F.date_sub(F.col("cutoff"), int(days))))
 
 
-def co_purchase_neighbours(purchases, cuts, k: int, lookback_days: int):
+def co_purchase_neighbours(purchases, cuts, k: int, lookback_days: int, max_items_per_unit: int | None = None):
     """Top-k items co-bought with each item (same user and week, across sites) before each
-    cut-off: cutoff, site_a, item_a, site_b, item_b, co_rate (share of a's buyer-weeks with b)."""
+    cut-off: cutoff, site_a, item_a, site_b, item_b, co_rate (share of a's buyer-weeks with b).
+
+    Buyer-weeks of more than ``max_items_per_unit`` items (wholesale orders) are left out,
+    as the relationship step leaves them out: a basket of n items makes n^2 pairs, and on
+    Online Retail those few baskets were most of this step's time."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     p = window(purchases, cuts, lookback_days)
     units = p.select("cutoff", "user_id", "site_id", "item_id", F.date_trunc("week", "day").alias("week")).distinct()
+    if max_items_per_unit:
+        size = F.count("*").over(Window.partitionBy("cutoff", "user_id", "week"))
+        units = units.withColumn("_n", size).filter(F.col("_n") <= int(max_items_per_unit)).drop("_n")
     a = units.select("cutoff", "user_id", "week", F.col("site_id").alias("site_a"), F.col("item_id").alias("item_a"))
     b = units.select("cutoff", "user_id", "week", F.col("site_id").alias("site_b"), F.col("item_id").alias("item_b"))
     per_a = units.groupBy("cutoff", F.col("site_id").alias("site_a"), F.col("item_id").alias("item_a")) \
@@ -97,7 +104,8 @@ def candidates(inputs, cuts, users, s: dict, with_table: bool = False):
     repeat = lookback.select(*keys).distinct().withColumn("src_repeat", F.lit(1.0))
     recent = (window(purchases, cuts, int(s["recent_days"])).join(users, ["cutoff", "user_id"], "left_semi")
               .select("cutoff", "user_id", F.col("site_id").alias("site_a"), F.col("item_id").alias("item_a")).distinct())
-    neighbours = co_purchase_neighbours(purchases, cuts, int(s["related_k"]), int(s["lookback_days"]))
+    neighbours = co_purchase_neighbours(purchases, cuts, int(s["related_k"]), int(s["lookback_days"]),
+                                        s.get("max_items_per_unit"))
     related = (recent.join(neighbours, ["cutoff", "site_a", "item_a"])
                .groupBy("cutoff", "user_id", F.col("site_b").alias("site_id"), F.col("item_b").alias("item_id"))
                .agg(F.max("co_rate").alias("rel_score")).withColumn("src_related", F.lit(1.0)))

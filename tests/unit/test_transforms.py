@@ -90,6 +90,23 @@ def test_unit_pairs_pair_each_items_once_and_skip_oversized_units(spark):
 
 
 # ----------------------------------------------------------------------------------- offers
+def test_need_neighbours_see_only_their_cutoff_and_skip_wholesale_weeks(spark):
+    """Co-purchase neighbours per cut-off, in one pass: a cut-off counts only the weeks up to
+    it, and a buyer-week of more items than the cap (a wholesale order) counts for nothing."""
+    from bundlecast.jobs.need.candidates import co_purchase_neighbours, cutoff_frame
+
+    rows = [(f"u{u}", "s1", item, date(2026, 3, 2)) for u in range(3) for item in ("a", "b")]   # 3 weeks a+b, week 1
+    rows += [("u9", "s1", item, date(2026, 3, 3)) for item in ["a", "c"] + [f"x{i}" for i in range(8)]]  # 10 items
+    rows += [(f"u{u}", "s1", item, date(2026, 3, 10)) for u in range(2) for item in ("a", "c")]  # week 2: a+c twice
+    purchases = spark.createDataFrame(rows, "user_id string, site_id string, item_id string, day date")
+    cuts = cutoff_frame(spark, [date(2026, 3, 8), date(2026, 3, 15)])
+    got = co_purchase_neighbours(purchases, cuts, k=5, lookback_days=365, max_items_per_unit=5).toPandas()
+    pairs = {(str(r.cutoff), r.item_a, r.item_b): round(r.co_rate, 3) for r in got.itertuples()}
+    assert pairs == {("2026-03-08", "a", "b"): 1.0, ("2026-03-08", "b", "a"): 1.0,     # u9's 10-item week skipped
+                     ("2026-03-15", "a", "b"): 0.6, ("2026-03-15", "b", "a"): 1.0,     # a: 5 buyer-weeks, 3 with b
+                     ("2026-03-15", "a", "c"): 0.4, ("2026-03-15", "c", "a"): 1.0}     # the week after 03-08 only here
+
+
 def test_offer_context_sizes_consolidation_value_and_inventory_from_explicit_inputs():
     from bundlecast.jobs.offers.transform import context
 
