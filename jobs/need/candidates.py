@@ -9,11 +9,6 @@ from __future__ import annotations
 from datetime import date
 
 
-def _d(day):
-    from pyspark.sql import functions as F
-    return F.lit(day).cast("date")
-
-
 def cutoff_frame(spark, cutoffs: list[date]):
     """One row per cut-off (column ``cutoff``, a date)."""
     return spark.createDataFrame([(c,) for c in sorted(set(cutoffs))], "cutoff date")

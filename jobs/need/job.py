@@ -1,7 +1,6 @@
 """The need step's run (see the package docstring)."""
 from __future__ import annotations
 
-import functools
 import time
 import uuid
 from datetime import date, datetime, timedelta
@@ -75,8 +74,7 @@ def training_frames(inputs, eval_cut: date, train_cuts: list[date], H: int, s: d
     train_pd = (train_pd.assign(_order=train_pd.cutoff.map(order)).sort_values(["_order", *keys], ignore_index=True)
                 .drop(columns="_order"))
     eval_pd = frame.filter(is_eval).drop("cutoff").toPandas().sort_values(keys, ignore_index=True)
-    bought = bought.xs(eval_cut, level="cutoff") if eval_cut in bought.index.get_level_values("cutoff") \
-        else bought.iloc[:0].droplevel("cutoff")
+    bought = bought[bought.index.get_level_values("cutoff") == eval_cut].droplevel("cutoff")
     return train_pd, eval_pd, bought
 
 
@@ -213,12 +211,13 @@ def score(spark, dt: str, run_id: str, cfg: dict, users_since: datetime | None =
     # Spark, and a group's candidates bound a worker's memory. No candidate row passes
     # through the driver.
     groups = max(spark.sparkContext.defaultParallelism, -(-n_users // int(s["score_users_per_batch"])))
-    top = functools.partial(_top_predictions, model=model, version=version, meta=meta, s=s, cutoff=cutoff, H=H,
-                            run_id=run_id, now=summary.now)
+    now = summary.now
+
+    def score_group(frame: pd.DataFrame) -> pd.DataFrame:
+        return _top_predictions(frame.drop(columns="_group"), model, version, meta, s, cutoff, H, run_id, now)
     with summary.timed("candidates, features and scores"):
         out = (feats.withColumn("_group", F.pmod(F.xxhash64("user_id"), F.lit(groups))).groupBy("_group")
-               .applyInPandas(lambda frame: top(frame.drop(columns="_group")), catalog.table("need_predictions").ddl())
-               .localCheckpoint())
+               .applyInPandas(score_group, catalog.table("need_predictions").ddl()).localCheckpoint())
     summary.counts["users_scored"] = n_users
     summary.counts["predictions"] = out.count()
     with summary.timed("write"):
