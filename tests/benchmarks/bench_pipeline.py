@@ -38,6 +38,8 @@ from pathlib import Path
 
 import psutil
 
+SCALES = ("tiny", "demo", "test", "small", "medium", "large")
+
 # The nightly ingest reads the whole landing (--reingest): a fresh day, not one its hourly runs already read.
 NIGHTLY = [["ingest", "--reingest"], ["relationships", "--mode", "full"], ["forecast"], ["need", "--mode", "train"], ["value"],
            ["bundles"], ["proactive", "--mode", "nightly"], ["offers", "--mode", "nightly"], ["experiments"]]
@@ -47,6 +49,7 @@ HOURLY = [["ingest", "--datasets", "events,orders,order_lines,inventory,feedback
 BEHAVIOUR = ("events", "orders", "order_lines")
 HOURLY_FILE = "part-bench-hourly.jsonl"
 WARM_HOURLY_FILE = "part-bench-hourly-2.jsonl"
+RESULTS = "bench_pipeline.json"
 
 
 def _pss(proc: psutil.Process) -> int:
@@ -145,7 +148,7 @@ def child_plain() -> None:
     dt = cfg["demo"]["date"]
     started, rows = time.monotonic(), 0
     for name in BEHAVIOUR:
-        files = [p for p in list_raw_files(cfg["storage"]["raw"], name, dt) if p.name != HOURLY_FILE]
+        files = [p for p in list_raw_files(cfg["storage"]["raw"], name, dt) if not _is_bench_file(p)]
         target = f"{cfg['storage']['warehouse']}/_bench/plain/{name}"
         plain_read(spark, files, catalog.dataset(name)).write.mode("overwrite").parquet(target)
         rows += spark.read.parquet(target).count()
@@ -167,13 +170,32 @@ def prepare(scale: str, home: Path) -> dict:
 
 
 def land_hourly(home: Path, dt: str, share: float = 0.01, name: str = HOURLY_FILE, prefix: str = "H") -> int:
-    """1% of the landing's events again as a new file: new ids, same day."""
+    """1% of the landing's events again as a new file (new ids, same day), in the landing's
+    own format: JSON lines on tiny and small, Parquet on medium and large."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
     folder = home / "raw" / "events" / f"dt={dt}"
-    lines = []
-    for path in sorted(folder.glob("*.jsonl")):
-        if path.name not in (HOURLY_FILE, WARM_HOURLY_FILE):
-            lines.extend(path.read_text().splitlines())
+    landed = [p for p in sorted(folder.glob("*")) if p.is_file() and not _is_bench_file(p)]
     step = max(int(1 / share), 1)
+    if landed and landed[0].suffix == ".parquet":
+        table = pa.concat_tables(pq.read_table(p) for p in landed if p.suffix == ".parquet")
+        table = table.take(pa.array(range(0, table.num_rows, step)))
+        day = pc.cast(pa.scalar(f"{dt}T00:00:00"), pa.timestamp("us"))
+        ts = table["event_ts"]
+        moved = pc.add(pc.cast(pc.subtract(pc.cast(ts, pa.timestamp("us")), pc.floor_temporal(
+            pc.cast(ts, pa.timestamp("us")), unit="day")), pa.duration("us")), day)
+        table = table.set_column(table.schema.get_field_index("event_ts"), "event_ts",
+                                 pc.cast(moved, ts.type))
+        ids = pa.array([f"{prefix}{i:010d}" for i in range(table.num_rows)])
+        table = table.set_column(table.schema.get_field_index("event_id"), "event_id", ids)
+        pq.write_table(table, folder / f"{Path(name).stem}.parquet")
+        return table.num_rows
+    lines = []
+    for path in landed:
+        if path.suffix == ".jsonl":
+            lines.extend(path.read_text().splitlines())
     picked = []
     for i, line in enumerate(lines[::step]):
         record = json.loads(line)
@@ -184,14 +206,24 @@ def land_hourly(home: Path, dt: str, share: float = 0.01, name: str = HOURLY_FIL
     return len(picked)
 
 
-def run_steps(steps: list[list[str]], dt: str, home: Path, label: str, start: bool = True) -> list[dict]:
-    """Each step on the warm driver, as the DAG's tasks send them; (step, seconds, peak).
-    ``start``: the driver is started (and its start counted) first; else it must be running."""
+def _is_bench_file(path: Path) -> bool:
+    return path.stem in (Path(HOURLY_FILE).stem, Path(WARM_HOURLY_FILE).stem)
+
+
+def _remove_bench_files(home: Path, dt: str) -> None:
+    for path in (home / "raw" / "events" / f"dt={dt}").glob("part-bench-hourly*"):
+        path.unlink()
+
+
+def run_steps(steps: list[list[str]], dt: str, home: Path, label: str, result: dict, start: bool = True) -> None:
+    """Each step on the warm driver, as the DAG's tasks send them; appends (step, seconds, peak)
+    to ``result["steps"]`` and stores the result after each step, so a run cut short keeps its
+    figures. ``start``: the driver is started (and its start counted) first; else it must be running."""
     os.environ["BUNDLECAST_HOME"] = str(home)
     os.environ.setdefault("BUNDLECAST_JAR_CACHE", str(home.parent / "jars"))
     from bundlecast.jobs.tools import driver
 
-    out = []
+    out = result["steps"]
     if start:
         t0 = time.monotonic()
         with Sampler(lambda: (driver.status() or {}).get("pid")) as mem:
@@ -204,10 +236,26 @@ def run_steps(steps: list[list[str]], dt: str, home: Path, label: str, start: bo
         with Sampler(lambda: (driver.status() or {}).get("pid")) as mem:
             code = driver.run_step([argv[0], "--date", dt, "--run-id", f"bench-{label}", *argv[1:]], echo=lines.append)
         if code:
+            result["failed"] = f"{label}: {name}: {[ln for ln in lines if 'error' in ln][-1:]}"
+            store(home, result)
             raise SystemExit(f"{name} failed: {[ln for ln in lines if 'error' in ln][-1:]}")
         out.append({"step": f"{label}: {name}", "seconds": time.monotonic() - t0, "peak": mem.peak})
+        store(home, result)
         print(f"  {out[-1]['step']:34s}{out[-1]['seconds']:9.1f} s{mem.peak / 2**20:9,.0f} MiB", flush=True)
-    return out
+
+
+def store(home: Path, result: dict) -> None:
+    """The scale's figures so far, with when and on what they were measured."""
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).parent).stdout.strip()
+    result.update(measured=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), commit=commit,
+                  load=round(os.getloadavg()[0], 2))
+    (home / RESULTS).write_text(json.dumps(result, indent=1))
+
+
+def stored(root: Path, scale: str) -> dict | None:
+    path = root / f"bench-{scale}" / RESULTS
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def bench_scale(scale: str, root: Path, with_airflow: bool) -> dict:
@@ -221,9 +269,9 @@ def bench_scale(scale: str, root: Path, with_airflow: bool) -> dict:
 
     os.environ["BUNDLECAST_HOME"] = str(home)
     driver.stop()
-    (home / "raw" / "events" / f"dt={dt}" / HOURLY_FILE).unlink(missing_ok=True)
+    _remove_bench_files(home, dt)
     result = {"scale": scale, "steps": []}
-    result["steps"] += run_steps(NIGHTLY, dt, home, "nightly")
+    run_steps(NIGHTLY, dt, home, "nightly", result)
     driver.stop()
     bare_s, bare_peak, _ = timed_process(me + ["--child", "bare"], env)
     print(f"  bare job (session + read + write one row) {bare_s:.1f} s", flush=True)
@@ -233,17 +281,17 @@ def bench_scale(scale: str, root: Path, with_airflow: bool) -> dict:
           flush=True)
     new_events = land_hourly(home, dt)
     try:
-        result["steps"] += run_steps(HOURLY, dt, home, "hourly")
+        run_steps(HOURLY, dt, home, "hourly", result)
         # The next hour on the same driver: what an hourly costs when the driver outlives a run
         # (spark.warm_driver.idle_seconds longer than the schedule's interval, no teardown stop).
         land_hourly(home, dt, name=WARM_HOURLY_FILE, prefix="W")
-        result["steps"] += run_steps(HOURLY, dt, home, "warm hourly", start=False)
+        run_steps(HOURLY, dt, home, "warm hourly", result, start=False)
     finally:
         driver.stop()
-        for name in (HOURLY_FILE, WARM_HOURLY_FILE):
-            (home / "raw" / "events" / f"dt={dt}" / name).unlink(missing_ok=True)
+        _remove_bench_files(home, dt)
     result.update(bare=bare_s, bare_peak=bare_peak, plain=plain["seconds"], plain_peak=plain_peak,
                   rows=plain["rows"], new_events=new_events)
+    store(home, result)
     if with_airflow:
         # A fresh landing for the nightly: every file's time moves, so no dataset is skipped as unchanged.
         for path in (home / "raw").rglob("*"):
@@ -253,6 +301,7 @@ def bench_scale(scale: str, root: Path, with_airflow: bool) -> dict:
                                                     "--date", dt], env)
         result.update(airflow=airflow_s, airflow_peak=airflow_peak)
         print(f"  nightly DAG through Airflow {airflow_s:.1f} s", flush=True)
+        store(home, result)
     return result
 
 
@@ -262,7 +311,8 @@ def report(results: list[dict]) -> None:
         nightly = sum(s["seconds"] for s in r["steps"] if s["step"].startswith("nightly"))
         hourly = sum(s["seconds"] for s in r["steps"] if s["step"].startswith("hourly"))
         warm = sum(s["seconds"] for s in r["steps"] if s["step"].startswith("warm hourly"))
-        print(f"\n{r['scale']}: {r['rows']:,} behaviour rows, hourly +{r['new_events']:,} events")
+        print(f"\n{r['scale']}: {r['rows']:,} behaviour rows, hourly +{r['new_events']:,} events "
+              f"(measured {r['measured']} at {r['commit']}, load {r['load']})")
         print(f"{'step':36s}{'seconds':>9s}{'peak MiB':>10s}{'/ plain':>9s}{'/ bare':>8s}")
         for s in r["steps"]:
             print(f"{s['step']:36s}{s['seconds']:9.1f}{s['peak'] / 2**20:10,.0f}{s['seconds'] / r['plain']:9.2f}"
@@ -288,6 +338,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--scales", default="small,medium")
     parser.add_argument("--airflow", action="store_true", help="also time the nightly DAG through Airflow")
+    parser.add_argument("--stored", default="", help="scales to report from their stored figures, not re-run "
+                        "(e.g. --scales medium --stored small: the growth table against an earlier small run)")
     parser.add_argument("--child", choices=["bare", "plain"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -296,7 +348,13 @@ def main() -> None:
         return
     root = Path(os.environ.get("BUNDLECAST_HOME", "var")).resolve()
     os.environ.setdefault("BUNDLECAST_JAR_CACHE", str(root / "jars"))
-    results = [bench_scale(s, root, args.airflow) for s in args.scales.split(",")]
+    reuse = set(filter(None, args.stored.split(",")))
+    results = []
+    for scale in sorted(set(filter(None, args.scales.split(","))) | reuse, key=list(SCALES).index):
+        result = stored(root, scale) if scale in reuse else bench_scale(scale, root, args.airflow)
+        if result is None or "plain" not in result:
+            raise SystemExit(f"no complete stored figures for {scale}: run it with --scales {scale} first")
+        results.append(result)
     report(results)
 
 
