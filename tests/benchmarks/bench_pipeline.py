@@ -22,8 +22,8 @@ For each scale (its own world under ``BUNDLECAST_HOME/bench-<scale>``, generated
 * ``--airflow`` (tiny only, slow elsewhere): the nightly DAG through Airflow
   (``bundlecast run nightly``), timed as a whole against the bare job.
 
-Peak memory is the proportional set size (PSS) of the driver process and its children (JVM,
-Python workers) sampled every 0.2 s during the step. The growth table divides each step's time
+Peak memory is the resident memory of the driver process and its children (JVM; Python
+workers by proportional set size) sampled every 0.5 s during the step. The growth table divides each step's time
 ratio between two scales by their ratio of events (1.0 = linear).
 """
 from __future__ import annotations
@@ -52,23 +52,28 @@ WARM_HOURLY_FILE = "part-bench-hourly-2.jsonl"
 RESULTS = "bench_pipeline.json"
 
 
-def _pss(proc: psutil.Process) -> int:
-    """Proportional set size: pages shared between the forked Python workers are counted
-    once in total, not once per worker as the resident set would."""
+def _memory(proc: psutil.Process) -> int:
+    """Resident memory of one process; for a small one (a forked Python worker) its proportional
+    set size, so pages shared between the workers are counted once in total, not once per worker.
+    Reading a process's page map costs ~0.1 s for the multi-GiB JVM, which would make the
+    sampler itself a load on 2 cores; the JVM's heap is private, so its resident set is exact enough."""
+    rss = proc.memory_info().rss
+    if rss > 1 << 30:
+        return rss
     try:
         return proc.memory_full_info().pss
     except (psutil.AccessDenied, AttributeError):
-        return proc.memory_info().rss
+        return rss
 
 
 def tree_rss(pid: int) -> int:
-    """Memory of a process and its children (JVM, Python workers), proportional set size."""
+    """Memory of a process and its children (JVM, Python workers)."""
     try:
         proc = psutil.Process(pid)
-        total = _pss(proc)
+        total = _memory(proc)
         for child in proc.children(recursive=True):
             try:
-                total += _pss(child)
+                total += _memory(child)
             except psutil.Error:
                 pass
         return total
@@ -90,7 +95,7 @@ class Sampler:
             pid = self.pid_of()
             if pid:
                 self.peak = max(self.peak, tree_rss(pid))
-            time.sleep(0.2)
+            time.sleep(0.5)
 
     def __enter__(self):
         self._thread.start()
