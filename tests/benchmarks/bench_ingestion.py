@@ -23,7 +23,7 @@ def plain_read(spark, paths, spec):
     frames = []
     for fmt, reader in (("jsonl", lambda p: spark.read.schema(schema).json(p)),
                         ("csv", lambda p: spark.read.schema(schema).option("header", True).csv(p)),
-                        ("parquet", lambda p: spark.read.parquet(p).select(
+                        ("parquet", lambda p: spark.read.parquet(*p).select(
                             *[F.col(c).cast("string") for c in spec.column_names]))):
         chosen = [str(p) for p in paths if p.suffix == f".{fmt}"]
         if chosen:

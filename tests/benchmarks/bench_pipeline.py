@@ -263,7 +263,7 @@ def stored(root: Path, scale: str) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def bench_scale(scale: str, root: Path, with_airflow: bool) -> dict:
+def bench_scale(scale: str, root: Path, with_airflow: bool, resume: bool = False) -> dict:
     home = root / f"bench-{scale}"
     print(f"\n== {scale} ({home})", flush=True)
     truth = prepare(scale, home)
@@ -275,8 +275,16 @@ def bench_scale(scale: str, root: Path, with_airflow: bool) -> dict:
     os.environ["BUNDLECAST_HOME"] = str(home)
     driver.stop()
     _remove_bench_files(home, dt)
-    result = {"scale": scale, "steps": []}
-    run_steps(NIGHTLY, dt, home, "nightly", result)
+    earlier = stored(root, scale) if resume else None
+    if earlier and len([s for s in earlier["steps"] if s["step"].startswith("nightly")]) == len(NIGHTLY) + 1:
+        # The nightly finished in an earlier run and its tables are in place: go on from there.
+        result = {"scale": scale, "steps": [s for s in earlier["steps"] if s["step"].startswith("nightly")],
+                  "nightly_measured": earlier.get("nightly_measured", earlier["measured"]),
+                  "nightly_commit": earlier.get("nightly_commit", earlier["commit"])}
+        print(f"  nightly: stored figures of {result['nightly_measured']} (--resume)", flush=True)
+    else:
+        result = {"scale": scale, "steps": []}
+        run_steps(NIGHTLY, dt, home, "nightly", result)
     driver.stop()
     bare_s, bare_peak, _ = timed_process(me + ["--child", "bare"], env)
     print(f"  bare job (session + read + write one row) {bare_s:.1f} s", flush=True)
@@ -345,6 +353,8 @@ def main() -> None:
     parser.add_argument("--airflow", action="store_true", help="also time the nightly DAG through Airflow")
     parser.add_argument("--stored", default="", help="scales to report from their stored figures, not re-run "
                         "(e.g. --scales medium --stored small: the growth table against an earlier small run)")
+    parser.add_argument("--resume", action="store_true", help="keep a scale's stored nightly figures when its nightly "
+                        "finished in an earlier run, and measure only the floors and the hourly runs")
     parser.add_argument("--child", choices=["bare", "plain"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -356,7 +366,7 @@ def main() -> None:
     reuse = set(filter(None, args.stored.split(",")))
     results = []
     for scale in sorted(set(filter(None, args.scales.split(","))) | reuse, key=list(SCALES).index):
-        result = stored(root, scale) if scale in reuse else bench_scale(scale, root, args.airflow)
+        result = stored(root, scale) if scale in reuse else bench_scale(scale, root, args.airflow, args.resume)
         if result is None or "plain" not in result:
             raise SystemExit(f"no complete stored figures for {scale}: run it with --scales {scale} first")
         results.append(result)
