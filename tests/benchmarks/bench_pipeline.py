@@ -38,8 +38,6 @@ from pathlib import Path
 
 import psutil
 
-SCALES = ("tiny", "demo", "test", "small", "medium", "large")
-
 # The nightly ingest reads the whole landing (--reingest): a fresh day, not one its hourly runs already read.
 NIGHTLY = [["ingest", "--reingest"], ["relationships", "--mode", "full"], ["forecast"], ["need", "--mode", "train"], ["value"],
            ["bundles"], ["proactive", "--mode", "nightly"], ["offers", "--mode", "nightly"], ["experiments"]]
@@ -216,8 +214,9 @@ def _is_bench_file(path: Path) -> bool:
 
 
 def _remove_bench_files(home: Path, dt: str) -> None:
-    for path in (home / "raw" / "events" / f"dt={dt}").glob("part-bench-hourly*"):
-        path.unlink()
+    for path in (home / "raw" / "events" / f"dt={dt}").glob("*"):
+        if _is_bench_file(path):
+            path.unlink()
 
 
 def run_steps(steps: list[list[str]], dt: str, home: Path, label: str, result: dict, start: bool = True) -> None:
@@ -363,6 +362,8 @@ def main() -> None:
         return
     root = Path(os.environ.get("BUNDLECAST_HOME", "var")).resolve()
     os.environ.setdefault("BUNDLECAST_JAR_CACHE", str(root / "jars"))
+    from bundlecast.jobs.tools.demo_spec import SCALES
+
     reuse = set(filter(None, args.stored.split(",")))
     results = []
     for scale in sorted(set(filter(None, args.scales.split(","))) | reuse, key=list(SCALES).index):
