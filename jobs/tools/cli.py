@@ -54,6 +54,12 @@ def cmd_generate(args) -> None:
 
     cfg = config()
     dt = args.date or cfg["demo"]["date"]
+    if args.next_day:
+        from bundlecast.jobs.tools.next_day import land_next_day
+
+        new_dt, rows = land_next_day(Path(cfg["storage"]["raw"]), dt)
+        print(f"landed {new_dt} from the landing of {dt}: " + ", ".join(f"{k} {v:,}" for k, v in rows.items()))
+        return
     print(f"generating the {args.scale} demo world (seed {args.seed}) landed on {dt}...", flush=True)
     rows = generate(Path(cfg["storage"]["raw"]), Path(cfg["home"], "demo", "ground_truth.json"),
                     args.scale, args.seed, dt, progress=_progress)
@@ -267,6 +273,8 @@ def _data_commands(sub) -> None:
     p.add_argument("--scale", choices=list(SCALES), default="tiny")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--date", type=_date, help="landing date (default: demo.date)")
+    p.add_argument("--next-day", action="store_true",
+                   help="land the day after --date from its landing (the last day's behaviour one day later)")
     p.set_defaults(func=cmd_generate)
     p = sub.add_parser("import", help="import real data into the raw zone")
     p.add_argument("source", choices=["online-retail"])

@@ -10,11 +10,16 @@ For each scale (its own world under ``BUNDLECAST_HOME/bench-<scale>``, generated
   table and writes one row (what every task paid when each task was its own spark-submit);
 * **plain pass**: Spark's own readers over the landing's behaviour rows (events, orders,
   order lines), raw to Parquet, no checks: the yardstick for the nightly's data work;
-* **nightly**: every step as the nightly DAG runs it (ingest of the landing, relationships
+* **first night**: every step as the nightly DAG runs it (ingest of the landing, relationships
   full, forecast of every series, need train + score of every active user, value, bundles,
   proactive, offers, experiments), each sent to one warm driver (``jobs/tools/driver.py``)
-  exactly as the DAG's tasks send them; the driver's start is counted in the total;
-* **hourly**: 1% of the landing's events land again as a new file (new ids, same day), then
+  exactly as the DAG's tasks send them, on a state directory emptied first (only the
+  generated landing of the whole history is kept); the driver's start is counted in the total;
+* **nightly** (steady state): the next day lands (``bundlecast generate --next-day``: the
+  last day's behaviour one day later, the day's stock snapshot, weather and routes) and the
+  same steps run again for that day, as every night after the first: history in place, the
+  forecast's backtests on their weekly schedule;
+* **hourly**: 1% of the history's events land again as a new file of the next day (new ids), then
   the hourly DAG's steps run on a freshly started driver (as a scheduled hourly finds it: the
   previous run's teardown stopped the driver), its start counted;
 * **warm hourly**: another 1% lands and the hourly runs again on that same, now warm, driver:
@@ -48,6 +53,7 @@ BEHAVIOUR = ("events", "orders", "order_lines")
 HOURLY_FILE = "part-bench-hourly.jsonl"
 WARM_HOURLY_FILE = "part-bench-hourly-2.jsonl"
 RESULTS = "bench_pipeline.json"
+FIRST = "first night"
 
 
 def _memory(proc: psutil.Process) -> int:
@@ -172,15 +178,18 @@ def prepare(scale: str, home: Path) -> dict:
     return json.loads(truth.read_text())
 
 
-def land_hourly(home: Path, dt: str, share: float = 0.01, name: str = HOURLY_FILE, prefix: str = "H") -> int:
-    """1% of the landing's events again as a new file (new ids, same day), in the landing's
-    own format: JSON lines on tiny and small, Parquet on medium and large."""
+def land_hourly(home: Path, source: str, dt: str, share: float = 0.01, name: str = HOURLY_FILE,
+                prefix: str = "H") -> int:
+    """1% of the history's events (the landing of ``source``) as a new file of the landing
+    ``dt``, moved to day ``dt`` with new ids, in the landing's own format: JSON lines on tiny
+    and small, Parquet on medium and large."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     folder = home / "raw" / "events" / f"dt={dt}"
-    landed = [p for p in sorted(folder.glob("*")) if p.is_file() and not _is_bench_file(p)]
+    landed = [p for p in sorted((home / "raw" / "events" / f"dt={source}").glob("*"))
+              if p.is_file() and not _is_bench_file(p)]
     step = max(int(1 / share), 1)
     if landed and landed[0].suffix == ".parquet":
         table = pa.concat_tables(pq.read_table(p) for p in landed if p.suffix == ".parquet")
@@ -258,32 +267,70 @@ def store(home: Path, result: dict) -> None:
 
 
 def stored(root: Path, scale: str) -> dict | None:
+    """A scale's stored figures; in those from before the steady-state run (no "steady"), the
+    nightly was a first night and is labelled so."""
     path = root / f"bench-{scale}" / RESULTS
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    result = json.loads(path.read_text())
+    if not result.get("steady"):
+        result["steps"] = [dict(s, step=s["step"].replace("nightly:", f"{FIRST}:", 1)) for s in result["steps"]]
+    return result
+
+
+STATE = ("airflow", "gx", "metastore", "mlflow", "run", "warehouse", "work", "exports")
+
+
+def _fresh_state(home: Path, dt: str) -> None:
+    """Everything but the generated landing of ``dt`` goes: the first night starts from nothing."""
+    import shutil
+
+    for name in STATE:
+        shutil.rmtree(home / name, ignore_errors=True)
+    for folder in (home / "raw").glob("*/dt=*"):
+        if folder.name != f"dt={dt}":
+            shutil.rmtree(folder)
+
+
+def _finished(result: dict | None, label: str, steps: list) -> list[dict]:
+    """The stored steps of a finished ``label`` run (driver start included), else []."""
+    done = [s for s in (result or {}).get("steps", []) if s["step"].startswith(f"{label}:")]
+    return done if len(done) == len(steps) + 1 else []
 
 
 def bench_scale(scale: str, root: Path, with_airflow: bool, resume: bool = False) -> dict:
+    """First night on the landing of the whole history (date D), then the steady state: the
+    next day (D + 1) lands (``bundlecast generate --next-day``) and the nightly runs as it does
+    every night, then the floors and the hourly runs on D + 1."""
+    from bundlecast.jobs.tools import driver
+    from bundlecast.jobs.tools.next_day import land_next_day
+
     home = root / f"bench-{scale}"
     print(f"\n== {scale} ({home})", flush=True)
     truth = prepare(scale, home)
     env = child_env(home)
     dt = truth["landing_date"]
     me = [sys.executable, str(Path(__file__).resolve())]
-    from bundlecast.jobs.tools import driver
-
     os.environ["BUNDLECAST_HOME"] = str(home)
     driver.stop()
-    _remove_bench_files(home, dt)
     earlier = stored(root, scale) if resume else None
-    if earlier and len([s for s in earlier["steps"] if s["step"].startswith("nightly")]) == len(NIGHTLY) + 1:
-        # The nightly finished in an earlier run and its tables are in place: go on from there.
-        result = {"scale": scale, "steps": [s for s in earlier["steps"] if s["step"].startswith("nightly")],
-                  "nightly_measured": earlier.get("nightly_measured", earlier["measured"]),
-                  "nightly_commit": earlier.get("nightly_commit", earlier["commit"])}
-        print(f"  nightly: stored figures of {result['nightly_measured']} (--resume)", flush=True)
+    first, steady = _finished(earlier, FIRST, NIGHTLY), _finished(earlier, "nightly", NIGHTLY)
+    result = {"scale": scale, "steps": first + steady, "steady": True}
+    if first:
+        print(f"  first night: stored figures of {earlier.get('nightly_measured', earlier['measured'])} (--resume)")
+        result["nightly_measured"] = earlier.get("nightly_measured", earlier["measured"])
     else:
-        result = {"scale": scale, "steps": []}
-        run_steps(NIGHTLY, dt, home, "nightly", result)
+        _fresh_state(home, dt)
+        run_steps(NIGHTLY, dt, home, FIRST, result)
+    driver.stop()
+    t0 = time.monotonic()
+    next_dt, landed = land_next_day(home / "raw", dt)
+    print(f"  landed {next_dt} in {time.monotonic() - t0:.1f} s: {landed['events']:,} events, "
+          f"{landed['orders']:,} orders, {landed['order_lines']:,} lines", flush=True)
+    if steady:
+        print("  steady nightly: stored figures (--resume)", flush=True)
+    else:
+        run_steps(NIGHTLY, next_dt, home, "nightly", result)
     driver.stop()
     bare_s, bare_peak, _ = timed_process(me + ["--child", "bare"], env)
     print(f"  bare job (session + read + write one row) {bare_s:.1f} s", flush=True)
@@ -291,26 +338,27 @@ def bench_scale(scale: str, root: Path, with_airflow: bool, resume: bool = False
     plain = json.loads(line)
     print(f"  plain pass over {plain['rows']:,} behaviour rows {plain['seconds']:.1f} s (process {plain_s:.1f} s)",
           flush=True)
-    new_events = land_hourly(home, dt)
+    _remove_bench_files(home, next_dt)
+    new_events = land_hourly(home, dt, next_dt)
     try:
-        run_steps(HOURLY, dt, home, "hourly", result)
+        run_steps(HOURLY, next_dt, home, "hourly", result)
         # The next hour on the same driver: what an hourly costs when the driver outlives a run
         # (spark.warm_driver.idle_seconds longer than the schedule's interval, no teardown stop).
-        land_hourly(home, dt, name=WARM_HOURLY_FILE, prefix="W")
-        run_steps(HOURLY, dt, home, "warm hourly", result, start=False)
+        land_hourly(home, dt, next_dt, name=WARM_HOURLY_FILE, prefix="W")
+        run_steps(HOURLY, next_dt, home, "warm hourly", result, start=False)
     finally:
         driver.stop()
-        _remove_bench_files(home, dt)
+        _remove_bench_files(home, next_dt)
     result.update(bare=bare_s, bare_peak=bare_peak, plain=plain["seconds"], plain_peak=plain_peak,
-                  rows=plain["rows"], new_events=new_events)
+                  rows=plain["rows"], new_events=new_events, next_day_events=landed["events"])
     store(home, result)
     if with_airflow:
         # A fresh landing for the nightly: every file's time moves, so no dataset is skipped as unchanged.
         for path in (home / "raw").rglob("*"):
-            if path.is_file() and f"dt={dt}" in path.parts:
+            if path.is_file() and f"dt={next_dt}" in path.parts:
                 os.utime(path)
         airflow_s, airflow_peak, _ = timed_process([sys.executable, "-m", "bundlecast.jobs.tools.cli", "run", "nightly",
-                                                    "--date", dt], env)
+                                                    "--date", next_dt], env)
         result.update(airflow=airflow_s, airflow_peak=airflow_peak)
         print(f"  nightly DAG through Airflow {airflow_s:.1f} s", flush=True)
         store(home, result)
@@ -320,16 +368,20 @@ def bench_scale(scale: str, root: Path, with_airflow: bool, resume: bool = False
 def report(results: list[dict]) -> None:
     print(f"\ncores={os.cpu_count()} load={os.getloadavg()[0]:.2f}")
     for r in results:
+        first = sum(s["seconds"] for s in r["steps"] if s["step"].startswith(FIRST))
         nightly = sum(s["seconds"] for s in r["steps"] if s["step"].startswith("nightly"))
         hourly = sum(s["seconds"] for s in r["steps"] if s["step"].startswith("hourly"))
         warm = sum(s["seconds"] for s in r["steps"] if s["step"].startswith("warm hourly"))
-        print(f"\n{r['scale']}: {r['rows']:,} behaviour rows, hourly +{r['new_events']:,} events "
+        print(f"\n{r['scale']}: {r['rows']:,} behaviour rows, next day +{r.get('next_day_events', 0):,} events, "
+              f"hourly +{r['new_events']:,} events "
               f"(measured {r['measured']} at {r['commit']}, load {r['load']})")
         print(f"{'step':36s}{'seconds':>9s}{'peak MiB':>10s}{'/ plain':>9s}{'/ bare':>8s}")
         for s in r["steps"]:
             print(f"{s['step']:36s}{s['seconds']:9.1f}{s['peak'] / 2**20:10,.0f}{s['seconds'] / r['plain']:9.2f}"
                   f"{s['seconds'] / r['bare']:8.2f}")
-        print(f"{'nightly total':36s}{nightly:9.1f}{'':10s}{nightly / r['plain']:9.2f}{nightly / r['bare']:8.2f}")
+        print(f"{'first night total':36s}{first:9.1f}{'':10s}{first / r['plain']:9.2f}{first / r['bare']:8.2f}")
+        print(f"{'nightly total (steady state)':36s}{nightly:9.1f}{'':10s}{nightly / r['plain']:9.2f}"
+              f"{nightly / r['bare']:8.2f}")
         print(f"{'hourly total':36s}{hourly:9.1f}{'':10s}{hourly / r['plain']:9.2f}{hourly / r['bare']:8.2f}")
         print(f"{'warm hourly total (driver kept)':36s}{warm:9.1f}{'':10s}{warm / r['plain']:9.2f}{warm / r['bare']:8.2f}")
         print(f"{'bare job (floor)':36s}{r['bare']:9.1f}{r['bare_peak'] / 2**20:10,.0f}")
