@@ -44,7 +44,8 @@ def _read(path: Path) -> pd.DataFrame:
 def _write(frame: pd.DataFrame, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".parquet":
-        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path)
+        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path, coerce_timestamps="us",
+                       allow_truncated_timestamps=True)  # as generated: microseconds, which every reader takes
     elif path.suffix == ".csv":
         frame.to_csv(path, index=False)
     else:

@@ -178,44 +178,30 @@ def prepare(scale: str, home: Path) -> dict:
     return json.loads(truth.read_text())
 
 
-def land_hourly(home: Path, source: str, dt: str, share: float = 0.01, name: str = HOURLY_FILE,
+def land_hourly(home: Path, source: str, dt: str, part: int = 0, share: float = 0.01, name: str = HOURLY_FILE,
                 prefix: str = "H") -> int:
     """1% of the history's events (the landing of ``source``) as a new file of the landing
-    ``dt``, moved to day ``dt`` with new ids, in the landing's own format: JSON lines on tiny
-    and small, Parquet on medium and large."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
+    ``dt`` with new ids, in the landing's own format (JSON lines on tiny and small, Parquet on
+    medium and large). Their times move to day ``dt``, squeezed into its first half (``part``
+    0) or its second (``part`` 1): the second hourly's events come after the first's, as they
+    would, so its fold finds them past the first one's watermark."""
+    import pandas as pd
 
-    folder = home / "raw" / "events" / f"dt={dt}"
+    from bundlecast.jobs.tools.next_day import _read, _timestamps, _write
+
     landed = [p for p in sorted((home / "raw" / "events" / f"dt={source}").glob("*"))
               if p.is_file() and not _is_bench_file(p)]
-    step = max(int(1 / share), 1)
-    if landed and landed[0].suffix == ".parquet":
-        table = pa.concat_tables(pq.read_table(p) for p in landed if p.suffix == ".parquet")
-        table = table.take(pa.array(range(0, table.num_rows, step)))
-        day = pc.cast(pa.scalar(f"{dt}T00:00:00"), pa.timestamp("us"))
-        ts = table["event_ts"]
-        moved = pc.add(pc.cast(pc.subtract(pc.cast(ts, pa.timestamp("us")), pc.floor_temporal(
-            pc.cast(ts, pa.timestamp("us")), unit="day")), pa.duration("us")), day)
-        table = table.set_column(table.schema.get_field_index("event_ts"), "event_ts",
-                                 pc.cast(moved, ts.type))
-        ids = pa.array([f"{prefix}{i:010d}" for i in range(table.num_rows)])
-        table = table.set_column(table.schema.get_field_index("event_id"), "event_id", ids)
-        pq.write_table(table, folder / f"{Path(name).stem}.parquet")
-        return table.num_rows
-    lines = []
-    for path in landed:
-        if path.suffix == ".jsonl":
-            lines.extend(path.read_text().splitlines())
-    picked = []
-    for i, line in enumerate(lines[::step]):
-        record = json.loads(line)
-        record["event_id"] = f"{prefix}{i:010d}"
-        record["event_ts"] = f"{dt}T{record['event_ts'][11:]}" if "T" in record["event_ts"] else record["event_ts"]
-        picked.append(json.dumps(record))
-    (folder / name).write_text("\n".join(picked) + "\n")
-    return len(picked)
+    frame = pd.concat([_read(p) for p in landed], ignore_index=True)
+    frame = frame.iloc[part::max(int(1 / share), 1)].reset_index(drop=True)
+    ts = _timestamps(frame.event_ts)
+    moved = pd.Timestamp(dt, tz="UTC") + pd.Timedelta(hours=12 * part) + (ts - ts.dt.floor("D")) / 2
+    if pd.api.types.is_datetime64_any_dtype(frame.event_ts):
+        frame["event_ts"] = moved if frame.event_ts.dt.tz is not None else moved.dt.tz_localize(None)
+    else:
+        frame["event_ts"] = moved.dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+    frame["event_id"] = [f"{prefix}{i:010d}" for i in range(len(frame))]
+    _write(frame, home / "raw" / "events" / f"dt={dt}" / f"{Path(name).stem}{landed[0].suffix}")
+    return len(frame)
 
 
 def _is_bench_file(path: Path) -> bool:
@@ -344,7 +330,7 @@ def bench_scale(scale: str, root: Path, with_airflow: bool, resume: bool = False
         run_steps(HOURLY, next_dt, home, "hourly", result)
         # The next hour on the same driver: what an hourly costs when the driver outlives a run
         # (spark.warm_driver.idle_seconds longer than the schedule's interval, no teardown stop).
-        land_hourly(home, dt, next_dt, name=WARM_HOURLY_FILE, prefix="W")
+        land_hourly(home, dt, next_dt, part=1, name=WARM_HOURLY_FILE, prefix="W")
         run_steps(HOURLY, next_dt, home, "warm hourly", result, start=False)
     finally:
         driver.stop()
