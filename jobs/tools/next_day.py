@@ -31,7 +31,7 @@ DIMENSIONS = ("sites", "warehouses", "items", "users")
 ROUTE_TIMES = ("shift_start", "shift_end", "window_start", "window_end")
 
 
-def _read(path: Path) -> pd.DataFrame:
+def read_landed(path: Path) -> pd.DataFrame:
     """A landed file as text columns (parquet keeps its types), so what is written back
     differs from what was read only where this module changes it."""
     if path.suffix == ".parquet":
@@ -41,7 +41,7 @@ def _read(path: Path) -> pd.DataFrame:
     return pd.DataFrame([json.loads(line) for line in path.read_text().splitlines() if line.strip()])
 
 
-def _write(frame: pd.DataFrame, path: Path) -> None:
+def write_landed(frame: pd.DataFrame, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".parquet":
         pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path, coerce_timestamps="us",
@@ -53,7 +53,7 @@ def _write(frame: pd.DataFrame, path: Path) -> None:
                                 for r in frame.to_dict("records")))
 
 
-def _timestamps(col: pd.Series) -> pd.Series:
+def utc_timestamps(col: pd.Series) -> pd.Series:
     """UTC timestamps of a text or timestamp column (a zone-less timestamp is UTC by the contract)."""
     if not pd.api.types.is_datetime64_any_dtype(col):
         return pd.to_datetime(col, utc=True, format="ISO8601")
@@ -66,7 +66,7 @@ def _shifted(col: pd.Series, days: int) -> pd.Series:
         return col + pd.Timedelta(days=days)
     if col.str.len().max() == 10:  # a date
         return (pd.to_datetime(col) + pd.Timedelta(days=days)).dt.strftime("%Y-%m-%d")
-    return (_timestamps(col) + pd.Timedelta(days=days)).dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return (utc_timestamps(col) + pd.Timedelta(days=days)).dt.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _files(raw: Path, dataset: str, dt: str) -> list[Path]:
@@ -79,9 +79,9 @@ def _each_file(raw: Path, dataset: str, dt: str, new_dt: str, change) -> int:
     with the same name; returns the rows written."""
     rows = 0
     for path in _files(raw, dataset, dt):
-        frame = change(_read(path))
+        frame = change(read_landed(path))
         if len(frame):
-            _write(frame, raw / dataset / f"dt={new_dt}" / path.name)
+            write_landed(frame, raw / dataset / f"dt={new_dt}" / path.name)
             rows += len(frame)
     return rows
 
@@ -97,10 +97,9 @@ def land_next_day(raw_root: Path, dt: str) -> tuple[str, dict[str, int]]:
     rows = {}
 
     def on_last_day(frame: pd.DataFrame, column: str) -> pd.Series:
-        return _timestamps(frame[column]).dt.floor("D") == last_day
+        return utc_timestamps(frame[column]).dt.floor("D") == last_day
 
-    orders = pd.concat([_read(p) for p in _files(raw, "orders", dt)] or [pd.DataFrame(columns=["order_id"])])
-    moved_orders = set(orders.loc[on_last_day(orders, "order_ts"), "order_id"]) if len(orders) else set()
+    moved_orders: set[str] = set()  # the last day's orders, collected as they are moved; their lines follow
 
     def events(f):
         f = f[on_last_day(f, "event_ts")].copy()
@@ -110,7 +109,8 @@ def land_next_day(raw_root: Path, dt: str) -> tuple[str, dict[str, int]]:
                                                             regex=False))
 
     def orders_of_day(f):
-        f = f[f.order_id.isin(moved_orders)].copy()
+        f = f[on_last_day(f, "order_ts")].copy()
+        moved_orders.update(f.order_id)
         return f.assign(order_id=f.order_id + f"-{stamp}", order_ts=_shifted(f.order_ts, 1))
 
     def lines_of_day(f):
@@ -118,7 +118,7 @@ def land_next_day(raw_root: Path, dt: str) -> tuple[str, dict[str, int]]:
         return f.assign(order_id=f.order_id + f"-{stamp}")
 
     def inventory(f):
-        ts = _timestamps(f.snapshot_ts)
+        ts = utc_timestamps(f.snapshot_ts)
         f = f[ts == ts.max()].copy()
         return f.assign(snapshot_ts=_shifted(f.snapshot_ts, 1))
 
@@ -146,6 +146,6 @@ def land_next_day(raw_root: Path, dt: str) -> tuple[str, dict[str, int]]:
             target = raw / dataset / f"dt={new_dt}" / path.name
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, target)
-        rows[dataset] = sum(len(_read(p)) for p in _files(raw, dataset, new_dt))
+        rows[dataset] = sum(len(read_landed(p)) for p in _files(raw, dataset, new_dt))
     return new_dt, rows
 

@@ -187,20 +187,20 @@ def land_hourly(home: Path, source: str, dt: str, part: int = 0, share: float = 
     would, so its fold finds them past the first one's watermark."""
     import pandas as pd
 
-    from bundlecast.jobs.tools.next_day import _read, _timestamps, _write
+    from bundlecast.jobs.tools.next_day import read_landed, utc_timestamps, write_landed
 
     landed = [p for p in sorted((home / "raw" / "events" / f"dt={source}").glob("*"))
               if p.is_file() and not _is_bench_file(p)]
-    frame = pd.concat([_read(p) for p in landed], ignore_index=True)
+    frame = pd.concat([read_landed(p) for p in landed], ignore_index=True)
     frame = frame.iloc[part::max(int(1 / share), 1)].reset_index(drop=True)
-    ts = _timestamps(frame.event_ts)
+    ts = utc_timestamps(frame.event_ts)
     moved = pd.Timestamp(dt, tz="UTC") + pd.Timedelta(hours=12 * part) + (ts - ts.dt.floor("D")) / 2
     if pd.api.types.is_datetime64_any_dtype(frame.event_ts):
         frame["event_ts"] = moved if frame.event_ts.dt.tz is not None else moved.dt.tz_localize(None)
     else:
         frame["event_ts"] = moved.dt.strftime("%Y-%m-%dT%H:%M:%SZ")
     frame["event_id"] = [f"{prefix}{i:010d}" for i in range(len(frame))]
-    _write(frame, home / "raw" / "events" / f"dt={dt}" / f"{Path(name).stem}{landed[0].suffix}")
+    write_landed(frame, home / "raw" / "events" / f"dt={dt}" / f"{Path(name).stem}{landed[0].suffix}")
     return len(frame)
 
 

@@ -6,14 +6,14 @@ import pandas as pd
 import pytest
 
 from bundlecast.jobs.tools.demo_world import generate
-from bundlecast.jobs.tools.next_day import _read, land_next_day
+from bundlecast.jobs.tools.next_day import land_next_day, read_landed
 
 DT, NEXT = "2026-11-20", "2026-11-21"
 
 
 def frame(raw, dataset, dt):
     files = sorted((raw / dataset / f"dt={dt}").glob("*"))
-    return pd.concat([_read(p) for p in files], ignore_index=True) if files else pd.DataFrame()
+    return pd.concat([read_landed(p) for p in files], ignore_index=True) if files else pd.DataFrame()
 
 
 @pytest.fixture(scope="module", params=["jsonl", "parquet"])
