@@ -7,13 +7,51 @@ Spark and configuration are only touched inside functions and ``execute``.
 from __future__ import annotations
 
 import os
+import time
 
+from bundlecast.jobs.core import schedule
 from bundlecast.jobs.core.config import PROJECT_ROOT
 from bundlecast.jobs.pipeline import INGEST_OPS, step
 
 SUBMIT = PROJECT_ROOT / "jobs" / "submit.py"
 TASK_IDS = {("proactive", "hourly"): "proactive_hourly", ("offers", "reprice"): "offers_reprice",
             ("need", "train"): "need_train", ("need", "rescore"): "need_rescore", ("value", None): "user_value"}
+
+
+# The landing day a task processes, from the run's data interval (never ``ds``: with a trigger
+# timetable that is the moment the run fired). ``run_day`` is each DAG's user-defined macro.
+RUN_DAY = "{{ run_day(data_interval_start, data_interval_end) }}"
+
+
+def timetable(kind: str):
+    """The DAG's schedule: ``CronTriggerTimetable`` with the data interval of ``kind``
+    (``bundlecast.jobs.core.schedule``), in UTC."""
+    from airflow.sdk import CronTriggerTimetable
+
+    cron, interval = ((schedule.NIGHTLY_CRON, schedule.NIGHTLY_INTERVAL) if kind == "nightly"
+                      else (schedule.HOURLY_CRON, schedule.HOURLY_INTERVAL))
+    return CronTriggerTimetable(cron, timezone="UTC", interval=interval)
+
+
+def macros(kind: str) -> dict:
+    """The DAG's user-defined macros: ``run_day(start, end)`` for its kind."""
+    return {"run_day": lambda start, end: schedule.run_day(kind, start, end)}
+
+
+def failure_callbacks(kind: str) -> dict:
+    """``default_args`` that report every failed try (``bundlecast.jobs.tools.failures``):
+    recorded in ``run_failures`` with the DAG, task, landing day and one-line cause, then
+    the configured command or webhook."""
+    def report(context, will_retry: bool) -> None:
+        from bundlecast.jobs.tools import failures
+
+        ti = context["ti"]
+        failures.report(ti.dag_id, context.get("run_id") or ti.run_id, ti.task_id,
+                        schedule.run_day(kind, context["data_interval_start"], context["data_interval_end"]),
+                        ti.try_number, will_retry, context.get("exception"))
+
+    return {"on_failure_callback": lambda context: report(context, False),
+            "on_retry_callback": lambda context: report(context, True)}
 
 
 def table_assets(names) -> list:
@@ -33,17 +71,38 @@ def spark_submit_operator(task_id: str, args: list[str], inlets: list, outlets: 
 
     class BundlecastSparkSubmitOperator(SparkSubmitOperator):
         def execute(self, context):
+            from airflow.exceptions import AirflowException
+            from airflow.sdk.exceptions import AirflowFailException
+
+            from bundlecast.jobs.core.errors import PERMANENT_EXIT
+            from bundlecast.jobs.core.runs import SUMMARY_PREFIX
             from bundlecast.jobs.core.spark import spark_conf
             from bundlecast.jobs.tools import driver
 
+            started, summary = time.monotonic(), []
+            print(f"[bundlecast] {self.task_id} started: {' '.join(self.application_args)}", flush=True)
+
+            def echo(line: str) -> None:
+                print(line, flush=True)
+                if line.startswith(SUMMARY_PREFIX):
+                    summary.append(line[len(SUMMARY_PREFIX):])
+
             if driver.enabled():
-                code = driver.run_step(self.application_args, echo=lambda line: print(line, flush=True))
-                if code:
-                    raise RuntimeError(f"step {self.application_args[0]} failed on the warm driver (exit {code}); "
-                                       "its error line is above")
-                return None
-            self.conf = {**spark_conf(), **(self.conf or {})}
-            return super().execute(context)
+                code = driver.run_step(self.application_args, echo=echo)
+            else:
+                self.conf = {**spark_conf(), **(self.conf or {})}
+                try:
+                    super().execute(context)
+                    code = 0
+                except AirflowException as exc:  # spark-submit's exit code is in the message
+                    code = PERMANENT_EXIT if f"Error code is: {PERMANENT_EXIT}." in str(exc) else 1
+            seconds = time.monotonic() - started
+            if code == PERMANENT_EXIT:
+                raise AirflowFailException(f"{self.task_id} failed after {seconds:.1f} s and a retry cannot help "
+                                           "(the same input gives the same refusal): its error line is above")
+            if code:
+                raise RuntimeError(f"{self.task_id} failed after {seconds:.1f} s (exit {code}): its error line is above")
+            print(f"[bundlecast] {self.task_id} done in {seconds:.1f} s: {summary[-1] if summary else 'ok'}", flush=True)
 
     return BundlecastSparkSubmitOperator(
         task_id=task_id, application=str(SUBMIT), application_args=args,
@@ -56,7 +115,7 @@ def step_task(name: str, mode: str | None = None, task_id: str | None = None, da
     (ingest only) limits the run, and its outlets, to those datasets."""
     declared = step(name)
     mode = mode or declared.default_mode
-    args = [name, "--date", "{{ ds }}", "--run-id", "{{ run_id }}"]
+    args = [name, "--date", RUN_DAY, "--run-id", "{{ run_id }}"]
     if declared.modes:
         args += ["--mode", mode]
     outputs = declared.outputs(mode)
@@ -84,15 +143,16 @@ def stop_driver_task():
     return stop_driver().as_teardown()
 
 
-def export_task():
-    """The export step both DAGs end with: snapshots of ``exports.tables`` plus manifests."""
+def export_task(kind: str):
+    """The export step both DAGs end with: snapshots of ``exports.tables`` plus manifests,
+    for the landing day of the run's data interval."""
     from airflow.sdk import task
 
     @task(task_id="export", retries=2)
-    def export(ds=None):
+    def export(data_interval_start=None, data_interval_end=None):
         from bundlecast.jobs.export.job import export_configured
 
-        for manifest in export_configured(ds):
+        for manifest in export_configured(schedule.run_day(kind, data_interval_start, data_interval_end)):
             print(f"[bundlecast] exported {manifest['table']}: {manifest['row_count']} rows -> {manifest['location']}")
 
     return export()

@@ -22,25 +22,27 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import dag
 
-from bundlecast.dags._steps import export_task, step_task, stop_driver_task
+from bundlecast.dags._steps import export_task, failure_callbacks, macros, step_task, stop_driver_task, timetable
 
 HOURLY = ["events", "orders", "order_lines", "inventory", "feedback"]
 
 
 @dag(
     dag_id="bundlecast_hourly",
-    schedule="15 * * * *",
+    schedule=timetable("hourly"),
+    user_defined_macros=macros("hourly"),
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
     tags=["bundlecast", "hourly", "ingestion"],
-    default_args={"retries": 2, "retry_delay": timedelta(minutes=2), "owner": "bundlecast"},
+    default_args={"retries": 2, "retry_delay": timedelta(minutes=2), "owner": "bundlecast",
+                  **failure_callbacks("hourly")},
     doc_md=__doc__,
 )
 def bundlecast_hourly():
     (step_task("ingest", task_id="ingest_hourly", datasets=HOURLY) >> step_task("relationships", "incremental")
      >> step_task("need", "rescore") >> step_task("proactive", "hourly") >> step_task("offers", "reprice")
-     >> export_task() >> stop_driver_task())
+     >> export_task("hourly") >> stop_driver_task())
 
 
 bundlecast_hourly()

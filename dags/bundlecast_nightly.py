@@ -45,17 +45,19 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import dag, task
 
-from bundlecast.dags._steps import export_task, step_task, stop_driver_task
+from bundlecast.dags._steps import export_task, failure_callbacks, macros, step_task, stop_driver_task, timetable
 
 
 @dag(
     dag_id="bundlecast_nightly",
-    schedule="0 2 * * *",
+    schedule=timetable("nightly"),
+    user_defined_macros=macros("nightly"),
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
     tags=["bundlecast", "nightly", "ingestion"],
-    default_args={"retries": 2, "retry_delay": timedelta(minutes=5), "owner": "bundlecast"},
+    default_args={"retries": 2, "retry_delay": timedelta(minutes=5), "owner": "bundlecast",
+                  **failure_callbacks("nightly")},
     doc_md=__doc__,
 )
 def bundlecast_nightly():
@@ -69,7 +71,7 @@ def bundlecast_nightly():
     # tasks share the run's warm driver (spark.warm_driver); the teardown stops it.
     (step_task("ingest") >> step_task("relationships", "full") >> step_task("forecast") >> step_task("need", "train")
      >> step_task("value") >> step_task("bundles") >> step_task("proactive", "nightly") >> step_task("offers", "nightly")
-     >> step_task("experiments") >> export_task() >> summary() >> stop_driver_task())
+     >> step_task("experiments") >> export_task("nightly") >> summary() >> stop_driver_task())
 
 
 bundlecast_nightly()

@@ -77,3 +77,28 @@ def test_task_assets_come_from_the_step_declarations(dagbag):
             assert sorted(a.name for a in task.inlets) == sorted(f"bundlecast.{t}" for t in declared.reads), task.task_id
             seen.add(name)
     assert seen == set(STEPS)
+
+
+def test_the_nightly_scheduled_at_two_on_day_after_processes_the_day(dagbag):
+    """The scheduler fires the nightly at 02:00 on D + 1 and every Spark task and the export
+    get landing day D (from the data interval; ``ds`` would be D + 1)."""
+    import jinja2
+    import pendulum
+    from airflow.serialization.serialized_objects import DagSerialization
+    from airflow.timetables.base import TimeRestriction
+
+    for dag_id, due, day in (("bundlecast_nightly", (2026, 11, 21, 2, 0), "2026-11-20"),
+                             ("bundlecast_hourly", (2026, 11, 21, 0, 15), "2026-11-21")):
+        dag = dagbag.dags[dag_id]
+        scheduled = DagSerialization.from_dict(DagSerialization.to_dict(dag)).timetable  # what the scheduler runs
+        after = pendulum.datetime(*due) - pendulum.duration(minutes=1)
+        info = scheduled.next_dagrun_info(last_automated_data_interval=None,
+                                          restriction=TimeRestriction(earliest=after, latest=None, catchup=True))
+        assert info.run_after == pendulum.datetime(*due), dag_id
+        context = {"data_interval_start": info.data_interval.start, "data_interval_end": info.data_interval.end,
+                   "run_id": "scheduled__x", **dag.user_defined_macros}
+        for task in dag.tasks:
+            if type(task).__mro__[1].__name__ != "SparkSubmitOperator":
+                continue
+            rendered = [jinja2.Template(a).render(**context) for a in task.application_args]
+            assert rendered[rendered.index("--date") + 1] == day, (dag_id, task.task_id, rendered)

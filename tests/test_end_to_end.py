@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from bundlecast.jobs.core import schedule
 from bundlecast.jobs.core.config import load_config
 
 pytestmark = pytest.mark.slow
@@ -41,7 +42,9 @@ def e2e_home(tmp_path_factory, installed_bundlecast):
         assert done.returncode == 0, f"{args}: {done.stderr[-3000:]}\n{done.stdout[-3000:]}"
         if args[0] == "run":  # every step task ran on one warm driver, which the teardown stopped
             assert done.stdout.count("starting the warm Spark driver") == 1, done.stdout[-3000:]
-            assert "ingest finished on the warm driver" in done.stdout
+            # one line per task as it starts and as it ends, with its duration and summary
+            started, ended = done.stdout.find(" ingest started: ingest --date"), done.stdout.find(" ingest done in ")
+            assert 0 <= started < ended, done.stdout[-3000:]
             assert "warm Spark driver stopped" in done.stdout
     assert not (home / "run" / "driver.json").exists()
     return home
@@ -159,7 +162,8 @@ def test_one_task_the_cluster_way_is_its_own_spark_submit(e2e_home):
             "import os, subprocess, sys\n"
             "sys.exit(subprocess.run([sys.executable, '-m', 'airflow', 'tasks', 'test', 'bundlecast_nightly',"
             " 'experiments', sys.argv[1]], env=airflow_env()).returncode)\n")
-    done = subprocess.run([str(BIN / "python"), "-c", code, DATE], env=env, capture_output=True, text=True,
+    due = schedule.manual_run_after("nightly", DATE).isoformat()  # the run that processes DATE
+    done = subprocess.run([str(BIN / "python"), "-c", code, due], env=env, capture_output=True, text=True,
                           timeout=900, cwd=e2e_home)
     said = done.stdout + done.stderr
     assert done.returncode == 0, said[-3000:]

@@ -5,12 +5,13 @@ import logging
 import os
 import sys
 
-from bundlecast.jobs.core.errors import one_line
+from bundlecast.jobs.core.errors import PERMANENT_EXIT, PermanentError, one_line
 
 
 def run_main(body) -> int:
-    """Call ``body()``; print any error as one line on stderr and return a non-zero code.
-    Set BUNDLECAST_DEBUG=1 to see the full traceback."""
+    """Call ``body()``; print any error as one line on stderr and return a non-zero code
+    (:data:`PERMANENT_EXIT` when a retry cannot help, 1 otherwise). Set BUNDLECAST_DEBUG=1
+    to see the full traceback."""
     logging.basicConfig(level=logging.INFO if os.environ.get("BUNDLECAST_DEBUG") else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -23,4 +24,4 @@ def run_main(body) -> int:
         if os.environ.get("BUNDLECAST_DEBUG"):
             raise
         print(f"bundlecast: error: {one_line(exc)}", file=sys.stderr)
-        return 1
+        return PERMANENT_EXIT if isinstance(exc, PermanentError) else 1

@@ -6,12 +6,21 @@ class BundlecastError(Exception):
     """An error whose message is meant for the operator, on one line."""
 
 
-class ConfigError(BundlecastError):
+class PermanentError(BundlecastError):
+    """An error a retry cannot fix (the same input gives the same refusal): the scheduler
+    fails the task at once instead of retrying it (exit code :data:`PERMANENT_EXIT`)."""
+
+
+class ConfigError(PermanentError):
     """Configuration or catalog is missing or inconsistent."""
 
 
-class DataQualityError(BundlecastError):
+class DataQualityError(PermanentError):
     """A dataset's quarantined share passed the configured threshold."""
+
+
+# The exit code of a step that failed with a PermanentError (any other failure exits 1).
+PERMANENT_EXIT = 3
 
 
 def one_line(exc: BaseException) -> str:

@@ -64,6 +64,12 @@ class StepRun:
         self.seconds = round(time.time() - self.started, 1)
         return self
 
+    def summary(self, limit: int = 8) -> str:
+        """One line for the operator: what the run read, wrote and skipped, and its time."""
+        counts = [f"{k} {int(v):,}" for k, v in list(self.counts.items())[:limit] if v]
+        more = f" (+{len(self.counts) - limit} more)" if len(self.counts) > limit else ""
+        return f"{', '.join(counts) or 'nothing counted'}{more}; {self.seconds:.1f} s"
+
     def row(self, now: datetime) -> dict:
         figures = {k: float(v) for k, v in self.figures.items() if v is not None}
         figures.update({f"seconds.{k}": float(v) for k, v in self.timings.items()})
@@ -75,10 +81,15 @@ class StepRun:
                 "notes": "; ".join(self.notes), "seconds": float(self.seconds), "finished_at": now}
 
 
-def record(tables, run: StepRun) -> StepRun:
-    """Write the run's ``step_runs`` row (replacing the same date, step and mode)."""
+SUMMARY_PREFIX = "[bundlecast] summary: "
+
+
+def record(tables, run: StepRun, echo=print) -> StepRun:
+    """Write the run's ``step_runs`` row (replacing the same date, step and mode) and print
+    its one-line summary (``SUMMARY_PREFIX``: the DAG task repeats it in its end line)."""
     tables.replace("step_runs", tables.frame("step_runs", [run.row(utc_now())]),
                    dt=run.dt, step=run.step, mode=run.mode)
+    echo(f"{SUMMARY_PREFIX}{run.step}{'/' + run.mode if run.mode else ''} {run.dt}: {run.summary()}")
     return run
 
 

@@ -9,8 +9,10 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+from bundlecast.jobs.core import schedule
 from bundlecast.jobs.core.config import PROJECT_ROOT, config
 from bundlecast.jobs.core.errors import BundlecastError
 
@@ -30,7 +32,7 @@ def airflow_env(cfg: dict | None = None, base: dict | None = None) -> dict:
     env["AIRFLOW__CORE__DAGS_FOLDER"] = str(DAGS_DIR)
     env["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
     env.setdefault("AIRFLOW__CORE__EXECUTOR", "LocalExecutor")
-    env.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
+    env.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "INFO")  # task logs hold the job's own lines
     env["BUNDLECAST_HOME"] = cfg["home"]
     env["BUNDLECAST_ENV"] = cfg["env"]
     conn_var = f"AIRFLOW_CONN_{cfg['airflow']['spark_conn_id'].upper()}"
@@ -56,30 +58,35 @@ def ensure_airflow_db(cfg: dict | None = None) -> None:
     marker.touch()
 
 
-def run_dag(kind: str, date: str, cfg: dict | None = None, echo=print) -> Path:
-    """Run a whole DAG for a date through Airflow (``airflow dags test``: one process, no
-    scheduler). Returns the log file; raises with the failed tasks if the run failed."""
+def run_dag(kind: str, date: str, cfg: dict | None = None, echo=print, hour: int | None = None) -> Path:
+    """Run a whole DAG for landing day ``date`` through Airflow (``airflow dags test``: one
+    process, no scheduler), as the scheduler would: the run is due when the timetable would
+    fire it for that day (``schedule.manual_run_after``: the nightly at 02:00 the next day;
+    the hourly at the end of ``hour``, by default of the whole day), so its data interval, and
+    nothing else, decides what it processes. Returns the log file; raises with the failed
+    tasks if the run failed."""
     if kind not in DAG_IDS:
         raise BundlecastError(f"unknown DAG {kind!r}: expected one of {sorted(DAG_IDS)}")
     cfg = cfg or config()
+    due = schedule.manual_run_after(kind, date, hour).isoformat()
     ensure_airflow_db(cfg)
     env = airflow_env(cfg)
     log_dir = Path(env["AIRFLOW_HOME"]) / "runs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    log_file = log_dir / f"{DAG_IDS[kind]}_{date}.log"
-    echo(f"running {DAG_IDS[kind]} for {date} through Airflow (log: {log_file})")
+    log_file = log_dir / f"{DAG_IDS[kind]}_{date}{'' if hour is None else f'T{hour:02d}'}.log"
+    echo(f"running {DAG_IDS[kind]} for {date} (due {due}) through Airflow (log: {log_file})")
     with open(log_file, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "airflow", "dags", "test", DAG_IDS[kind], date],
+        proc = subprocess.Popen([sys.executable, "-m", "airflow", "dags", "test", DAG_IDS[kind], due],
                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for line in proc.stdout:
             log.write(line)
-            if "[bundlecast]" in line or "Marking task as" in line or "state=" in line and "task_id" in line:
-                echo("  " + line.rstrip()[-200:])
+            if _worth_echoing(line):
+                echo(f"  {time.strftime('%H:%M:%S')} {line.split('[bundlecast] ', 1)[-1].rstrip()[:300]}")
         proc.wait()
     from bundlecast.jobs.tools import driver
 
     driver.end_of_run(cfg)  # the DAG's teardown does this; a run killed before it must not leave one behind
-    states = task_states(DAG_IDS[kind], date, env)
+    states = task_states(DAG_IDS[kind], due, env)
     failed = [t for t, s in states.items() if s != "success"]
     if proc.returncode or failed or not states:
         raise BundlecastError(f"{DAG_IDS[kind]} {date} failed (tasks not successful: {failed or 'all'}); "
@@ -87,18 +94,29 @@ def run_dag(kind: str, date: str, cfg: dict | None = None, echo=print) -> Path:
     return log_file
 
 
-def task_states(dag_id: str, date: str, env: dict) -> dict[str, str]:
-    """Final state of every task of the DAG run for ``date``, from the Airflow database."""
+def _worth_echoing(line: str) -> bool:
+    """The lines ``bundlecast run`` shows as they happen: each task's start and end (with
+    its duration and summary), failures, exports; not the step's own repeats of them."""
+    if "[bundlecast]" not in line:
+        return False
+    return not any(repeat in line for repeat in ("[bundlecast] summary: ", "finished on the warm driver"))
+
+
+def task_states(dag_id: str, due: str, env: dict) -> dict[str, str]:
+    """Final state of every task of the DAG run due at ``due`` (its logical date, ISO), from
+    the Airflow database."""
     code = ("import json,sys\n"
             "from airflow.utils.session import create_session\n"
             "from airflow.models import TaskInstance, DagRun\n"
             "with create_session() as s:\n"
             "    runs=s.query(DagRun).filter(DagRun.dag_id==sys.argv[1]).all()\n"
-            "    runs=[r for r in runs if str(r.logical_date)[:10]==sys.argv[2]]\n"
+            "    from datetime import datetime\n"
+            "    due=datetime.fromisoformat(sys.argv[2])\n"
+            "    runs=[r for r in runs if r.logical_date==due]\n"
             "    run=max(runs,key=lambda r:r.start_date or r.logical_date) if runs else None\n"
             "    tis=s.query(TaskInstance).filter(TaskInstance.dag_id==sys.argv[1],TaskInstance.run_id==run.run_id).all() if run else []\n"
             "    print(json.dumps({t.task_id:str(t.state) for t in tis}))\n")
-    done = subprocess.run([sys.executable, "-c", code, dag_id, date], env=env, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", code, dag_id, due], env=env, capture_output=True, text=True)
     try:
         return json.loads(done.stdout.strip().splitlines()[-1])
     except (IndexError, json.JSONDecodeError):

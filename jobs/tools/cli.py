@@ -90,7 +90,7 @@ def cmd_step(args) -> None:
 def cmd_run(args) -> None:
     from bundlecast.jobs.tools.airflow_run import run_dag
 
-    run_dag(args.kind, args.date, echo=lambda m: print(m, flush=True))
+    run_dag(args.kind, args.date, echo=lambda m: print(m, flush=True), hour=args.hour)
     if args.kind == "nightly" or args.summary:
         cmd_summary(args)
 
@@ -284,7 +284,9 @@ def _data_commands(sub) -> None:
     p.set_defaults(func=cmd_import)
     p = sub.add_parser("run", help="run a DAG for a date through Airflow")
     p.add_argument("kind", choices=["nightly", "hourly"])
-    p.add_argument("--date", type=_date, required=True)
+    p.add_argument("--date", type=_date, required=True, help="the landing day to process")
+    p.add_argument("--hour", type=int, choices=range(24), metavar="H",
+                   help="hourly only: fold in events up to the end of hour H of the day (default: the whole day)")
     p.add_argument("--summary", action="store_true", help="print the table summary after an hourly run too")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("driver", help="the warm Spark driver every step task of a run talks to")
