@@ -21,6 +21,7 @@ TASK_IDS = {("proactive", "hourly"): "proactive_hourly", ("offers", "reprice"): 
 # The landing day a task processes, from the run's data interval (never ``ds``: with a trigger
 # timetable that is the moment the run fired). ``run_day`` is each DAG's user-defined macro.
 RUN_DAY = "{{ run_day(data_interval_start, data_interval_end) }}"
+RUN_UNTIL = "{{ run_until(data_interval_start, data_interval_end) }}"
 
 
 def timetable(kind: str):
@@ -34,8 +35,9 @@ def timetable(kind: str):
 
 
 def macros(kind: str) -> dict:
-    """The DAG's user-defined macros: ``run_day(start, end)`` for its kind."""
-    return {"run_day": lambda start, end: schedule.run_day(kind, start, end)}
+    """The DAG's user-defined macros: ``run_day(start, end)`` for its kind, ``run_until(start,
+    end)`` the hourly cut-off."""
+    return {"run_day": lambda start, end: schedule.run_day(kind, start, end), "run_until": schedule.hourly_until}
 
 
 def failure_callbacks(kind: str) -> dict:
@@ -110,15 +112,19 @@ def spark_submit_operator(task_id: str, args: list[str], inlets: list, outlets: 
         inlets=inlets, outlets=outlets, verbose=False, **kwargs)
 
 
-def step_task(name: str, mode: str | None = None, task_id: str | None = None, datasets: list[str] | None = None):
+def step_task(name: str, mode: str | None = None, task_id: str | None = None, datasets: list[str] | None = None,
+              until: bool = False):
     """The task of pipeline step ``name`` (in ``mode``) for the run's date. ``datasets``
-    (ingest only) limits the run, and its outlets, to those datasets."""
+    (ingest only) limits the run, and its outlets, to those datasets; ``until`` (ingest in the
+    hourly) passes the end of the run's data interval as the cut-off of the rows it reads."""
     declared = step(name)
     mode = mode or declared.default_mode
     args = [name, "--date", RUN_DAY, "--run-id", "{{ run_id }}"]
     if declared.modes:
         args += ["--mode", mode]
     outputs = declared.outputs(mode)
+    if until:
+        args += ["--until", RUN_UNTIL]
     if datasets:
         args += ["--datasets", ",".join(datasets)]
         outputs = tuple(datasets) + INGEST_OPS
@@ -126,21 +132,58 @@ def step_task(name: str, mode: str | None = None, task_id: str | None = None, da
                                  inlets=table_assets(declared.reads), outlets=table_assets(outputs))
 
 
-def stop_driver_task():
-    """Teardown: stop the run's warm Spark driver (whatever the other tasks did), so the
-    embedded metastore is free for the next run, ``bundlecast sql`` and analysts; or, with
-    ``spark.warm_driver.keep_after_run``, leave it warm for the next run."""
-    from airflow.sdk import task
+def run_guard(body_first, body_last):
+    """Wrap a DAG run's tasks (``body_first`` ... ``body_last``) between taking the state lease
+    (``bundlecast.jobs.tools.lease``: one run at a time writes the state directory; a run
+    that finds it held waits) and a teardown that runs whatever happened: it stops the run's
+    warm Spark driver (unless ``spark.warm_driver.keep_after_run``) and gives the lease back."""
+    from airflow.sdk import get_current_context, task
 
-    @task(task_id="stop_driver", retries=0)
-    def stop_driver():
-        from bundlecast.jobs.tools import driver
+    def holder() -> str:
+        context = get_current_context()
+        return f"{context['dag'].dag_id}/{context['run_id']}"
+
+    @task(task_id="take_lease", retries=0)
+    def take_lease():
+        from bundlecast.jobs.core.config import config
+        from bundlecast.jobs.tools import lease
+
+        cfg = config()
+        lease.acquire(holder(), cfg, wait_seconds=float(cfg["airflow"]["lease_wait_minutes"]) * 60,
+                      max_age=float(cfg["airflow"]["lease_max_hours"]) * 3600,
+                      echo=lambda line: print(line, flush=True))
+
+    @task(task_id="end_of_run", retries=0)
+    def end_of_run():
+        from bundlecast.jobs.tools import driver, lease
 
         line = driver.end_of_run()
         if line:
             print(f"[bundlecast] {line}")
+        if lease.release(holder()):
+            print(f"[bundlecast] state lease released by {holder()}")
 
-    return stop_driver().as_teardown()
+    take, end = take_lease(), end_of_run()
+    take >> body_first
+    body_last >> end.as_teardown(setups=take)
+
+
+def data_flow(tasks: list) -> None:
+    """Set each step task downstream of the earlier step tasks that write a table it reads
+    (``bundlecast.jobs.pipeline`` declarations, in the list's order; ``step_runs``, the run
+    log every step writes its own rows to, does not count): the DAG follows the data, and
+    steps with no data between them (relationships, forecast, user value) run side by side
+    where Spark tasks can (spark-submit per task; the local warm driver runs one step at a time)."""
+    def reads(t):
+        return {a.name for a in t.inlets} - {"bundlecast.step_runs"}
+
+    def writes(t):
+        return {a.name for a in t.outlets} - {"bundlecast.step_runs"}
+
+    for i, later in enumerate(tasks):
+        for earlier in tasks[:i]:
+            if reads(later) & writes(earlier):
+                earlier >> later
 
 
 def export_task(kind: str):

@@ -13,6 +13,10 @@ whose stock, competitor price or user behaviour changed (step `offers --mode rep
 then refreshes the exports. Reference data (sites, items,
 users, warehouses...) is the nightly run's job.
 
+Its day is the one its data interval ends on (due at 13:15, interval 12:15-13:15: that day).
+It takes the state lease first (waiting while a nightly runs) and gives it back in the
+`end_of_run` teardown, which also stops the warm driver.
+
 Idempotent for its date: each run overwrites the day's partitions with everything landed
 so far for that day.
 """
@@ -22,7 +26,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import dag
 
-from bundlecast.dags._steps import export_task, failure_callbacks, macros, step_task, stop_driver_task, timetable
+from bundlecast.dags._steps import data_flow, export_task, failure_callbacks, macros, run_guard, step_task, timetable
 
 HOURLY = ["events", "orders", "order_lines", "inventory", "feedback"]
 
@@ -40,9 +44,12 @@ HOURLY = ["events", "orders", "order_lines", "inventory", "feedback"]
     doc_md=__doc__,
 )
 def bundlecast_hourly():
-    (step_task("ingest", task_id="ingest_hourly", datasets=HOURLY) >> step_task("relationships", "incremental")
-     >> step_task("need", "rescore") >> step_task("proactive", "hourly") >> step_task("offers", "reprice")
-     >> export_task("hourly") >> stop_driver_task())
+    steps = [step_task("ingest", task_id="ingest_hourly", datasets=HOURLY, until=True), step_task("relationships", "incremental"),
+             step_task("need", "rescore"), step_task("proactive", "hourly"), step_task("offers", "reprice")]
+    data_flow(steps)
+    export = export_task("hourly")
+    steps >> export
+    run_guard(steps[0], export)
 
 
 bundlecast_hourly()

@@ -1,7 +1,14 @@
 """
 ### bundlecast_nightly
 
-Nightly full run for the data interval's date (`ds`):
+Nightly full run of the previous day: due at 02:00 on D + 1, it processes landing day D,
+the day its data interval starts on (`bundlecast.jobs.core.schedule`; never `ds`, which for
+this timetable is the moment the run fired). The tasks follow the data: each step waits for
+the steps whose tables it reads, so relationships, forecast and user value run side by side
+after ingest where the tasks are their own spark-submits.
+
+0. **take_lease**: one DAG run at a time writes the state directory; an hourly run in
+   progress is waited for (`bundlecast.jobs.tools.lease`).
 
 1. **ingest**: every contract dataset landed under `raw/<dataset>/dt=<ds>/` is validated
    (contract rules + Great Expectations) into its silver Delta table, with rejected rows in
@@ -30,7 +37,11 @@ Nightly full run for the data interval's date (`ds`):
    sample-ratio check into `experiment_results` (step `experiments`).
 10. **export**: snapshots of `exports.tables` to the export target with a manifest.
 11. **summary**: every catalog table with its Delta version and row count.
-12. **stop_driver** (teardown, runs whatever happened): stops the run's warm Spark driver.
+12. **end_of_run** (teardown, runs whatever happened): stops the run's warm Spark driver and
+    gives the lease back.
+
+A failed try is recorded in `run_failures` (and sent to the configured command or webhook);
+a failure a retry cannot fix (quarantine threshold, configuration) fails at once.
 
 Every Spark task runs `STEP --date ...` on the run's warm Spark driver (one JVM for the
 whole run, `spark.warm_driver.enabled`), or as `spark-submit jobs/submit.py STEP ...` when
@@ -45,7 +56,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import dag, task
 
-from bundlecast.dags._steps import export_task, failure_callbacks, macros, step_task, stop_driver_task, timetable
+from bundlecast.dags._steps import data_flow, export_task, failure_callbacks, macros, run_guard, step_task, timetable
 
 
 @dag(
@@ -65,13 +76,15 @@ def bundlecast_nightly():
     def summary():
         from bundlecast.jobs.tools.tables import all_tables, render
         for line in render(all_tables()).splitlines():
-            print(f"[bundlecast] {line}")
+            print(f"[bundlecast] table summary: {line}")
 
-    # In sequence: the embedded metastore (Derby) takes one Spark driver at a time. The step
-    # tasks share the run's warm driver (spark.warm_driver); the teardown stops it.
-    (step_task("ingest") >> step_task("relationships", "full") >> step_task("forecast") >> step_task("need", "train")
-     >> step_task("value") >> step_task("bundles") >> step_task("proactive", "nightly") >> step_task("offers", "nightly")
-     >> step_task("experiments") >> export_task("nightly") >> summary() >> stop_driver_task())
-
+    # The DAG follows the data: each step after the ones whose tables it reads.
+    steps = [step_task("ingest"), step_task("relationships", "full"), step_task("forecast"),
+             step_task("need", "train"), step_task("value"), step_task("bundles"), step_task("proactive", "nightly"),
+             step_task("offers", "nightly"), step_task("experiments")]
+    data_flow(steps)
+    export, done = export_task("nightly"), summary()
+    steps >> export >> done
+    run_guard(steps[0], done)
 
 bundlecast_nightly()

@@ -23,7 +23,9 @@ STEPS: dict[str, Step] = {s.name: s for s in (
          args=(Arg("--datasets", "datasets", "comma-separated datasets (default: all)", kind="list"),
                Arg("--no-expectations", "with_expectations", "skip the Great Expectations suites", kind="off"),
                Arg("--reingest", "skip_unchanged", "read every dataset, even one whose landing is unchanged since "
-                   "its last ok run for the date", kind="off"))),
+                   "its last ok run for the date", kind="off"),
+               Arg("--until", "until", "cut-off (ISO time with zone, the hourly run's interval end): rows dated at "
+                   "or after it are left for a later run"))),
     Step("relationships", "bundlecast.jobs.relationships.job", "score item relationships",
          reads=("events", "orders", "order_lines", "items", "users", "reviews", "inventory", "item_relationships",
                 "step_runs") + RELATIONSHIP_STATE,

@@ -35,7 +35,7 @@ def test_prod_overlay_resolves_from_environment(tmp_path):
     cfg = load_config("prod", tmp_path, environ={"BUNDLECAST_EXPORT_TARGET": "s3://exports/v1", **PROD_KEYS})
     assert cfg["spark"]["master"] == "spark://spark-master:7077"
     assert cfg["exports"]["target"] == "s3://exports/v1"
-    assert cfg["exports"]["s3_endpoint_url"] == "http://minio:9000"
+    assert cfg["storage"]["s3_endpoint_url"] == "http://minio:9000"
     assert cfg["mlflow"]["tracking_uri"] == "http://mlflow:5000"
     assert cfg["storage"]["raw"] == f"{tmp_path}/raw"  # default with {home} inside ${...:-...}
 

@@ -41,7 +41,21 @@ def test_dag_conventions(dagbag, dag_id):
     ingest = [t for t in dag.tasks if t.task_id.startswith("ingest")][0]
     assert type(ingest).__mro__[1].__name__ == "SparkSubmitOperator"
     assert ingest.outlets, "ingestion declares the tables it produces as Assets"
-    assert [t.task_id for t in dag.tasks if not t.upstream_task_ids] == [ingest.task_id]  # one root, no cycle
+    assert [t.task_id for t in dag.tasks if not t.upstream_task_ids] == ["take_lease"]  # one root, no cycle
+    assert ingest.upstream_task_ids == {"take_lease"}
+    end = dag.get_task("end_of_run")
+    assert end.is_teardown and not end.downstream_task_ids  # gives the lease back whatever happened
+
+
+def test_the_nightly_follows_the_data(dagbag):
+    """Steps with no table between them are not ordered (they run side by side where tasks
+    are their own spark-submits); each step waits for the ones whose tables it reads."""
+    dag = dagbag.dags["bundlecast_nightly"]
+    for independent in ("relationships", "forecast", "user_value"):
+        assert dag.get_task(independent).upstream_task_ids == {"ingest"}, independent
+    assert {"relationships", "forecast"} <= dag.get_task("need_train").upstream_task_ids
+    assert "proactive" in dag.get_task("offers").upstream_task_ids  # reserved stock is never offered
+    assert "user_value" in dag.get_task("offers").upstream_task_ids
 
 
 def test_parse_is_cheap_and_needs_no_connection(cfg):
@@ -102,3 +116,5 @@ def test_the_nightly_scheduled_at_two_on_day_after_processes_the_day(dagbag):
                 continue
             rendered = [jinja2.Template(a).render(**context) for a in task.application_args]
             assert rendered[rendered.index("--date") + 1] == day, (dag_id, task.task_id, rendered)
+            if task.task_id == "ingest_hourly":  # reads exactly the rows of its interval
+                assert rendered[rendered.index("--until") + 1] == "2026-11-21T00:15:00+00:00"

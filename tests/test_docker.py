@@ -23,7 +23,7 @@ def test_prod_overlay_resolves_with_the_compose_environment(tmp_path):
     cfg = load_config("prod", tmp_path, environ=env)
     assert cfg["spark"]["master"].startswith("spark://")
     assert cfg["exports"]["target"] == "s3://bundlecast-exports/v1"
-    assert cfg["exports"]["s3_endpoint_url"] == "http://minio:9000"
+    assert cfg["storage"]["s3_endpoint_url"] == "http://minio:9000"
 
 
 def test_image_installs_the_way_make_does():

@@ -67,7 +67,7 @@ def test_both_dags_fill_the_tables(e2e_home):
                  "route_stops", "route_plans", "proactive_thresholds", "inventory_reservations"):
         assert tables[gold]["rows"] > 0, gold
     assert (e2e_home / "airflow" / "airflow.db").exists()
-    assert (e2e_home / "metastore" / "metastore_db").exists()
+    assert not (e2e_home / "metastore").exists()  # the session catalog: no metastore to share or lock
     assert (e2e_home / "gx" / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html").exists()
 
 

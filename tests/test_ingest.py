@@ -219,3 +219,37 @@ def test_a_fixed_drop_empties_its_quarantine_and_a_clean_date_commits_nothing(ba
     ingest.run(spark, tiny_world["date"], ["users"], cfg=cfg, with_expectations=False, skip_unchanged=False,
                progress=lambda m: None)
     assert DeltaTable.forPath(spark, quarantine).history(1).first().version == version
+
+
+def test_an_hourly_cut_off_reads_the_rows_before_it_and_defers_the_rest(tiny_world, spark, cfg):
+    """``--until`` (the hourly's interval end): rows dated at or after it, and the lines of
+    such orders, wait for a later run: counted as deferred, neither published nor
+    quarantined; a run without a cut-off (the nightly) publishes them all again."""
+    from pyspark.sql import functions as F
+
+    dt, names = tiny_world["date"], ["orders", "order_lines", "events"]
+    full = {n: _silver(spark, n, cfg, dt).count() for n in names}
+    times = sorted(r.order_ts for r in _silver(spark, "orders", cfg, dt).select("order_ts").collect())
+    cut = times[len(times) // 2]
+    until = cut.isoformat() + "+00:00"
+    late_orders = {r.order_id for r in _silver(spark, "orders", cfg, dt).filter(F.col("order_ts") >= F.lit(cut))
+                   .select("order_id").collect()}
+    late_lines = _silver(spark, "order_lines", cfg, dt).filter(F.col("order_id").isin(*late_orders)).count()
+    late_events = _silver(spark, "events", cfg, dt).filter(F.col("event_ts") >= F.lit(cut)).count()
+    try:
+        audits = {a.dataset: a for a in ingest.run(spark, dt, names, cfg=cfg, with_expectations=False, until=until,
+                                                   progress=lambda m: None)}
+        assert (audits["orders"].rows_deferred, audits["order_lines"].rows_deferred,
+                audits["events"].rows_deferred) == (len(late_orders), late_lines, late_events)
+        for name in names:
+            a = audits[name]
+            assert a.rows_quarantined == 0 and a.balanced(), (name, a.top_reasons)
+            assert _silver(spark, name, cfg, dt).count() == full[name] - a.rows_deferred == a.rows_accepted, name
+        assert _silver(spark, "orders", cfg, dt).filter(F.col("order_ts") >= F.lit(cut)).count() == 0
+        with pytest.raises(Exception, match="time with its zone"):
+            ingest.run(spark, dt, names, cfg=cfg, until="2026-11-20 10:00", progress=lambda m: None)
+    finally:  # the nightly's run: everything, for the tests after this one
+        again = {a.dataset: a for a in ingest.run(spark, dt, names, cfg=cfg, with_expectations=False,
+                                                  progress=lambda m: None)}
+    assert {n: _silver(spark, n, cfg, dt).count() for n in names} == full
+    assert all(again[n].rows_deferred == 0 for n in names)

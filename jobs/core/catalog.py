@@ -74,6 +74,13 @@ class DatasetSpec:
     load: str  # "merge" (dimension upsert on keys) or "partition" (overwrite the dt partition)
     columns: tuple
     refs: tuple = field(default_factory=tuple)
+    event_time: str | None = None     # the column that dates a row (an hourly run's --until applies to it)
+    event_time_of: str | None = None  # or: the referenced dataset whose rows date this one's
+
+    @property
+    def timed_by(self) -> Reference | None:
+        """The reference to ``event_time_of`` (the keys that tie a row to its dated parent)."""
+        return next((r for r in self.refs if r.dataset == self.event_time_of), None) if self.event_time_of else None
 
     @property
     def column_names(self) -> list[str]:
@@ -135,7 +142,13 @@ def _contract(conf_dir: str) -> dict[str, DatasetSpec]:
             raise ConfigError(f"contract dataset {name}: references {later} must be declared before it")
         specs[name] = DatasetSpec(
             name=name, description=d.get("description", ""), keys=tuple(d["keys"]),
-            load=d["load"], columns=tuple(_column(c, v) for c, v in d["columns"].items()), refs=refs)
+            load=d["load"], columns=tuple(_column(c, v) for c, v in d["columns"].items()), refs=refs,
+            event_time=d.get("event_time"), event_time_of=d.get("event_time_of"))
+        spec = specs[name]
+        if spec.event_time and spec.event_time not in spec.column_names:
+            raise ConfigError(f"contract dataset {name}: event_time {spec.event_time!r} is not one of its columns")
+        if spec.event_time_of and spec.timed_by is None:
+            raise ConfigError(f"contract dataset {name}: event_time_of {spec.event_time_of!r} is not a dataset it references")
     return specs
 
 

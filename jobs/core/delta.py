@@ -31,6 +31,22 @@ def ensure_table(spark, name: str, cfg: dict) -> str:
     return path
 
 
+def register_existing(spark, cfg: dict) -> list[str]:
+    """Register every catalog table that exists at its location as ``bundlecast.<name>``
+    (for SQL by name: ``bundlecast sql``); tables not created yet are left out, nothing is
+    written. Returns the names registered."""
+    from delta.tables import DeltaTable
+
+    names = []
+    for name in catalog.tables():
+        path = catalog.table_path(name, cfg)
+        exists = Path(path, "_delta_log").is_dir() if "://" not in path else DeltaTable.isDeltaTable(spark, path)
+        if exists:
+            spark.sql(f"CREATE TABLE IF NOT EXISTS {catalog.qualified_name(name, cfg)} USING DELTA LOCATION '{path}'")
+            names.append(name)
+    return names
+
+
 def _add_missing_columns(spark, path: str, have: list[str], wanted) -> None:
     """Additive schema evolution: a catalog column that an existing table lacks (a table
     written by an earlier release) is added, empty for the old rows. createIfNotExists keeps

@@ -1,4 +1,12 @@
-"""The one place a SparkSession is built: Delta extensions, master, Hive metastore, jar cache.
+"""The one place a SparkSession is built: Delta extensions, master, catalog, jar cache.
+
+Catalog (``storage.catalog``): ``session`` (default) registers each Delta table as
+``bundlecast.<name>`` in the session's own catalog when the session first uses it, from its
+location; a Delta table carries its schema in its log, so there is nothing else to share
+and any number of drivers (the warm driver, a spark-submit task, ``bundlecast sql``, an
+analyst's notebook) use one state directory at once. ``hive`` keeps a Hive metastore at
+``storage.metastore_url`` for engines that read tables by name from a metastore (use a
+metastore database server then: embedded Derby admits one driver at a time).
 
 Jars: the Maven coordinates in ``spark.packages`` are resolved once by Ivy into
 ``spark.jar_cache`` (under BUNDLECAST_HOME); the resolved jar list is recorded in
@@ -95,20 +103,36 @@ def _busy_metastore(cfg: dict) -> str | None:
     return None
 
 
+def catalog_kind(cfg: dict) -> str:
+    """``storage.catalog``: ``session`` or ``hive`` (anything else is refused in one line)."""
+    kind = str(cfg["storage"].get("catalog") or "session")
+    if kind not in ("session", "hive"):
+        raise ConfigError(f"storage.catalog is {kind!r}: expected session or hive")
+    return kind
+
+
 def spark_conf(cfg: dict | None = None) -> dict[str, str]:
     """Every Spark setting a bundlecast job needs, for the builder and for spark-submit alike."""
     cfg = cfg or config()
     sp, storage = cfg["spark"], cfg["storage"]
-    metastore_home = Path(cfg["home"]) / "metastore"
-    conf = {
-        **DELTA_EXTENSIONS,
-        "spark.sql.catalogImplementation": "hive",
-        "spark.sql.warehouse.dir": f"{storage['warehouse']}/_spark_managed",
-        "spark.hadoop.javax.jdo.option.ConnectionURL": storage["metastore_url"],
-        "spark.hadoop.datanucleus.schema.autoCreateAll": "true",
-        "spark.hadoop.hive.metastore.schema.verification": "false",
-        "spark.driver.extraJavaOptions": (f"-Dderby.system.home={_java_option(metastore_home)} "
-                                          f"-Dlog4j2.configurationFile={_java_option(CONF_DIR / 'log4j2.properties')}"),
+    java_options = f"-Dlog4j2.configurationFile={_java_option(CONF_DIR / 'log4j2.properties')}"
+    conf = {**DELTA_EXTENSIONS, "spark.sql.warehouse.dir": f"{storage['warehouse']}/_spark_managed"}
+    if catalog_kind(cfg) == "hive":
+        metastore_home = Path(cfg["home"]) / "metastore"
+        java_options = f"-Dderby.system.home={_java_option(metastore_home)} {java_options}"
+        conf.update({
+            "spark.sql.catalogImplementation": "hive",
+            "spark.hadoop.javax.jdo.option.ConnectionURL": storage["metastore_url"],
+            "spark.hadoop.datanucleus.schema.autoCreateAll": "true",
+            "spark.hadoop.hive.metastore.schema.verification": "false",
+        })
+    else:
+        conf["spark.sql.catalogImplementation"] = "in-memory"
+    if storage.get("s3_endpoint_url"):  # s3a:// tables on the same endpoint as everything else
+        conf.update({"spark.hadoop.fs.s3a.endpoint": storage["s3_endpoint_url"],
+                     "spark.hadoop.fs.s3a.path.style.access": "true"})
+    conf.update({
+        "spark.driver.extraJavaOptions": java_options,
         "spark.driver.memory": str(sp["driver_memory"]),
         "spark.sql.shuffle.partitions": str(sp["shuffle_partitions"]),
         # Python workers (pandas UDFs) run the interpreter that has bundlecast installed;
@@ -116,7 +140,7 @@ def spark_conf(cfg: dict | None = None) -> dict[str, str]:
         "spark.pyspark.python": os.environ.get("PYSPARK_PYTHON", sys.executable),
         "spark.pyspark.driver.python": sys.executable,
         **{k: str(v) for k, v in (sp.get("conf") or {}).items()},
-    }
+    })
     jars = cached_jars(cfg)
     if jars:
         conf["spark.jars"] = ",".join(jars)
@@ -136,7 +160,8 @@ def get_spark(app_name: str | None = None, cfg: dict | None = None, extra_conf: 
 
     cfg = cfg or config()
     check_paths(cfg)
-    Path(cfg["home"], "metastore").mkdir(parents=True, exist_ok=True)
+    if catalog_kind(cfg) == "hive":
+        Path(cfg["home"], "metastore").mkdir(parents=True, exist_ok=True)
     Path(cfg["spark"]["jar_cache"]).mkdir(parents=True, exist_ok=True)
     fetching = cached_jars(cfg) is None
     # An in-process session takes its workers' Python from the environment, not the conf.

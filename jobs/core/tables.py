@@ -15,11 +15,43 @@ catalog-keyed merge builder for the two state folds that need their own clauses.
 """
 from __future__ import annotations
 
+import logging
+import random
+import time
 from datetime import date, datetime
 
 from bundlecast.jobs.core import catalog
 from bundlecast.jobs.core.delta import ensure_table
-from bundlecast.jobs.core.errors import BundlecastError
+from bundlecast.jobs.core.errors import BundlecastError, one_line
+
+log = logging.getLogger(__name__)
+COMMIT_ATTEMPTS = 6  # a write that meets a concurrent commit is retried this many times in all
+
+
+def committed(name: str, write, attempts: int = COMMIT_ATTEMPTS, pause: float = 0.5):
+    """Run ``write()`` (one Delta commit), again when another writer committed to the same
+    table in between in a way Delta's optimistic concurrency refuses (a concurrent append to
+    the partition being replaced, a concurrent merge...). Every bundlecast write recomputes
+    from the table's current state and is idempotent, so a retry gives the same rows as a
+    write that never met the other one. After ``attempts`` it fails in one line."""
+    import delta.exceptions as conflicts
+
+    # Delta's Python classes of a refused commit do not share one base (captured ones
+    # derive from their own class only): catch each.
+    refused = tuple(getattr(conflicts, n) for n in (
+        "DeltaConcurrentModificationException", "ConcurrentAppendException", "ConcurrentDeleteReadException",
+        "ConcurrentDeleteDeleteException", "ConcurrentTransactionException", "ConcurrentWriteException",
+        "MetadataChangedException", "ProtocolChangedException"))
+    for attempt in range(1, attempts + 1):
+        try:
+            return write()
+        except refused as exc:
+            if attempt == attempts:
+                raise BundlecastError(f"{name}: gave up after {attempts} attempts: another run keeps committing to "
+                                      f"the same rows ({one_line(exc)[:200]})") from None
+            wait = pause * 2 ** (attempt - 1) * (1 + random.random())
+            log.warning("%s: concurrent commit (%s); retrying in %.1f s", name, type(exc).__name__, wait)
+            time.sleep(wait)
 
 
 def sql_literal(value) -> str:
@@ -128,7 +160,8 @@ class Tables:
         where = predicate(name, partition)
         if where is not None:
             writer = writer.option("replaceWhere", where)
-        writer.save(self.path(name))
+        path = self.path(name)
+        committed(name, lambda: writer.save(path))
 
     def upsert(self, name: str, df, update: bool = True, rewrite: bool = False) -> None:
         """Merge ``df`` into the table on its catalog keys in one commit: matched rows are
@@ -145,14 +178,21 @@ class Tables:
                 raise BundlecastError(f"{name}: an insert-only upsert cannot rewrite the table")
             new = self._typed(name, df)
             keys = catalog.table(name).keys
-            old = self.read(name)
-            kept = old.join(new.select(*keys), [old[f"`{k}`"].eqNullSafe(new[f"`{k}`"]) for k in keys], "left_anti")
-            kept.unionByName(new).write.format("delta").mode("overwrite").save(self.path(name))
+
+            def rewrite_table():
+                old = self.read(name)
+                kept = old.join(new.select(*keys), [old[f"`{k}`"].eqNullSafe(new[f"`{k}`"]) for k in keys],
+                                "left_anti")
+                kept.unionByName(new).write.format("delta").mode("overwrite").save(self.path(name))
+            committed(name, rewrite_table)
             return
-        builder = self.merge(name, self._typed(name, df))
-        if update:
-            builder = builder.whenMatchedUpdateAll()
-        builder.whenNotMatchedInsertAll().execute()
+
+        def merge():
+            builder = self.merge(name, self._typed(name, df))
+            if update:
+                builder = builder.whenMatchedUpdateAll()
+            builder.whenNotMatchedInsertAll().execute()
+        committed(name, merge)
 
     def merge(self, name: str, source):
         """A Delta merge builder of ``source`` (alias ``s``) into the table (alias ``t``) on

@@ -44,7 +44,7 @@ def export_table(name: str, dt: str, target: str | None = None, fmt: str | None 
     ex = cfg["exports"]
     fmt = fmt or (ex.get("formats") or {}).get(name) or ex["format"]
     target = target or ex["target"]
-    store = store or open_store(target, ex.get("s3_endpoint_url") or None)
+    store = store or open_store(target, cfg["storage"].get("s3_endpoint_url") or None)
     path = catalog.table_path(name, cfg)
     try:
         delta = DeltaTable(path)

@@ -7,7 +7,7 @@ from datetime import date, datetime, timedelta
 from bundlecast.jobs.core.config import config
 from bundlecast.jobs.core.errors import BundlecastError
 from bundlecast.jobs.core.runs import StepRun, last_watermark, record
-from bundlecast.jobs.core.tables import Tables
+from bundlecast.jobs.core.tables import Tables, committed
 from bundlecast.jobs.relationships.counting import ALL, all_units, behaviour, counts_from_units, settings
 from bundlecast.jobs.relationships.signals import inventory_correlation, score_pairs
 from bundlecast.jobs.relationships.text import item_text_vectors, latest_text_models, text_models_frame
@@ -126,10 +126,12 @@ def _fold(spark, cfg: dict, summary: StepRun, rows, new_views, new_purchases, la
         update = {"units": "t.units + s.units", "weight": "t.weight + s.weight"}
         if name == "item_pair_counts":
             update["last_day"] = "greatest(t.last_day, s.last_day)"
-        # One pass: counts that fall to zero are deleted, the rest updated, new keys inserted.
-        (Tables(spark, cfg).merge(name, delta)
-         .whenMatchedDelete(condition="t.units + s.units <= 0")
-         .whenMatchedUpdate(set=update).whenNotMatchedInsertAll(condition="s.units > 0").execute())
+        # One pass: counts that fall to zero are deleted, the rest updated, new keys inserted
+        # (the increments apply to the table as it is when the commit succeeds).
+        committed(name, lambda name=name, delta=delta, update=update: (
+            Tables(spark, cfg).merge(name, delta)
+            .whenMatchedDelete(condition="t.units + s.units <= 0")
+            .whenMatchedUpdate(set=update).whenNotMatchedInsertAll(condition="s.units > 0").execute()))
     return (dp.select("site_a", "item_a")
             .unionByName(dp.select(F.col("site_b").alias("site_a"), F.col("item_b").alias("item_a")))
             .unionByName(di.filter(F.col("site_id") != ALL).select(F.col("site_id").alias("site_a"),

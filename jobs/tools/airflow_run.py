@@ -99,7 +99,8 @@ def _worth_echoing(line: str) -> bool:
     its duration and summary), failures, exports; not the step's own repeats of them."""
     if "[bundlecast]" not in line:
         return False
-    return not any(repeat in line for repeat in ("[bundlecast] summary: ", "finished on the warm driver"))
+    return not any(repeat in line for repeat in ("[bundlecast] summary: ", "finished on the warm driver",
+                                                 "[bundlecast] table summary: "))
 
 
 def task_states(dag_id: str, due: str, env: dict) -> dict[str, str]:
@@ -121,6 +122,58 @@ def task_states(dag_id: str, due: str, env: dict) -> dict[str, str]:
         return json.loads(done.stdout.strip().splitlines()[-1])
     except (IndexError, json.JSONDecodeError):
         return {}
+
+
+RECENT_RUNS = """
+import json, sys
+from airflow.utils.session import create_session
+from airflow.models import TaskInstance, DagRun
+out = {}
+with create_session() as s:
+    for dag_id in sys.argv[2:]:
+        runs = (s.query(DagRun).filter(DagRun.dag_id == dag_id).order_by(DagRun.run_after.desc())
+                .limit(int(sys.argv[1])).all())
+        out[dag_id] = []
+        for r in runs:
+            tis = s.query(TaskInstance).filter(TaskInstance.dag_id == dag_id, TaskInstance.run_id == r.run_id).all()
+            out[dag_id].append({
+                "run_id": r.run_id, "state": str(r.state), "run_type": str(r.run_type),
+                "interval": [str(r.data_interval_start), str(r.data_interval_end)],
+                "started": str(r.start_date), "ended": str(r.end_date),
+                "tasks": {t.task_id: {"state": str(t.state), "seconds": t.duration, "try": t.try_number}
+                          for t in tis}})
+print(json.dumps(out))
+"""
+
+
+def recent_runs(n: int = 3, cfg: dict | None = None) -> dict[str, list[dict]]:
+    """The ``n`` latest runs of each bundlecast DAG with their tasks, from Airflow's database."""
+    cfg = cfg or config()
+    ensure_airflow_db(cfg)
+    done = subprocess.run([sys.executable, "-c", RECENT_RUNS, str(n), *DAG_IDS.values()], env=airflow_env(cfg),
+                          capture_output=True, text=True)
+    try:
+        return json.loads(done.stdout.strip().splitlines()[-1])
+    except (IndexError, json.JSONDecodeError):
+        raise BundlecastError(f"cannot read Airflow's runs: {(done.stderr or '?').strip().splitlines()[-1:]}") from None
+
+
+def render_status(runs: dict[str, list[dict]], lease: dict | None, failures: list[dict]) -> str:
+    """``bundlecast status``: who holds the state, the last runs and their tasks, the last failures."""
+    lines = [f"state lease : {lease['holder']} since {lease['since']}" if lease else "state lease : free"]
+    for dag_id, dag_runs in runs.items():
+        lines.append(f"\n{dag_id}: {'no run yet' if not dag_runs else ''}")
+        for r in dag_runs:
+            start, end = (x[:16] for x in r["interval"])
+            lines.append(f"  {r['state']:8s} {r['run_id'][:48]:48s} interval {start} .. {end}")
+            for task_id, t in r["tasks"].items():
+                took = "" if t["seconds"] is None else f"{t['seconds']:8.1f} s"
+                lines.append(f"      {t['state']:16s} {task_id:18s} {took}  try {t['try']}")
+    lines.append("\nlast failures:" if failures else "\nlast failures: none recorded")
+    for f in failures:
+        lines.append(f"  {str(f['failed_at'])[:19]} {f['dag_id']} {f['task_id']} {f['dt']} try {f['try_number']} "
+                     f"({'retried' if f['will_retry'] else 'final'}): {f['cause'][:160]}")
+    return "\n".join(lines)
 
 
 def _last_error(log_file: Path) -> str:

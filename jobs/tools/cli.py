@@ -95,6 +95,14 @@ def cmd_run(args) -> None:
         cmd_summary(args)
 
 
+def cmd_status(args) -> None:
+    """The last runs of both DAGs and their tasks, the state lease, the last failures."""
+    from bundlecast.jobs.tools import failures, lease
+    from bundlecast.jobs.tools.airflow_run import recent_runs, render_status
+
+    print(render_status(recent_runs(args.runs), lease.holder_of(), failures.latest(args.failures)))
+
+
 def cmd_driver(args) -> None:
     """The warm Spark driver the DAG tasks share (``bundlecast.jobs.tools.driver``)."""
     from bundlecast.jobs.tools import driver
@@ -118,10 +126,12 @@ def cmd_tables(args) -> None:
 
 
 def cmd_sql(args) -> None:
+    from bundlecast.jobs.core.delta import register_existing
     from bundlecast.jobs.core.spark import get_spark
     from bundlecast.jobs.tools.sql_guard import check_read_only, read_only_session
 
     spark = get_spark("bundlecast-sql")
+    register_existing(spark, config())
     spark.sql(f"USE {config()['storage']['database']}")
     if not args.allow_writes:
         read_only_session(spark)
@@ -289,6 +299,10 @@ def _data_commands(sub) -> None:
                    help="hourly only: fold in events up to the end of hour H of the day (default: the whole day)")
     p.add_argument("--summary", action="store_true", help="print the table summary after an hourly run too")
     p.set_defaults(func=cmd_run)
+    p = sub.add_parser("status", help="the last runs of both DAGs with their tasks, the state lease, failures")
+    p.add_argument("--runs", type=int, default=2, help="runs per DAG (default 2)")
+    p.add_argument("--failures", type=int, default=5, help="latest failures shown (default 5)")
+    p.set_defaults(func=cmd_status)
     p = sub.add_parser("driver", help="the warm Spark driver every step task of a run talks to")
     p.add_argument("action", choices=["start", "status", "stop"])
     p.set_defaults(func=cmd_driver)

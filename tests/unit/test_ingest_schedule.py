@@ -14,7 +14,7 @@ from bundlecast.jobs.ingest import job
 
 
 def _fake_ingest(events: list, lock: threading.Lock, fail: str | None = None):
-    def ingest(spark, spec, dt, run_id, cfg, gx_root, stale):
+    def ingest(spark, spec, dt, run_id, cfg, gx_root, stale, until=None, deferred=None):
         with lock:
             events.append(("start", spec.name, time.monotonic()))
         # Datasets nothing waits on take longest, so finishing order differs from contract order.
