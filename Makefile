@@ -19,7 +19,7 @@ RETAIL_DATA ?= $(CURDIR)/../shared/data/online_retail
 EVAL_HOME ?= $(BUNDLECAST_HOME)/eval-online-retail
 EVAL_CUTOFF ?= 2011-09-01
 
-.PHONY: install setup run test test-fast lint bench eval-relationships lock clean help
+.PHONY: install setup run test test-fast lint bench eval-relationships lock clean help stack stack-down
 
 help:
 	@echo "make run    - install, fetch jars once, generate the demo world, run nightly then hourly DAGs"
@@ -50,6 +50,14 @@ run: setup
 	$(BIN)/bundlecast run nightly --date $(DEMO_DATE) && \
 	$(BIN)/bundlecast run hourly --date $(DEMO_DATE) --summary && \
 	echo "make run: demo done in $$(( $$(date +%s) - start )) s"
+
+# The local production stack (Postgres, moto S3, Spark master + 2 workers, MLflow server,
+# Airflow api-server/scheduler/dag-processor/triggerer), no Docker; `make stack-down` stops it.
+stack: setup
+	$(BIN)/bundlecast stack up
+
+stack-down: install
+	$(BIN)/bundlecast stack down
 
 lint: install
 	$(BIN)/ruff check .

@@ -40,6 +40,15 @@ def macros(kind: str) -> dict:
     return {"run_day": lambda start, end: schedule.run_day(kind, start, end), "run_until": schedule.hourly_until}
 
 
+def retry_delay(minutes: float):
+    """The DAG's pause before a retry: ``minutes``, or BUNDLECAST_RETRY_DELAY_SECONDS (read
+    when the DAG file is parsed; the stack's fault test sets it short)."""
+    from datetime import timedelta
+
+    seconds = os.environ.get("BUNDLECAST_RETRY_DELAY_SECONDS")
+    return timedelta(seconds=float(seconds)) if seconds else timedelta(minutes=minutes)
+
+
 def failure_callbacks(kind: str) -> dict:
     """``default_args`` that report every failed try (``bundlecast.jobs.tools.failures``):
     recorded in ``run_failures`` with the DAG, task, landing day and one-line cause, then

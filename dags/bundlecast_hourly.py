@@ -22,11 +22,20 @@ so far for that day.
 """
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from airflow.sdk import dag
 
-from bundlecast.dags._steps import data_flow, export_task, failure_callbacks, macros, run_guard, step_task, timetable
+from bundlecast.dags._steps import (
+    data_flow,
+    export_task,
+    failure_callbacks,
+    macros,
+    retry_delay,
+    run_guard,
+    step_task,
+    timetable,
+)
 
 HOURLY = ["events", "orders", "order_lines", "inventory", "feedback"]
 
@@ -39,7 +48,7 @@ HOURLY = ["events", "orders", "order_lines", "inventory", "feedback"]
     catchup=False,
     max_active_runs=1,
     tags=["bundlecast", "hourly", "ingestion"],
-    default_args={"retries": 2, "retry_delay": timedelta(minutes=2), "owner": "bundlecast",
+    default_args={"retries": 2, "retry_delay": retry_delay(2), "owner": "bundlecast",
                   **failure_callbacks("hourly")},
     doc_md=__doc__,
 )

@@ -52,11 +52,20 @@ Re-running a date leaves the same rows: every write is keyed on the landing date
 """
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from airflow.sdk import dag, task
 
-from bundlecast.dags._steps import data_flow, export_task, failure_callbacks, macros, run_guard, step_task, timetable
+from bundlecast.dags._steps import (
+    data_flow,
+    export_task,
+    failure_callbacks,
+    macros,
+    retry_delay,
+    run_guard,
+    step_task,
+    timetable,
+)
 
 
 @dag(
@@ -67,7 +76,7 @@ from bundlecast.dags._steps import data_flow, export_task, failure_callbacks, ma
     catchup=False,
     max_active_runs=1,
     tags=["bundlecast", "nightly", "ingestion"],
-    default_args={"retries": 2, "retry_delay": timedelta(minutes=5), "owner": "bundlecast",
+    default_args={"retries": 2, "retry_delay": retry_delay(5), "owner": "bundlecast",
                   **failure_callbacks("nightly")},
     doc_md=__doc__,
 )

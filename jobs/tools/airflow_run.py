@@ -148,9 +148,15 @@ print(json.dumps(out))
 
 def recent_runs(n: int = 3, cfg: dict | None = None) -> dict[str, list[dict]]:
     """The ``n`` latest runs of each bundlecast DAG with their tasks, from Airflow's database."""
+    from bundlecast.jobs.tools import stack
+
     cfg = cfg or config()
-    ensure_airflow_db(cfg)
-    done = subprocess.run([sys.executable, "-c", RECENT_RUNS, str(n), *DAG_IDS.values()], env=airflow_env(cfg),
+    if stack.read_state(cfg):  # the stack's Airflow (Postgres) when it is up
+        env = stack.env(cfg)
+    else:
+        ensure_airflow_db(cfg)
+        env = airflow_env(cfg)
+    done = subprocess.run([sys.executable, "-c", RECENT_RUNS, str(n), *DAG_IDS.values()], env=env,
                           capture_output=True, text=True)
     try:
         return json.loads(done.stdout.strip().splitlines()[-1])

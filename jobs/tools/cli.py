@@ -103,6 +103,31 @@ def cmd_status(args) -> None:
     print(render_status(recent_runs(args.runs), lease.holder_of(), failures.latest(args.failures)))
 
 
+def cmd_stack(args) -> None:
+    """The local production stack (``bundlecast.jobs.tools.stack``)."""
+    from bundlecast.jobs.tools import stack
+
+    if args.action == "up":
+        stack.up(echo=lambda m: print(m, flush=True))
+        print("stack up: `bundlecast stack status`; Airflow CLI against it: `bundlecast stack airflow ...`")
+    elif args.action == "down":
+        stack.down()
+    elif args.action == "airflow":
+        done = stack.run([sys.executable, "-m", "airflow", *args.rest])
+        print(done.stdout, end="")
+        print(done.stderr, end="", file=sys.stderr)
+        if done.returncode:
+            raise SystemExit(done.returncode)
+    else:
+        alive = stack.status()
+        state = stack.read_state() or {}
+        if not alive:
+            print("stack not running")
+        for name, up in alive.items():
+            port = (state.get("ports") or {}).get(name)
+            print(f"{name:22s} {'up' if up else 'DOWN'}{f'  127.0.0.1:{port}' if port else ''}")
+
+
 def cmd_driver(args) -> None:
     """The warm Spark driver the DAG tasks share (``bundlecast.jobs.tools.driver``)."""
     from bundlecast.jobs.tools import driver
@@ -299,6 +324,11 @@ def _data_commands(sub) -> None:
                    help="hourly only: fold in events up to the end of hour H of the day (default: the whole day)")
     p.add_argument("--summary", action="store_true", help="print the table summary after an hourly run too")
     p.set_defaults(func=cmd_run)
+    p = sub.add_parser("stack", help="the local production stack: Postgres, S3 (moto), Spark standalone, MLflow "
+                       "server, Airflow scheduler and friends")
+    p.add_argument("action", choices=["up", "down", "status", "airflow"])
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="airflow: the Airflow command line to run against the stack")
+    p.set_defaults(func=cmd_stack)
     p = sub.add_parser("status", help="the last runs of both DAGs with their tasks, the state lease, failures")
     p.add_argument("--runs", type=int, default=2, help="runs per DAG (default 2)")
     p.add_argument("--failures", type=int, default=5, help="latest failures shown (default 5)")
