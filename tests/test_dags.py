@@ -118,3 +118,21 @@ def test_the_nightly_scheduled_at_two_on_day_after_processes_the_day(dagbag):
             assert rendered[rendered.index("--date") + 1] == day, (dag_id, task.task_id, rendered)
             if task.task_id == "ingest_hourly":  # reads exactly the rows of its interval
                 assert rendered[rendered.index("--until") + 1] == "2026-11-21T00:15:00+00:00"
+
+
+@pytest.mark.parametrize("code, retried", [(3, False), (1, True)])
+def test_a_failure_a_retry_cannot_fix_fails_the_task_at_once(dagbag, monkeypatch, capsys, code, retried):
+    """Exit 3 (quarantine threshold, configuration) raises AirflowFailException, which
+    Airflow does not retry; any other failure raises an ordinary error, which it retries."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from bundlecast.jobs.tools import driver
+
+    task = dagbag.dags["bundlecast_nightly"].get_task("ingest")
+    monkeypatch.setattr(driver, "enabled", lambda cfg=None: True)
+    monkeypatch.setattr(driver, "run_step", lambda argv, cfg=None, echo=print: (echo("bundlecast: error: x"), code)[1])
+    with pytest.raises(Exception) as err:
+        task.execute({})
+    assert isinstance(err.value, AirflowFailException) is not retried
+    out = capsys.readouterr().out
+    assert "[bundlecast] ingest started" in out

@@ -49,7 +49,6 @@ def _backfill(cfg, dag_id: str, first_due: str, last_due: str, expected: int, ag
     ``during(runs)`` is called at every poll. Returns the runs."""
     from bundlecast.jobs.tools import stack
 
-    started = time.time()
     done = stack.run([sys.executable, "-m", "airflow", "backfill", "create", "--dag-id", dag_id,
                       "--from-date", first_due, "--to-date", last_due]
                      + (["--reprocess-behavior", "completed"] if again else []), cfg)
@@ -60,25 +59,25 @@ def _backfill(cfg, dag_id: str, first_due: str, last_due: str, expected: int, ag
                 and first_due <= r["interval"][1].replace(" ", "T") <= last_due]
         if during:
             during(runs)
-        fresh = not again or all(r["started"] != "None" and _epoch(r["started"]) >= started - 1 for r in runs)
+        # a run done again: every task has a new try
+        fresh = not again or all(all(t["try"] >= 2 for t in r["tasks"].values()) for r in runs)
         if len(runs) == expected and fresh and all(r["state"] in ("success", "failed") for r in runs):
             return runs
         time.sleep(2 if during else 10)
     raise AssertionError(f"{dag_id} backfill {first_due}..{last_due} not finished after {RUN_TIMEOUT} s: {runs}")
 
 
-def _epoch(text: str) -> float:
-    from datetime import datetime
-
-    return datetime.fromisoformat(text).timestamp()
-
-
 @pytest.fixture(scope="module")
-def stack_home(tmp_path_factory):
+def stack_home():
     """A tiny world with two landed days, the stack up, the scheduler's runs done."""
+    import shutil
+    import tempfile
+
     from bundlecast.jobs.tools import stack
 
-    home = tmp_path_factory.mktemp("stack")
+    # Not under pytest's temporary root: run as root, Postgres runs as the user ``pgserver``,
+    # and every pytest session resets that root to mode 0700.
+    home = Path(tempfile.mkdtemp(prefix="bundlecast-stack-"))
     for args in (("generate", "--scale", "tiny", "--seed", "5", "--date", D1), ("generate", "--next-day", "--date", D1)):
         done = _bundlecast(home, *args)
         assert done.returncode == 0, done.stderr[-2000:]
@@ -104,6 +103,7 @@ def stack_home(tmp_path_factory):
     finally:
         stack.down(cfg, echo=lambda _: None)
         print(f"\nstack test timings (s): { {k: round(v) for k, v in timings.items()} }")
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def test_the_scheduler_ran_both_nights_and_the_hourlies_between(stack_home):
@@ -125,7 +125,10 @@ def test_tables_hold_both_days(stack_home):
     cfg = stack_home["cfg"]
 
     def rows(name, **where):
-        table = DeltaTable(catalog.table_path(name, cfg)).to_pyarrow_table().to_pylist()
+        path = Path(catalog.table_path(name, cfg))
+        if not (path / "_delta_log").is_dir():
+            return []
+        table = DeltaTable(str(path)).to_pyarrow_table().to_pylist()
         return [r for r in table if all(str(r[k]) == v for k, v in where.items())]
     for day in (D1, D2):
         assert rows("events", dt=day) and rows("orders", dt=day), day
@@ -173,10 +176,15 @@ VOLATILE_TABLES = {"ops/step_runs", "ops/run_failures"}  # timings; the failures
 
 
 def _digests(home: Path) -> dict:
-    sys.path.insert(0, str(Path(__file__).parent))
-    from table_digest import digest_home
+    """Every table's digest (tests/table_digest.py: run ids, clocks and durations left out;
+    here also the registry's model version, which counts every training like a run id)."""
+    import re
 
-    return {k: v for k, v in digest_home(home).items() if k not in VOLATILE_TABLES}
+    sys.path.insert(0, str(Path(__file__).parent))
+    import table_digest
+
+    table_digest.VOLATILE = re.compile(table_digest.VOLATILE.pattern + r"|^model_version$")
+    return {k: v for k, v in table_digest.digest_home(home).items() if k not in VOLATILE_TABLES}
 
 
 def test_a_killed_worker_and_a_killed_driver_are_survived(stack_home):
@@ -214,7 +222,8 @@ def test_a_killed_worker_and_a_killed_driver_are_survived(stack_home):
     print(f"\nfaults: {killed}; tries: { {t: s['try'] for t, s in run['tasks'].items()} }")
     assert [what for what, _, _ in killed][:1] == ["spark worker 1"] and len(killed) == 2, killed
     assert run["state"] == "success", {t: s["state"] for t, s in run["tasks"].items()}
-    assert run["tasks"]["need_train"]["try"] >= 2  # the driver's death failed the try; the retry completed
+    # the driver's death failed need_train's try; its retry completed
+    assert run["tasks"]["need_train"]["try"] > run["tasks"]["take_lease"]["try"]
     after = _digests(home)
     differ = sorted(t for t in set(undisturbed) | set(after) if undisturbed.get(t) != after.get(t))
     assert not differ, {t: (undisturbed.get(t), after.get(t)) for t in differ}
