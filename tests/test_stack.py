@@ -50,7 +50,7 @@ def _backfill(cfg, dag_id: str, first_due: str, last_due: str, expected: int, ag
     from bundlecast.jobs.tools import stack
 
     done = stack.run([sys.executable, "-m", "airflow", "backfill", "create", "--dag-id", dag_id,
-                      "--from-date", first_due, "--to-date", last_due]
+                      "--from-date", first_due, "--to-date", last_due, "--max-active-runs", "1"]
                      + (["--reprocess-behavior", "completed"] if again else []), cfg)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     deadline = time.monotonic() + RUN_TIMEOUT
