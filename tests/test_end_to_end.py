@@ -43,7 +43,9 @@ def e2e_home(tmp_path_factory, installed_bundlecast):
         if args[0] == "run":  # every step task ran on one warm driver, which the teardown stopped
             assert done.stdout.count("starting the warm Spark driver") == 1, done.stdout[-3000:]
             # one line per task as it starts and as it ends, with its duration and summary
-            started, ended = done.stdout.find(" ingest started: ingest --date"), done.stdout.find(" ingest done in ")
+            task = "ingest" if args[1] == "nightly" else "ingest_hourly"
+            started = done.stdout.find(f" {task} started: ingest --date")
+            ended = done.stdout.find(f" {task} done in ")
             assert 0 <= started < ended, done.stdout[-3000:]
             assert "warm Spark driver stopped" in done.stdout
     assert not (home / "run" / "driver.json").exists()
