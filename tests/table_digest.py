@@ -7,6 +7,8 @@ Reads each Delta table with delta-rs (no JVM), drops the columns that legitimate
 between two runs of the same code (run ids, wall-clock timestamps, durations, MLflow ids),
 rounds floats to 9 significant digits (Spark may sum in another order), sorts the rows
 and hashes them. ``--compare`` prints one line per table and exits 1 if any differ.
+``snapshot_home`` / ``rows_differ`` compare two states row by row with a relative float
+tolerance instead (no value can sit at a rounding boundary).
 """
 from __future__ import annotations
 
@@ -46,6 +48,60 @@ def table_digest(path: Path) -> dict:
                   for row in zip(*(table.column(c).to_pylist() for c in kept))) if kept else []
     digest = hashlib.sha256("\n".join(rows).encode()).hexdigest()[:16]
     return {"rows": table.num_rows, "columns": kept, "digest": digest}
+
+
+def _shape(value, floats: list) -> str:
+    """The value as text with each float replaced by '#' and appended to ``floats``."""
+    if isinstance(value, float):
+        floats.append(value)
+        return "#"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_shape(v, floats) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{_shape(v, floats)}" for k, v in sorted(value.items())) + "}"
+    if hasattr(value, "tolist"):
+        return _shape(value.tolist(), floats)
+    return str(value)
+
+
+def table_rows(path: Path) -> list[tuple[str, list[float]]]:
+    """The table's rows (volatile columns left out) as (text with floats as '#', floats),
+    sorted: two runs' rows compared one by one with ``rows_differ``."""
+    from deltalake import DeltaTable
+
+    table = DeltaTable(str(path)).to_pyarrow_table()
+    kept = sorted(c for c in table.column_names
+                  if not VOLATILE.search(c) and c not in VOLATILE_IN.get(Path(path).name, ()))
+    rows = []
+    for row in zip(*(table.column(c).to_pylist() for c in kept)):
+        floats: list[float] = []
+        rows.append(("\x1f".join(_shape(v, floats) for v in row), floats))
+    return sorted(rows, key=lambda r: (r[0], [f"{x:.6g}" for x in r[1]]))
+
+
+def _close(x: float, y: float, rel: float) -> bool:
+    if x != x or y != y:
+        return x != x and y != y
+    return abs(x - y) <= rel * max(abs(x), abs(y)) + 1e-12
+
+
+def rows_differ(before: list, after: list, rel: float = 1e-9) -> str | None:
+    """None when the rows are the same, floats within ``rel`` (a sum Spark adds in another
+    order, or a fit on such sums, moves the last bits; a 9-digit digest flips on a value that
+    sits at a rounding boundary); else the first difference, in one line."""
+    if len(before) != len(after):
+        return f"{len(before)} rows, then {len(after)}"
+    for (text_b, floats_b), (text_a, floats_a) in zip(before, after):
+        if text_b != text_a or len(floats_b) != len(floats_a) or not all(
+                _close(x, y, rel) for x, y in zip(floats_b, floats_a)):
+            return f"{text_b[:120]!r} {floats_b[:6]} then {text_a[:120]!r} {floats_a[:6]}"
+    return None
+
+
+def snapshot_home(home: Path) -> dict:
+    """Every table's sorted rows (``table_rows``), by its folder (layer/name)."""
+    return {f"{log.parent.parent.name}/{log.parent.name}": table_rows(log.parent)
+            for log in sorted((home / "warehouse").glob("*/*/_delta_log"))}
 
 
 def digest_home(home: Path) -> dict:

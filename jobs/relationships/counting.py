@@ -18,6 +18,18 @@ def settings(cfg: dict) -> dict:
     return cfg["relationships"]
 
 
+def stable_sum(column: str):
+    """The sum of a double column to 12 significant digits: Spark adds a group's terms in the
+    order its shuffle delivers them (partitions, executors, a retried task), and the last bits
+    of a double sum follow that order. Rounded, the counts, the weight fit on them and every
+    score downstream are the same rows however the job was partitioned or retried."""
+    from pyspark.sql import functions as F
+
+    total = F.sum(column)
+    scale = F.pow(F.lit(10.0), F.floor(F.log10(F.abs(total))) - 11)
+    return F.when(total == 0, total).otherwise(F.rint(total / scale) * scale)
+
+
 def _bucket(window: str):
     from pyspark.sql import functions as F
     if window == "session":
@@ -127,8 +139,8 @@ def pair_counts(units, kind: str, with_one_bought: bool = False):
     keys = ["site_a", "item_a", "site_b", "item_b"]
     one = F.col("bought_a") != F.col("bought_b")
     agg = (unit_pairs(units).groupBy(*keys)
-           .agg(F.count(F.lit(1)).alias("units"), F.sum("weight").alias("weight"), F.max("unit_day").alias("last_day"),
-                F.sum(one.cast("long")).alias("one_units"), F.sum(F.when(one, F.col("weight"))).alias("one_weight"),
+           .agg(F.count(F.lit(1)).alias("units"), stable_sum("weight").alias("weight"), F.max("unit_day").alias("last_day"),
+                F.sum(one.cast("long")).alias("one_units"), stable_sum(F.when(one, F.col("weight"))).alias("one_weight"),
                 F.max(F.when(one, F.col("unit_day"))).alias("one_last_day")))
     out = agg.select(*keys, "units", "weight", "last_day", F.lit(kind).alias("kind"))
     if not with_one_bought:
@@ -146,8 +158,8 @@ def item_counts(units, kind: str):
     u = units.filter(~F.col("oversized"))
     per_item = (u.select("weight", F.explode("items").alias("i"))
                 .groupBy(F.col("i.site_id").alias("site_id"), F.col("i.item_id").alias("item_id"))
-                .agg(F.count(F.lit(1)).alias("units"), F.sum("weight").alias("weight")))
-    total = u.agg(F.count(F.lit(1)).alias("units"), F.sum("weight").alias("weight")) \
+                .agg(F.count(F.lit(1)).alias("units"), stable_sum("weight").alias("weight")))
+    total = u.agg(F.count(F.lit(1)).alias("units"), stable_sum("weight").alias("weight")) \
         .select(F.lit(ALL).alias("site_id"), F.lit(ALL).alias("item_id"), "units", "weight")
     return per_item.unionByName(total).withColumn("kind", F.lit(kind))
 

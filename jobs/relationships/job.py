@@ -8,7 +8,7 @@ from bundlecast.jobs.core.config import config
 from bundlecast.jobs.core.errors import BundlecastError
 from bundlecast.jobs.core.runs import StepRun, last_watermark, record
 from bundlecast.jobs.core.tables import Tables, committed
-from bundlecast.jobs.relationships.counting import ALL, all_units, behaviour, counts_from_units, settings
+from bundlecast.jobs.relationships.counting import ALL, all_units, behaviour, counts_from_units, settings, stable_sum
 from bundlecast.jobs.relationships.signals import inventory_correlation, score_pairs
 from bundlecast.jobs.relationships.text import item_text_vectors, latest_text_models, text_models_frame
 from bundlecast.jobs.relationships.weights import fit_weights, latest_weights
@@ -118,10 +118,10 @@ def _fold(spark, cfg: dict, summary: StepRun, rows, new_views, new_purchases, la
         deltas_i.append(counts.withColumn("units", F.col("units") * sign).withColumn("weight", F.col("weight") * sign))
     pk, ik = ["kind", "site_a", "item_a", "site_b", "item_b"], ["kind", "site_id", "item_id"]
     dp = (deltas_p[0].unionByName(deltas_p[1]).groupBy(*pk)
-          .agg(F.sum("units").alias("units"), F.sum("weight").alias("weight"), F.max("last_day").alias("last_day"))
+          .agg(F.sum("units").alias("units"), stable_sum("weight").alias("weight"), F.max("last_day").alias("last_day"))
           .filter((F.col("units") != 0) | (F.abs(F.col("weight")) > 0))).localCheckpoint()
     di = (deltas_i[0].unionByName(deltas_i[1]).groupBy(*ik)
-          .agg(F.sum("units").alias("units"), F.sum("weight").alias("weight"))).localCheckpoint()
+          .agg(F.sum("units").alias("units"), stable_sum("weight").alias("weight"))).localCheckpoint()
     for name, delta in (("item_pair_counts", dp), ("item_unit_counts", di)):
         update = {"units": "t.units + s.units", "weight": "t.weight + s.weight"}
         if name == "item_pair_counts":

@@ -6,7 +6,7 @@ import numpy as np
 
 from bundlecast.jobs.core import catalog
 from bundlecast.jobs.core.tables import Tables
-from bundlecast.jobs.relationships.counting import ALL, SIGNALS, settings, touching, unit_pairs
+from bundlecast.jobs.relationships.counting import ALL, SIGNALS, settings, stable_sum, touching, unit_pairs
 from bundlecast.jobs.relationships.text import fit_text_models, text_candidates, text_model_exprs
 
 
@@ -189,9 +189,11 @@ def _category_affinity(spark, pair_counts_df, item_counts_df, items_pd):
                               .withColumnRenamed("category", "c1")), ["site_a", "item_a"])
           .join(F.broadcast(cats.withColumnRenamed("site_id", "site_b").withColumnRenamed("item_id", "item_b")
                             .withColumnRenamed("category", "c2")), ["site_b", "item_b"])
-          .groupBy("c1", "c2").agg(F.sum("weight").alias("w")).toPandas())
+          .groupBy("c1", "c2").agg(stable_sum("weight").alias("w")).toPandas()
+          .sort_values(["c1", "c2"], ignore_index=True))
     ic = (item_counts_df.filter((F.col("kind") == "purchase") & (F.col("site_id") != ALL))
-          .join(F.broadcast(cats), ["site_id", "item_id"]).groupBy("category").agg(F.sum("weight").alias("w")).toPandas())
+          .join(F.broadcast(cats), ["site_id", "item_id"]).groupBy("category").agg(stable_sum("weight").alias("w")).toPandas()
+          .sort_values("category", ignore_index=True))
     total = item_counts_df.filter((F.col("kind") == "purchase") & (F.col("site_id") == ALL)).select("weight").first()
     if pc.empty or ic.empty or total is None or not total["weight"]:
         return spark.createDataFrame([], "category_a string, category_b string, category_affinity double")
@@ -234,7 +236,7 @@ def _combine(spark, signals, weights_df):
     per_segment = (signals.select("site_a", "item_a", "site_b", "item_b", "category_a", *SIGNALS)
                    .join(F.broadcast(chosen), "category_a").withColumn("p", linear("w_"))
                    .groupBy("site_a", "item_a", "site_b", "item_b")
-                   .agg(F.map_from_entries(F.collect_list(F.struct("segment", "p"))).alias("all_scores")))
+                   .agg(F.map_from_entries(F.array_sort(F.collect_list(F.struct("segment", "p")))).alias("all_scores")))
     return (signals.join(per_segment, ["site_a", "item_a", "site_b", "item_b"], "left")
             .withColumn("score", F.coalesce(F.col("all_scores")[ALL], F.lit(0.0)))
             .withColumn("segment_scores", F.map_filter("all_scores", lambda k, v: k != ALL))

@@ -20,7 +20,7 @@ def item_text_vectors(spark, cfg: dict, dims: int = 64):
     items = Tables(spark, cfg).read("items").select("site_id", "item_id", "title", "description", "category", "brand",
                                                    "price", "attributes").toPandas()
     reviews = (Tables(spark, cfg).read("reviews").groupBy("site_id", "item_id")
-               .agg(F.concat_ws(" ", F.slice(F.collect_list("review_text"), 1, 50)).alias("reviews"),
+               .agg(F.concat_ws(" ", F.slice(F.array_sort(F.collect_list("review_text")), 1, 50)).alias("reviews"),
                     F.avg("rating").alias("rating")).toPandas())
     # A fixed row order: the SVD and the neighbour ties must not depend on file layout.
     items = items.merge(reviews, on=["site_id", "item_id"], how="left") \

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date, datetime, timedelta
 
 from bundlecast.jobs.core.tables import Tables
-from bundlecast.jobs.relationships.counting import ALL, SIGNALS, counts_from_units, settings, touching
+from bundlecast.jobs.relationships.counting import ALL, SIGNALS, counts_from_units, settings, stable_sum, touching
 from bundlecast.jobs.relationships.signals import inventory_correlation, score_pairs, with_log_lifts
 
 
@@ -53,11 +53,13 @@ def weight_examples(spark, cfg: dict, dt: str, run_id: str, vu, pu, purchases, i
                 .join(later, ["user_id", "site_b", "item_b"], "left").join(segments, "user_id")
                 .withColumn("label", F.coalesce("label", F.lit(0)))
                 .withColumn("holdout", (F.abs(F.xxhash64("user_id")) % 10) < 3)
-                .orderBy(F.xxhash64("user_id", "item_a", "item_b")).limit(int(ws["max_examples"]))
+                .orderBy(F.xxhash64("user_id", "item_a", "item_b"), "user_id", "site_a", "item_a", "site_b", "item_b")
+                .limit(int(ws["max_examples"]))
                 .select("segment", "category_a", "label", "holdout", *SIGNALS).toPandas())
     pairs_c.unpersist(), items_c.unpersist()
     examples[SIGNALS] = examples[SIGNALS].astype(float)
-    return examples
+    # One row order whatever the partitioning: the solver's sums follow it.
+    return examples.sort_values(list(examples.columns), kind="mergesort", ignore_index=True)
 
 
 def fit_weight_table(examples, ws: dict, dt: str, run_id: str):
@@ -112,12 +114,12 @@ def _counts_before(spark, cfg: dict, recent_vu, recent_pu, anchor_items):
     pk, ik = ["kind", "site_a", "item_a", "site_b", "item_b"], ["kind", "site_id", "item_id"]
     pairs = (touching(Tables(spark, cfg).read("item_pair_counts"), anchor_items).select(*pk, "units", "weight", "last_day")
              .unionByName(touching(recent_p, anchor_items).select(*pk, *negate, F.lit(None).cast("date").alias("last_day")))
-             .groupBy(*pk).agg(F.sum("units").alias("units"), F.sum("weight").alias("weight"),
+             .groupBy(*pk).agg(F.sum("units").alias("units"), stable_sum("weight").alias("weight"),
                                F.max("last_day").alias("last_day"))
              .filter(F.col("units") > 0))
     items = (Tables(spark, cfg).read("item_unit_counts").select(*ik, "units", "weight")
              .unionByName(recent_i.select(*ik, *negate)).groupBy(*ik)
-             .agg(F.sum("units").alias("units"), F.sum("weight").alias("weight")).filter(F.col("units") > 0))
+             .agg(F.sum("units").alias("units"), stable_sum("weight").alias("weight")).filter(F.col("units") > 0))
     return pairs.persist(), items.persist()
 
 

@@ -29,6 +29,25 @@ def test_digest_ignores_run_ids_clocks_and_row_order_but_not_values(tmp_path):
     assert digest.main(["--compare", *map(str, _dump(tmp_path, a, b))]) == 0
 
 
+def test_rows_compare_floats_within_a_tolerance_and_nothing_else(tmp_path):
+    """A float's last bits (a sum in another order) do not count, even across a rounding
+    boundary of the digest; a real change of value, a row more or a text change do."""
+    base = {"offer_id": "O1", "price": 0.00815050989499999, "scores": [0.25, 0.5], "run_id": "r1"}
+    variants = {"same": dict(base, price=0.00815050989500001, run_id="r2"),
+                "value": dict(base, price=0.0082), "nested": dict(base, scores=[0.3, 0.5]),
+                "text": dict(base, offer_id="O2")}
+    _write(tmp_path / "base", [base])
+    for name, row in variants.items():
+        _write(tmp_path / name, [row])
+    rows = {name: digest.snapshot_home(tmp_path / name)["gold/offers"] for name in ["base", *variants]}
+    assert digest.rows_differ(rows["base"], rows["same"]) is None
+    assert digest.digest_home(tmp_path / "base") != digest.digest_home(tmp_path / "same")  # the boundary
+    for name in ("value", "nested", "text"):
+        assert digest.rows_differ(rows["base"], rows[name]), name
+    _write(tmp_path / "more", [base, dict(base, offer_id="O3")])
+    assert digest.rows_differ(rows["base"], digest.snapshot_home(tmp_path / "more")["gold/offers"]) == "1 rows, then 2"
+
+
 def _dump(tmp_path: Path, *digests) -> list[Path]:
     import json
 
