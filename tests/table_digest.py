@@ -92,9 +92,13 @@ def rows_differ(before: list, after: list, rel: float = 1e-9) -> str | None:
     if len(before) != len(after):
         return f"{len(before)} rows, then {len(after)}"
     for (text_b, floats_b), (text_a, floats_a) in zip(before, after):
-        if text_b != text_a or len(floats_b) != len(floats_a) or not all(
-                _close(x, y, rel) for x, y in zip(floats_b, floats_a)):
-            return f"{text_b[:120]!r} {floats_b[:6]} then {text_a[:120]!r} {floats_a[:6]}"
+        if text_b != text_a or len(floats_b) != len(floats_a):
+            at = next((i for i, (x, y) in enumerate(zip(text_b, text_a)) if x != y), min(len(text_b), len(text_a)))
+            return f"row {text_b[:60]!r}: text at {at}: {text_b[max(0, at - 40):at + 80]!r} then " \
+                   f"{text_a[max(0, at - 40):at + 80]!r}"
+        far = [(i, x, y) for i, (x, y) in enumerate(zip(floats_b, floats_a)) if not _close(x, y, rel)]
+        if far:
+            return f"row {text_b[:60]!r}: float #{far[0][0]} {far[0][1]!r} then {far[0][2]!r} ({len(far)} differ)"
     return None
 
 

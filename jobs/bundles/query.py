@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from bundlecast.jobs.core.commerce import competitor_reference, item_prices
+from bundlecast.jobs.core.commerce import competitor_reference, item_prices, with_local_day
 from bundlecast.jobs.core.config import config
 from bundlecast.jobs.core.errors import BundlecastError
 from bundlecast.jobs.core.tables import Tables
@@ -81,7 +81,8 @@ def user_context(tables, user_id: str, anchor: str, recent_days: int) -> tuple[p
     need = (tables.read("need_predictions").filter(F.col("user_id") == user_id)
             .select(F.concat_ws("|", "site_id", "item_id").alias("b"), "probability", "dt").toPandas())
     need = need[need.dt == need.dt.max()].set_index("b").probability if len(need) else pd.Series(dtype=float)
-    orders = tables.read("orders").filter(F.col("user_id") == user_id).select("order_id", F.to_date("order_ts").alias("day"))
+    orders = with_local_day(tables, tables.read("orders").filter(F.col("user_id") == user_id), "order_ts") \
+        .select("order_id", "day")
     bought = (orders.join(tables.read("order_lines"), "order_id")
               .select(F.concat_ws("|", "site_id", "item_id").alias("b"), "day").toPandas())
     recent = set(bought[bought.day > bought.day.max() - pd.Timedelta(days=recent_days)].b) if len(bought) else set()

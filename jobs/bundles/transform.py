@@ -52,7 +52,10 @@ def product_bundles(rel: pd.DataFrame, prices: pd.DataFrame, network_stock: pd.S
     b = cfg["bundles"]
     ok = rel.a.isin(prices.index) & rel.b.isin(prices.index)
     counts["relationships_skipped_unpriced"] = int((~ok).sum())
-    rel = rel[ok & (rel.score.fillna(0) >= 0)].sort_values(["a", "score", "b"], ascending=[True, False, True])
+    # Ordered by the score at 9 decimals, then the item: last-bit differences between two runs
+    # (Spark sums in another order) never reorder near-ties.
+    rel = (rel[ok & (rel.score.fillna(0) >= 0)].assign(_order=lambda r: r.score.round(9))
+           .sort_values(["a", "_order", "b"], ascending=[True, False, True]).drop(columns="_order"))
     if b.get("max_anchors"):
         keep = rel.a.value_counts().head(int(b["max_anchors"])).index
         rel = rel[rel.a.isin(keep)]

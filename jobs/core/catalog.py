@@ -6,6 +6,7 @@ that ingestion enforces.
 """
 from __future__ import annotations
 
+import zoneinfo
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -29,6 +30,7 @@ class Column:
     min: float | None = None
     max: float | None = None
     allowed: tuple | None = None
+    allowed_label: str | None = None  # the named set ``allowed`` came from (documentation)
     text: bool = False              # free text: longer limit, only NUL refused
     max_length: int | None = None   # characters (default: the contract's limits)
     days_ahead: int | None = None   # dates/timestamps: allowed past the landing date (default: limits)
@@ -108,9 +110,18 @@ class TableSpec:
 WRITE_MODES = ("replace", "upsert")
 
 
+# Allowed-value sets a contract names instead of listing (``allowed: iana_time_zones``).
+NAMED_SETS = {"iana_time_zones": lambda: tuple(sorted(zoneinfo.available_timezones()))}
+
+
 def _column(name: str, raw: dict) -> Column:
-    allowed = raw.get("allowed")
-    return Column(name=name, type=raw["type"], required=bool(raw.get("required", False)),
+    allowed, label = raw.get("allowed"), None
+    if isinstance(allowed, str):
+        if allowed not in NAMED_SETS:
+            raise ConfigError(f"contract column {name}: allowed must be a list or one of {sorted(NAMED_SETS)}, "
+                              f"not {allowed!r}")
+        allowed, label = NAMED_SETS[allowed](), allowed
+    return Column(name=name, type=raw["type"], required=bool(raw.get("required", False)), allowed_label=label,
                   description=raw.get("description", ""), unit=raw.get("unit"),
                   min=raw.get("min"), max=raw.get("max"),
                   allowed=tuple(allowed) if allowed else None, text=bool(raw.get("text", False)),
@@ -242,7 +253,7 @@ def contract_markdown() -> str:
             if c.max is not None:
                 rule.append(f"<= {c.max}")
             if c.allowed:
-                rule.append("one of " + ", ".join(c.allowed))
+                rule.append(f"one of the {c.allowed_label}" if c.allowed_label else "one of " + ", ".join(c.allowed))
             if c.type == "string":
                 rule.append(f"<= {bounds.max_length(c)} chars" + ("" if c.text else ", no control characters"))
             if c.type in ("date", "timestamp"):

@@ -15,6 +15,19 @@ def stable_id(prefix: str, *parts) -> str:
     return prefix + hashlib.sha1("|".join(map(str, parts)).encode()).hexdigest()[:16]
 
 
+def with_local_day(tables, frame, ts: str, name: str = "day"):
+    """``frame`` (with ``site_id``) plus ``name``: the calendar day of timestamp ``ts`` in its
+    site's time zone (``sites.timezone``; UTC for a site without a row). Timestamps are
+    stored in UTC; a day is the site's: a New York order at 20:00 local is that evening's
+    day, not the next UTC date. Every step that counts by day goes through this."""
+    from pyspark.sql import functions as F
+
+    zones = tables.read("sites").select("site_id", F.col("timezone").alias("_zone"))
+    return (frame.join(F.broadcast(zones), "site_id", "left")
+            .withColumn(name, F.to_date(F.from_utc_timestamp(F.col(ts), F.coalesce("_zone", F.lit("UTC")))))
+            .drop("_zone"))
+
+
 def item_prices(tables, counts: dict) -> pd.DataFrame:
     """Items with a usable price and cost, keyed ``site|item`` (see ``usable_prices``)."""
     from pyspark.sql import functions as F

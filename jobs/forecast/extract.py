@@ -5,16 +5,18 @@ from datetime import date, timedelta
 
 import pandas as pd
 
+from bundlecast.jobs.core.commerce import with_local_day
+
 
 def daily_demand(tables, dt: str, lookback_days: int, level: list[str]):
-    """Units per (level, day) over the lookback window ending with ``dt``; lines of
+    """Units per (level, site-local day) over the lookback window ending with ``dt``; lines of
     unknown items are dropped here and counted by the caller."""
     from pyspark.sql import functions as F
 
     end = date.fromisoformat(dt)
     start = end - timedelta(days=lookback_days - 1)
-    orders = (tables.read("orders").filter(F.col("status") != "cancelled")
-              .select("order_id", "user_id", F.to_date("order_ts").alias("ds"))
+    orders = (with_local_day(tables, tables.read("orders").filter(F.col("status") != "cancelled"), "order_ts", "ds")
+              .select("order_id", "user_id", "ds")
               .filter(F.col("ds").between(F.lit(start), F.lit(end))))
     users = tables.read("users").select("user_id", "region")
     lines = tables.read("order_lines").select("order_id", "site_id", "item_id", "quantity")

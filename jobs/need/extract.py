@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from bundlecast.jobs.core.commerce import with_local_day
+
 
 @dataclass(frozen=True)
 class NeedInputs:
@@ -25,18 +27,19 @@ class NeedInputs:
 
 def history(tables):
     """(purchases, browsing): purchases are non-cancelled order lines with the order day;
-    browsing is view / add-to-cart events. Both restricted to known items."""
+    browsing is view / add-to-cart events. Both restricted to known items; days are the
+    order's (event's) site-local day."""
     from pyspark.sql import functions as F
 
     items = tables.read("items").select("site_id", "item_id")
-    orders = tables.read("orders").filter(F.col("status") != "cancelled") \
-        .select("order_id", "user_id", F.to_date("order_ts").alias("day"))
+    orders = with_local_day(tables, tables.read("orders").filter(F.col("status") != "cancelled"), "order_ts") \
+        .select("order_id", "user_id", "day")
     lines = tables.read("order_lines").select("order_id", "site_id", "item_id", "quantity", "unit_price",
                                                          F.coalesce("discount", F.lit(0.0)).alias("discount"))
     purchases = lines.join(orders, "order_id").join(F.broadcast(items), ["site_id", "item_id"], "left_semi") \
         .drop("order_id")
-    browsing = (tables.read("events").filter(F.col("event_type") != "purchase")
-                .select("user_id", "site_id", "item_id", F.to_date("event_ts").alias("day"), "event_type")
+    browsing = (with_local_day(tables, tables.read("events").filter(F.col("event_type") != "purchase"), "event_ts")
+                .select("user_id", "site_id", "item_id", "day", "event_type")
                 .join(F.broadcast(items), ["site_id", "item_id"], "left_semi"))
     return purchases, browsing
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from bundlecast.jobs.core.commerce import with_local_day
 from bundlecast.jobs.core.errors import BundlecastError
 from bundlecast.jobs.core.runs import StepRun
 from bundlecast.jobs.core.tables import Tables
@@ -34,10 +35,10 @@ def _bucket(window: str):
     from pyspark.sql import functions as F
     if window == "session":
         return F.col("session_id")
-    if window == "day":
-        return F.date_format("ts", "yyyy-MM-dd")
+    if window == "day":  # the site-local day (see ``behaviour``)
+        return F.col("day").cast("string")
     if window == "week":
-        return F.date_format(F.date_trunc("week", "ts"), "yyyy-MM-dd")
+        return F.date_format(F.date_trunc("week", F.col("day").cast("timestamp")), "yyyy-MM-dd")
     raise BundlecastError(f"relationships window must be session, day or week, not {window!r}")
 
 
@@ -45,8 +46,9 @@ def behaviour(spark, cfg: dict, until: datetime, since: datetime, summary: StepR
               users=None):
     """(view rows, purchase rows) with known items and users, bot user-days removed.
 
-    view rows: user_id, site_id, item_id, ts, session_id, bought (the event was a purchase).
-    purchase rows: user_id, site_id, item_id, ts, session_id (null for order lines).
+    view rows: user_id, site_id, item_id, ts, day, session_id, bought (the event was a purchase).
+    purchase rows: user_id, site_id, item_id, ts, day, session_id (null for order lines).
+    ``day`` is the site-local day of ``ts`` (units by day and bot user-days count by it).
     ``users`` (a DataFrame of user_id) restricts the read to those users.
     """
     from pyspark.sql import functions as F
@@ -67,9 +69,8 @@ def behaviour(spark, cfg: dict, until: datetime, since: datetime, summary: StepR
         rows = rows.join(F.broadcast(users), "user_id", "left_semi")
     items = Tables(spark, cfg).read("items").select("site_id", "item_id", F.lit(True).alias("_known_item"))
     known_users = Tables(spark, cfg).read("users").select("user_id", F.lit(True).alias("_known_user"))
-    rows = (rows.join(F.broadcast(items), ["site_id", "item_id"], "left")
-            .join(known_users, "user_id", "left")
-            .withColumn("day", F.to_date("ts")))
+    rows = with_local_day(Tables(spark, cfg), rows.join(F.broadcast(items), ["site_id", "item_id"], "left")
+                          .join(known_users, "user_id", "left"), "ts")
     # Bot user-days: an aggregate (few rows) broadcast back, not a window over every row.
     bot_days = (rows.groupBy("user_id", "day").count().filter(F.col("count") > s["max_events_per_user_day"])
                 .select("user_id", "day", F.lit(True).alias("_bot")))
@@ -88,8 +89,9 @@ def behaviour(spark, cfg: dict, until: datetime, since: datetime, summary: StepR
         summary.counts["skipped_bot_user_days"] += rows.filter("_bot").select("user_id", "day").distinct().count()
         summary.watermark = stats["wm"]
     clean = rows.filter(F.col("_known_item") & F.col("_known_user") & ~F.col("_bot"))
-    views = clean.filter(F.col("source") == "event").select("user_id", "site_id", "item_id", "ts", "session_id", "bought")
-    purchases = clean.filter(F.col("bought")).select("user_id", "site_id", "item_id", "ts", "session_id")
+    views = clean.filter(F.col("source") == "event").select("user_id", "site_id", "item_id", "ts", "day", "session_id",
+                                                            "bought")
+    purchases = clean.filter(F.col("bought")).select("user_id", "site_id", "item_id", "ts", "day", "session_id")
     return views, purchases, rows
 
 
@@ -105,9 +107,11 @@ def unit_items(rows, window: str, cap: int, epoch: str, half_life: float):
 
     if "bought" not in rows.columns:
         rows = rows.withColumn("bought", F.lit(True))
+    if "day" not in rows.columns:  # rows not from ``behaviour``: the UTC day
+        rows = rows.withColumn("day", F.to_date("ts"))
     per_item = (rows.withColumn("unit", F.concat_ws("|", "user_id", _bucket(window))).repartition("unit")
                 .groupBy("unit", "user_id", "site_id", "item_id")
-                .agg(F.max("bought").alias("bought"), F.max(F.to_date("ts")).alias("day")))
+                .agg(F.max("bought").alias("bought"), F.max("day").alias("day")))
     units = per_item.groupBy("unit", "user_id").agg(
         F.sort_array(F.collect_list(F.struct("site_id", "item_id", "bought"))).alias("items"),
         F.max("day").alias("unit_day"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from bundlecast.jobs.core import catalog
+from bundlecast.jobs.core.commerce import with_local_day
 from bundlecast.jobs.core.tables import Tables
 from bundlecast.jobs.relationships.counting import ALL, SIGNALS, settings, stable_sum, touching, unit_pairs
 from bundlecast.jobs.relationships.text import fit_text_models, text_candidates, text_model_exprs
@@ -166,12 +167,13 @@ def _ranked(scored, s: dict, dt: str, run_id: str):
     from pyspark.sql import functions as F
 
     th = float(s["relation_threshold"])
-    relation = (F.when((F.col("complementary_score") >= F.col("alternative_score")) & (F.col("complementary_score") >= th),
-                       "complementary")
-                .when((F.col("alternative_score") > F.col("complementary_score")) & (F.col("alternative_score") >= th),
-                      "alternative").otherwise("other"))
+    # Compared and ordered at 9 decimals: two scores that tie exactly in one run may differ in
+    # their last bits in another (sums in another order); the tie-break then decides, the same.
+    comp, alt = F.round("complementary_score", 9), F.round("alternative_score", 9)
+    relation = (F.when((comp >= alt) & (comp >= th), "complementary")
+                .when((alt > comp) & (alt >= th), "alternative").otherwise("other"))
     rank = F.row_number().over(Window.partitionBy("site_a", "item_a")
-                               .orderBy(F.col("score").desc(), F.col("site_b"), F.col("item_b")))
+                               .orderBy(F.round("score", 9).desc(), F.col("site_b"), F.col("item_b")))
     out = (scored.withColumn("relation", relation).withColumn("rank", rank)
            .filter(F.col("rank") <= s["max_neighbours"])
            .withColumn("dt", F.lit(dt).cast("date")).withColumn("run_id", F.lit(run_id)))
@@ -249,8 +251,9 @@ def inventory_correlation(spark, cfg: dict, purchase_units, min_units: int = 3):
     (what stock alone explains). Pairs with fewer than ``min_units`` such units get none."""
     from pyspark.sql import functions as F
 
-    stock = (Tables(spark, cfg).read("inventory")
-             .groupBy("site_id", "item_id", F.to_date("snapshot_ts").alias("day"))
+    tables = Tables(spark, cfg)
+    stock = (with_local_day(tables, tables.read("inventory"), "snapshot_ts")
+             .groupBy("site_id", "item_id", "day")
              .agg((F.sum(F.col("on_hand") - F.col("reserved")) > 0).alias("in_stock")))
     days = stock.select("day").distinct()
     u = purchase_units.join(F.broadcast(days), F.col("unit_day") == F.col("day"), "left_semi")

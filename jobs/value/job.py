@@ -71,9 +71,9 @@ def run(spark, dt: str, run_id: str | None = None, cfg: dict | None = None, prog
 
 
 def _any_order_before(orders, day: date) -> bool:
-    """Whether any order was placed before ``day``."""
+    """Whether any order was placed before ``day`` (site-local)."""
     from pyspark.sql import functions as F
-    return orders.filter(F.col("order_ts") < F.lit(day).cast("timestamp")).limit(1).count() > 0
+    return orders.filter(F.col("day") < F.lit(day)).limit(1).count() > 0
 
 
 def _register_and_gate(cfg: dict, dt: str, summary: StepRun, final, train_pd: pd.DataFrame, eval_pd: pd.DataFrame,

@@ -20,7 +20,7 @@ def frame_at(inputs, cutoff: date, horizon: int, segments: list[str], with_targe
     T = F.lit(cutoff).cast("date")
     since = lambda d: F.lit(cutoff - timedelta(days=d)).cast("date")  # noqa: E731
     orders = (inputs.orders.filter(F.col("status") != "cancelled")
-              .select("order_id", "user_id", F.to_date("order_ts").alias("day")))
+              .select("order_id", "user_id", "day"))
     lines = inputs.order_lines.select(
         "order_id", "site_id", "item_id",
         (F.col("quantity") * F.col("unit_price") * (1 - F.coalesce("discount", F.lit(0.0)))).alias("amount"))
@@ -39,7 +39,7 @@ def frame_at(inputs, cutoff: date, horizon: int, segments: list[str], with_targe
         F.countDistinct(F.when(F.col("day") > since(horizon), F.col("day"))).alias("baseline_orders"),
         F.sum(F.when(F.col("day") > since(horizon), F.col("amount")).otherwise(0.0)).alias("baseline_spend"))
     feats = feats.withColumn("avg_order_value", F.col("spend_365") / F.greatest(F.col("orders_365"), F.lit(1)))
-    views = (inputs.events.filter((F.to_date("event_ts") <= T) & (F.to_date("event_ts") > since(30)))
+    views = (inputs.events.filter((F.col("day") <= T) & (F.col("day") > since(30)))
              .groupBy("user_id").agg(F.count("*").alias("views_30")))
     segments = sorted(segments)
     code = F.coalesce(F.element_at(F.create_map(*[x for i, seg in enumerate(segments) for x in (F.lit(seg), F.lit(i))]),
