@@ -129,3 +129,27 @@ def test_prod_refuses_to_start_without_a_real_secret(tmp_path, keys, message):
 def test_local_development_has_working_keys(tmp_path):
     cfg = load_config("local", tmp_path, environ={})
     assert all(len(v) >= 32 for v in cfg["secrets"].values())
+
+
+def test_the_state_directory_overlay_is_merged_last_and_seen_when_it_changes(tmp_path, monkeypatch):
+    """BUNDLECAST_HOME/conf/config.yaml changes one setting for that state only (the way
+    ``bundlecast replay thresholds`` writes thresholds), and a running process sees a new one."""
+    from bundlecast.jobs.core import config as config_module
+
+    overlay = tmp_path / "conf" / "config.yaml"
+    overlay.parent.mkdir()
+    overlay.write_text("proactive:\n  category_thresholds: {grocery/coffee: 0.55}\n")
+    cfg = load_config("local", tmp_path, environ={})
+    assert cfg["proactive"]["category_thresholds"]["grocery/coffee"] == 0.55
+    assert cfg["proactive"]["threshold"] == load_config("local", tmp_path / "other", environ={})["proactive"]["threshold"]
+    monkeypatch.setenv("BUNDLECAST_HOME", str(tmp_path))
+    assert config_module.config()["proactive"]["category_thresholds"]["grocery/coffee"] == 0.55
+    overlay.write_text("proactive:\n  category_thresholds: {grocery/coffee: 0.8}\n")
+    import os
+
+    os.utime(overlay, ns=(1, overlay.stat().st_mtime_ns + 10**9))  # a later write, even on a coarse clock
+    assert config_module.config()["proactive"]["category_thresholds"]["grocery/coffee"] == 0.8
+    overlay.write_text("proactive: [not, a, mapping")
+    os.utime(overlay, ns=(1, overlay.stat().st_mtime_ns + 2 * 10**9))
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        config_module.config()

@@ -72,7 +72,10 @@ def read_yaml(path: Path) -> dict:
 
 def load_config(env: str | None = None, state_home: Path | None = None,
                 environ: dict | None = None, conf_dir: Path | None = None) -> dict:
-    """Load conf/base/config.yaml merged with conf/<env>/config.yaml, references resolved."""
+    """Load conf/base/config.yaml merged with conf/<env>/config.yaml, then with the state
+    directory's own overlay ``BUNDLECAST_HOME/conf/config.yaml`` when there is one (a user's
+    or a tool's setting for this state, e.g. thresholds ``bundlecast replay thresholds``
+    proposed, without copying conf/), references resolved."""
     conf_dir = Path(conf_dir or CONF_DIR)
     env = env or env_name()
     overlay_path = conf_dir / env / "config.yaml"
@@ -80,6 +83,9 @@ def load_config(env: str | None = None, state_home: Path | None = None,
         known = sorted(p.name for p in conf_dir.iterdir() if (p / "config.yaml").exists() and p.name != "base")
         raise ConfigError(f"unknown BUNDLECAST_ENV {env!r}: expected one of {known}")
     merged = deep_merge(read_yaml(conf_dir / "base" / "config.yaml"), read_yaml(overlay_path))
+    state_overlay = state_overlay_path(Path(state_home or home()))
+    if state_overlay.exists():
+        merged = deep_merge(merged, read_yaml(state_overlay))
     resolved = _resolve(merged, str(state_home or home()), dict(os.environ if environ is None else environ))
     if env != "local":
         check_secrets(resolved.get("secrets") or {}, merged.get("secrets") or {}, conf_dir)
@@ -110,14 +116,22 @@ def check_secrets(secrets: dict, raw: dict, conf_dir: Path) -> None:
             raise ConfigError(f"secret secrets.{name} is shorter than {MIN_SECRET_LENGTH} characters: {where}")
 
 
+def state_overlay_path(state_home: Path) -> Path:
+    """The state directory's own configuration overlay (merged last when it exists)."""
+    return Path(state_home) / "conf" / "config.yaml"
+
+
 @lru_cache(maxsize=None)
-def _cached(env: str, state_home: str) -> dict:
+def _cached(env: str, state_home: str, overlay_stamp: float) -> dict:
     return load_config(env, Path(state_home))
 
 
 def config() -> dict:
-    """The configuration for the current BUNDLECAST_ENV and BUNDLECAST_HOME (cached)."""
-    return copy.deepcopy(_cached(env_name(), str(home())))
+    """The configuration for the current BUNDLECAST_ENV and BUNDLECAST_HOME (cached until the
+    state directory's overlay changes: a long-lived driver sees a new overlay at once)."""
+    overlay = state_overlay_path(home())
+    stamp = overlay.stat().st_mtime_ns if overlay.exists() else 0.0
+    return copy.deepcopy(_cached(env_name(), str(home()), stamp))
 
 
 def truthy(value) -> bool:
