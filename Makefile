@@ -19,7 +19,7 @@ RETAIL_DATA ?= $(CURDIR)/../shared/data/online_retail
 EVAL_HOME ?= $(BUNDLECAST_HOME)/eval-online-retail
 EVAL_CUTOFF ?= 2011-09-01
 
-.PHONY: install setup run test test-fast lint bench eval-relationships lock clean help stack stack-down
+.PHONY: install setup run test test-fast lint bench eval-relationships eval-need lock clean help stack stack-down
 
 help:
 	@echo "make run    - install, fetch jars once, generate the demo world, run nightly then hourly DAGs"
@@ -27,6 +27,7 @@ help:
 	@echo "make test-fast - lint and the unit tests (transforms on explicit rows; no world, no Airflow)"
 	@echo "make bench  - ingestion, relationship, model, offer and routing (Solomon + insertion) benchmarks on the medium world (BENCH_SCALE=small for a quick one), then the whole nightly + hourly on small and medium (BENCH_PIPELINE_SCALES)"
 	@echo "make eval-relationships - hit rate/NDCG@10 on UCI Online Retail vs lift and FPGrowth (MLflow)"
+	@echo "make eval-need          - need model vs top-frequency and TIFU-KNN on UCI Online Retail (MLflow)"
 	@echo "make lock   - re-resolve requirements.in into requirements.lock"
 
 # The venv is rebuilt only when the lock or the package metadata change.
@@ -89,6 +90,16 @@ eval-relationships: setup
 	$(BIN)/bundlecast import online-retail $(RETAIL_DATA) --date 2011-12-10 && \
 	$(BIN)/bundlecast ingest --date 2011-12-10 --datasets sites,items,users,events,orders,order_lines --no-expectations && \
 	$(BIN)/bundlecast eval relationships --cutoff $(EVAL_CUTOFF)
+
+# The need model on Online Retail against personal top-frequency and TIFU-KNN (next-basket
+# recall@10 and NDCG@10, repeat and explore apart) and the need-date error: MLflow run in $(EVAL_HOME).
+eval-need: setup
+	@test -d "$(RETAIL_DATA)" || { echo "error: $(RETAIL_DATA) not found (set RETAIL_DATA)"; exit 1; }
+	export BUNDLECAST_HOME=$(EVAL_HOME) BUNDLECAST_JAR_CACHE=$(BUNDLECAST_HOME)/jars \
+	  BUNDLECAST_DRIVER_MEMORY=$${BUNDLECAST_DRIVER_MEMORY:-8g} && \
+	$(BIN)/bundlecast import online-retail $(RETAIL_DATA) --date 2011-12-10 && \
+	$(BIN)/bundlecast ingest --date 2011-12-10 --datasets sites,items,users,events,orders,order_lines --no-expectations && \
+	$(BIN)/bundlecast need --date $${EVAL_NEED_DATE:-2011-12-09} --mode train
 
 lock:
 	$(BIN)/pip install --quiet -r requirements.in

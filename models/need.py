@@ -100,6 +100,41 @@ def ranking_at_k(frame: pd.DataFrame, score: np.ndarray, bought: pd.Series, k: i
             f"recall_at_{k}": float((hits / bought[bought > 0]).mean())}
 
 
+def top_k_lists(frame: pd.DataFrame, score: np.ndarray, k: int) -> pd.DataFrame:
+    """(user_id, item, rank) of the ``k`` best-scored candidates per user; ``item`` is
+    ``site|item``; ties by the item key (deterministic whatever the frame's order)."""
+    f = pd.DataFrame({"user_id": frame.user_id.to_numpy(), "item": (frame.site_id + "|" + frame.item_id).to_numpy(),
+                      "score": np.round(np.asarray(score, float), 12)})
+    f = f.sort_values(["user_id", "score", "item"], ascending=[True, False, True], kind="stable")
+    top = f.groupby("user_id", sort=False).head(k)
+    return top.assign(rank=top.groupby("user_id", sort=False).cumcount() + 1)[["user_id", "item", "rank"]]
+
+
+def basket_metrics(recs: pd.DataFrame, truth: pd.DataFrame, k: int = 10) -> dict[str, float]:
+    """Next-basket metrics of top-``k`` lists, as Li et al. (TOIS 2023) report them.
+
+    ``recs``: user_id, item, rank (1 = best); ``truth``: user_id, item, repeat (the user
+    bought the item before the cut-off). Over the users with a non-empty truth: recall@k
+    (share of the truth in the list) and NDCG@k (binary gain, log2 discount); recall of
+    the repeat items over users with any, and of the explore (new to the user) items over
+    users with any. A user without a list scores 0."""
+    recs = recs[recs["rank"] <= k]
+    hits = truth.merge(recs[["user_id", "item", "rank"]], on=["user_id", "item"], how="left")
+    hits["hit"] = hits["rank"].notna()
+    hits["gain"] = np.where(hits.hit, 1.0 / np.log2(hits["rank"].fillna(1) + 1.0), 0.0)
+    per = hits.groupby("user_id").agg(n=("item", "size"), hit=("hit", "sum"), dcg=("gain", "sum"))
+    ideal = per.n.clip(upper=k).map(lambda m: float((1.0 / np.log2(np.arange(2, m + 2))).sum()))
+
+    def part_recall(mask) -> float:
+        part = hits[mask].groupby("user_id").agg(n=("item", "size"), hit=("hit", "sum"))
+        return float((part.hit / part.n).mean()) if len(part) else float("nan")
+
+    return {f"recall_at_{k}": float((per.hit / per.n).mean()) if len(per) else float("nan"),
+            f"ndcg_at_{k}": float((per.dcg / ideal).mean()) if len(per) else float("nan"),
+            f"recall_repeat_at_{k}": part_recall(hits.repeat), f"recall_explore_at_{k}": part_recall(~hits.repeat),
+            "users_evaluated": float(len(per))}
+
+
 def calibration_table(y: np.ndarray, p: np.ndarray, bins: int = 10) -> pd.DataFrame:
     """Mean predicted vs observed rate per equal-count bin of the prediction."""
     frame = pd.DataFrame({"y": y, "p": p})
@@ -131,13 +166,53 @@ def evaluate(frame: pd.DataFrame, probability: np.ndarray, bought: pd.Series, k:
             "base_rate": float(y.mean()) if len(y) else float("nan")}
 
 
-def need_dates(frame: pd.DataFrame, cutoff: pd.Timestamp, horizon: int, default_offset: int) -> tuple[pd.Series, pd.Series]:
-    """Predicted need date and its basis: the user's own cycle for this item (last purchase
-    + mean gap) when there is one, else the category cycle, else cut-off + the typical
-    days-to-purchase learned in training; always within (cut-off, cut-off + H]."""
-    lo, hi = 1, horizon
+BASES = ("item cycle", "category cycle")
+
+
+def _cycle_due(frame: pd.DataFrame) -> tuple[pd.Series, np.ndarray]:
+    """(days from the cut-off to the due date by the user's own cycle, its basis): the item
+    cycle (last purchase + mean gap) where the user has one, else the category cycle, else
+    NaN with basis "typical lead time"."""
     item_due = frame.due_in_item.where(frame.mean_gap_item > 0)
     cat_due = frame.due_in_cat.where(frame.mean_gap_cat > 0)
-    offset = item_due.fillna(cat_due).fillna(default_offset).clip(lo, hi).round().astype(int)
-    basis = np.where(item_due.notna(), "item cycle", np.where(cat_due.notna(), "category cycle", "typical lead time"))
+    basis = np.where(item_due.notna(), BASES[0], np.where(cat_due.notna(), BASES[1], "typical lead time"))
+    return item_due.fillna(cat_due).astype(float), basis
+
+
+def _offsets(due: pd.Series, basis: np.ndarray, horizon: int, typical: int, weights: dict) -> pd.Series:
+    w = pd.Series(basis, index=due.index).map(lambda b: float(weights.get(b, 0.0)))
+    blended = (w * due.fillna(typical) + (1.0 - w) * typical)
+    return blended.clip(1, horizon).round().astype(int)
+
+
+def fit_need_date_weights(positives: pd.DataFrame, horizon: int, typical: int) -> dict[str, float]:
+    """Per basis, how much of the user's own cycle to trust against the typical lead time:
+    the weight w in [0, 1] (steps of 0.1) of ``w * cycle + (1 - w) * typical`` with the
+    least mean absolute error in days on the training positives (``days_to_need``). w = 0
+    is the constant, so on the training data the blend is never worse than it."""
+    due, basis = _cycle_due(positives)
+    actual = positives.days_to_need.to_numpy(float)
+    weights = {}
+    for b in BASES:
+        mask = basis == b
+        if mask.sum() < 20:
+            weights[b] = 0.0
+            continue
+        grid = np.round(np.arange(0.0, 1.01, 0.1), 1)
+        errors = [np.abs(_offsets(due[mask], basis[mask], horizon, typical, {b: w}).to_numpy() - actual[mask]).mean()
+                  for w in grid]
+        weights[b] = float(grid[int(np.argmin(errors))])  # the smallest w among equals: the simpler rule
+    return weights
+
+
+def need_dates(frame: pd.DataFrame, cutoff: pd.Timestamp, horizon: int, default_offset: int,
+               weights: dict | None = None) -> tuple[pd.Series, pd.Series]:
+    """Predicted need date and its basis: the user's own cycle for this item (last purchase
+    + mean gap) when there is one, else the category cycle, else cut-off + the typical
+    days-to-purchase learned in training; the cycle blended with the typical lead time by
+    the basis's fitted ``weights`` (``fit_need_date_weights``; None: the cycle alone);
+    always within (cut-off, cut-off + H]."""
+    due, basis = _cycle_due(frame)
+    weights = {b: 1.0 for b in BASES} if weights is None else weights
+    offset = _offsets(due, basis, horizon, default_offset, weights)
     return cutoff + pd.to_timedelta(offset, unit="D"), pd.Series(basis, index=frame.index)

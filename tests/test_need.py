@@ -46,6 +46,24 @@ def test_model_beats_baselines_and_is_calibrated(trained):
     assert "no champion yet" in t.labels["decision"]
 
 
+
+def test_every_scorer_and_tifu_knn_are_measured_as_next_baskets(trained):
+    """The top-10 lists of the model, both baselines and TIFU-KNN against every item the same
+    users bought in the horizon (candidates or not), with the repeat and explore parts."""
+    nb = {name: m for name, m in trained.metrics.items() if "nb_recall_at_10" in m}
+    assert set(nb) == {"model", "topfreq", "popularity", "tifuknn"}
+    users = {m["nb_users_evaluated"] for m in nb.values()}
+    assert len(users) == 1 and users.pop() > 20  # the same users for every scorer
+    for name, m in nb.items():
+        for key in ("nb_recall_at_10", "nb_ndcg_at_10", "nb_recall_repeat_at_10"):
+            assert 0.0 <= m[key] <= 1.0, (name, key, m[key])
+    # TIFU-KNN ranks the user's own frequent items high: it finds repeats as top-frequency does
+    assert nb["tifuknn"]["nb_recall_repeat_at_10"] > 0.5 * nb["topfreq"]["nb_recall_repeat_at_10"]
+    # the same definition as the candidate frame's recall (misses of the candidates count there
+    # too); only the tie-break differs
+    assert abs(nb["model"]["nb_recall_at_10"] - trained.metrics["model"]["recall_at_10"]) < 0.02
+    print({name: {k: round(v, 4) for k, v in m.items() if k.startswith("nb_")} for name, m in nb.items()})
+
 def test_features_see_nothing_after_the_cutoff(spark, test_world, need_cfg):
     from dataclasses import replace
 

@@ -12,7 +12,14 @@ def need_bundle_inputs(tables, dt: str, prices: pd.DataFrame) -> dict:
 
     return {"preds": tables.read("need_predictions").filter(F.col("dt") == F.lit(dt).cast("date")),
             "priced": tables.spark.createDataFrame(prices.reset_index()[["key", "price", "cost", "volume_l", "weight_kg"]]),
-            "user_warehouse": user_warehouses(tables), "stock": available_stock(tables)}
+            "user_warehouse": user_warehouses(tables), "stock": stock_as_of_run(tables, dt)}
+
+
+def stock_as_of_run(tables, dt: str):
+    """Available stock less the reservations as the step's first run for ``dt`` saw them
+    (``Tables.pinned``): a re-run does not see the reservations that night's proactive step
+    made after bundles ran."""
+    return available_stock(tables, reservations=tables.pinned("inventory_reservations", dt, "bundles"))
 
 
 def relationship_frame(tables) -> pd.DataFrame:

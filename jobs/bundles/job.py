@@ -5,10 +5,9 @@ import uuid
 
 import pandas as pd
 
-from bundlecast.jobs.bundles.extract import need_bundle_inputs, relationship_frame
+from bundlecast.jobs.bundles.extract import need_bundle_inputs, relationship_frame, stock_as_of_run
 from bundlecast.jobs.bundles.transform import need_bundles, product_bundles
 from bundlecast.jobs.core.commerce import (
-    available_stock,
     competitor_reference,
     item_prices,
 )
@@ -38,7 +37,7 @@ def run(spark, dt: str, run_id: str | None = None, cfg: dict | None = None, prog
     c["need_bundles"], c["need_bundles_stock_ok"] = int(agg[0]), int(agg[1] or 0)
     summary.figures["need_bundle_mean_confidence"] = float(agg[2] or 0.0)
     nb.unpersist()
-    network = available_stock(tables).groupBy("key").agg(F.sum("available").alias("available")).toPandas()
+    network = stock_as_of_run(tables, dt).groupBy("key").agg(F.sum("available").alias("available")).toPandas()
     network = network.set_index("key").available
     reference = competitor_reference(tables, c)
     rel = relationship_frame(tables)

@@ -48,10 +48,12 @@ def usable_prices(items: pd.DataFrame, counts: dict) -> pd.DataFrame:
     return items[~no_price & ~negative].set_index("key")
 
 
-def available_stock(tables, subtract_reservations: bool = True):
+def available_stock(tables, subtract_reservations: bool = True, reservations=None):
     """Latest snapshot per warehouse: available = on_hand - reserved (>= 0), per
     (warehouse_id, key), less the active proactive-shipping reservations
-    (``inventory_reservations``) unless ``subtract_reservations`` is False."""
+    (``reservations``, default the ``inventory_reservations`` table as it is now; a nightly
+    step passes the version its date pinned, ``Tables.pinned``) unless
+    ``subtract_reservations`` is False."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
@@ -62,7 +64,8 @@ def available_stock(tables, subtract_reservations: bool = True):
              .agg(F.sum(F.greatest(F.col("on_hand") - F.col("reserved"), F.lit(0))).cast("long").alias("available")))
     if not subtract_reservations:
         return stock
-    held = (tables.read("inventory_reservations").filter(F.col("status") == "active")
+    reservations = tables.read("inventory_reservations") if reservations is None else reservations
+    held = (reservations.filter(F.col("status") == "active")
             .groupBy("warehouse_id", F.concat_ws("|", "site_id", "item_id").alias("key"))
             .agg(F.sum("quantity").alias("_held")))
     return (stock.join(held, ["warehouse_id", "key"], "left")

@@ -110,6 +110,27 @@ class Tables:
             reader = reader.option("versionAsOf", version)
         return reader.load(self.path(name))
 
+    def pinned(self, name: str, dt: str, step: str, run_id: str = ""):
+        """Table ``name`` as the first run of ``step`` for ``dt`` read it: that run pins the
+        table's current Delta version in ``input_versions``; a re-run of the date reads the
+        pinned version, so later changes by other runs (a reservation the same night's
+        proactive step made after this step ran) do not change what the re-run writes."""
+        from datetime import timezone
+
+        from delta.tables import DeltaTable
+        from pyspark.sql import functions as F
+
+        pins = self.read("input_versions").filter(
+            (F.col("dt") == F.lit(dt).cast("date")) & (F.col("step") == step) & (F.col("table_name") == name))
+        row = pins.select("version").first()
+        if row is not None:
+            return self.read(name, version=int(row["version"]))
+        version = int(DeltaTable.forPath(self.spark, self.path(name)).history(1).select("version").first()[0])
+        self.upsert("input_versions", self.frame("input_versions", [{
+            "dt": dt, "step": step, "table_name": name, "version": version, "run_id": run_id,
+            "pinned_at": datetime.now(timezone.utc).replace(tzinfo=None)}]), update=False)
+        return self.read(name, version=version)
+
     def has_rows(self, name: str, **partition) -> bool:
         """Whether the table holds any row matching ``partition`` (as in :meth:`replace`)."""
         frame = self.read(name)

@@ -1,6 +1,7 @@
 """The need step's run (see the package docstring)."""
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from datetime import date, datetime, timedelta
@@ -32,6 +33,7 @@ def train(spark, dt: str, run_id: str, cfg: dict, summary: StepRun | None = None
     train_cuts = [eval_cut - timedelta(days=H + i * int(s["cutoff_step_days"])) for i in range(int(s["train_cutoffs"]))]
     with summary.timed("examples"):
         train_pd, eval_pd, bought = training_frames(inputs, eval_cut, train_cuts, H, s)
+        baskets = next_baskets(inputs, eval_cut, H, s)
     summary.counts["train_examples"], summary.counts["eval_examples"] = len(train_pd), len(eval_pd)
     if train_pd.label.nunique() < 2 or eval_pd.label.nunique() < 2:
         raise BundlecastError(f"need model: too little history to train (train positives {int(train_pd.label.sum())}, "
@@ -40,10 +42,11 @@ def train(spark, dt: str, run_id: str, cfg: dict, summary: StepRun | None = None
         model = nm.fit(train_pd, seed=int(s["seed"]))
     with summary.timed("evaluate"):
         p_model = nm.predict(model, eval_pd)
-        summary.metrics, typical = evaluate_with_baselines(train_pd, eval_pd, p_model, bought, eval_cut, H, int(s["k"]))
+        summary.metrics, typical, weights = evaluate_with_baselines(train_pd, eval_pd, p_model, bought, eval_cut, H,
+                                                                    int(s["k"]), baskets, s.get("tifuknn") or {})
     _register_and_gate(cfg, s, dt, run_id, summary, model, train_pd, eval_pd, p_model, bought,
                        {"eval_cutoff": str(eval_cut), "train_cutoffs": ",".join(map(str, train_cuts)),
-                        "typical_days_to_need": typical})
+                        "typical_days_to_need": typical, "need_date_weights": weights})
     inputs.unpersist()
     summary.figures["train_seconds"] = round(time.time() - summary.started, 1)
     return summary
@@ -78,24 +81,73 @@ def training_frames(inputs, eval_cut: date, train_cuts: list[date], H: int, s: d
     return train_pd, eval_pd, bought
 
 
+def next_baskets(inputs, eval_cut: date, H: int, s: dict) -> dict[str, pd.DataFrame]:
+    """The evaluation users' baskets before the cut-off (``history``: user_id, basket = the
+    local day, item = ``site|item``, within the lookback) and what each bought in the
+    horizon after it (``truth``: user_id, item, repeat = bought before), as pandas: what
+    the next-basket metrics and TIFU-KNN need, on the users the model is evaluated on."""
+    from pyspark.sql import functions as F
+
+    from bundlecast.jobs.need.candidates import window
+    from bundlecast.jobs.need.features import labels
+
+    spark = inputs.purchases.sparkSession
+    cut = cutoff_frame(spark, [eval_cut])
+    users = active_users(inputs.purchases, cut, s, s.get("max_eval_users")).select("user_id")
+    item = F.concat_ws("|", "site_id", "item_id").alias("item")
+    history = (window(inputs.purchases, cut, int(s["lookback_days"])).join(users, "user_id", "left_semi")
+               .select("user_id", F.col("day").cast("string").alias("basket"), item).distinct().toPandas())
+    truth = (labels(inputs.purchases, cut, H).join(users, "user_id", "left_semi").select("user_id", item)
+             .toPandas())
+    seen = pd.MultiIndex.from_frame(history[["user_id", "item"]].drop_duplicates())
+    truth["repeat"] = pd.MultiIndex.from_frame(truth[["user_id", "item"]]).isin(seen)
+    return {"history": history.sort_values(["user_id", "basket", "item"], ignore_index=True),
+            "truth": truth.sort_values(["user_id", "item"], ignore_index=True)}
+
+
 def evaluate_with_baselines(train_pd: pd.DataFrame, eval_pd: pd.DataFrame, p_model, bought, eval_cut: date, H: int,
-                            k: int) -> tuple[dict, int]:
+                            k: int, baskets: dict | None = None, tifu_params: dict | None = None) -> tuple[dict, int]:
     """Pure: the model's metrics and each baseline's on the same evaluation frame, plus
-    the need-date error; returns (metrics per scorer, typical days to need)."""
+    the need-date error; returns (metrics per scorer, typical days to need).
+
+    With ``baskets`` (``next_baskets``) every scorer's top-k list is also measured as a next
+    basket (recall, NDCG, repeat and explore recall over *every* item bought, candidates or
+    not), and TIFU-KNN, which ranks every item from the baskets alone, joins as a scorer."""
+    from bundlecast.models import tifuknn
+
     metrics = {"model": nm.evaluate(eval_pd, p_model, bought, k)}
+    rank_scores = {"model": p_model}
     for name, fn in nm.BASELINES.items():
         metrics[name] = nm.evaluate(eval_pd, nm.calibrate_score(train_pd, fn)(eval_pd), bought, k,
                                     rank_score=fn(eval_pd))
-    # Need date quality on the evaluation positives: predicted vs actual first purchase day.
-    typical = int(round(float(train_pd.loc[train_pd.label == 1, "days_to_need"].median()))) if train_pd.label.sum() else H // 2
+        rank_scores[name] = fn(eval_pd)
+    if baskets is not None:
+        for name, score in rank_scores.items():
+            metrics[name].update(_prefixed(nm.basket_metrics(nm.top_k_lists(eval_pd, score, k), baskets["truth"], k)))
+        users = baskets["truth"].user_id.unique()
+        recs = tifuknn.recommend(baskets["history"], k, users=users, **(tifu_params or {}))
+        metrics["tifuknn"] = _prefixed(nm.basket_metrics(recs, baskets["truth"], k))
+    # Need dates: the typical lead time and how far to trust each user's own cycle against
+    # it, both from the training positives; measured on the evaluation positives (predicted
+    # vs actual first purchase day) against the constant and the cycle rule alone.
+    train_pos = train_pd[train_pd.label == 1]
+    typical = int(round(float(train_pos.days_to_need.median()))) if len(train_pos) else H // 2
+    weights = nm.fit_need_date_weights(train_pos, H, typical) if len(train_pos) else {}
     pos = eval_pd[eval_pd.label == 1]
     if len(pos):
-        dates, _ = nm.need_dates(pos, pd.Timestamp(eval_cut), H, typical)
         actual = pd.Timestamp(eval_cut) + pd.to_timedelta(pos.days_to_need, unit="D")
-        metrics["model"]["need_date_mae_days"] = float((dates - actual).dt.days.abs().mean())
-        naive = pd.Timestamp(eval_cut) + pd.Timedelta(days=typical)
-        metrics["model"]["need_date_mae_days_typical_only"] = float((naive - actual).dt.days.abs().mean())
-    return metrics, typical
+
+        def mae(w) -> float:
+            return float((nm.need_dates(pos, pd.Timestamp(eval_cut), H, typical, w)[0] - actual).dt.days.abs().mean())
+        metrics["model"]["need_date_mae_days"] = mae(weights)
+        metrics["model"]["need_date_mae_days_cycle_rule"] = mae(None)
+        metrics["model"]["need_date_mae_days_typical_only"] = mae({})
+    return metrics, typical, weights
+
+
+def _prefixed(m: dict) -> dict:
+    """Next-basket metrics under ``nb_`` (over every item bought), apart from the candidate-frame ones."""
+    return {f"nb_{key}": value for key, value in m.items()}
 
 
 def _register_and_gate(cfg: dict, s: dict, dt: str, run_id: str, summary: StepRun, model, train_pd, eval_pd, p_model,
@@ -122,7 +174,9 @@ def _register_and_gate(cfg: dict, s: dict, dt: str, run_id: str, summary: StepRu
             _log_plots(model, eval_pd, p_model, metrics, bought, s)
         with summary.timed("mlflow register"):
             version = registry.log_and_register(model, eval_pd[nm.FEATURES].head(200), p_model[:200], s["model_name"],
-                                                {"typical_days_to_need": typical, "horizon_days": H})
+                                                {"typical_days_to_need": typical, "horizon_days": H,
+                                                 "need_date_weights": json.dumps(params["need_date_weights"],
+                                                                                 sort_keys=True)})
         summary.labels["model_version"] = str(version)
         k, metric = int(s["k"]), s["gate_metric"]
         checks = []
@@ -241,7 +295,10 @@ def _top_predictions(frame: pd.DataFrame, model, version, meta: dict, s: dict, c
     frame = frame[frame.probability >= float(s["min_probability"])]
     frame = frame.sort_values(["user_id", "probability"], ascending=[True, False], kind="stable") \
         .groupby("user_id").head(int(s["max_per_user"]))
-    need_date, basis = nm.need_dates(frame, pd.Timestamp(cutoff), H, int(meta.get("typical_days_to_need", H // 2)))
+    # A champion registered before the weights were fitted keeps the cycle rule (None).
+    weights = json.loads(meta["need_date_weights"]) if meta.get("need_date_weights") else None
+    need_date, basis = nm.need_dates(frame, pd.Timestamp(cutoff), H, int(meta.get("typical_days_to_need", H // 2)),
+                                     weights)
     return pd.DataFrame({
         "user_id": frame.user_id, "site_id": frame.site_id, "item_id": frame.item_id, "category": frame.category,
         "probability": frame.probability.astype(float), "need_date": need_date.dt.date, "need_date_basis": basis,
@@ -306,9 +363,19 @@ def render(s: StepRun) -> str:
              f"evaluation examples; MLflow run {lab.get('mlflow_run_id')}, version {lab.get('model_version')}",
              f"  {'scorer':12s} {'ROC AUC':>8s} {'PR AUC':>8s} {'Brier':>8s} {'ECE':>7s} {k:>12s} "
              f"{k.replace('recall', 'precision'):>15s}"]
+    nan = float("nan")
     for name, m in s.metrics.items():
-        lines.append(f"  {name:12s} {m['roc_auc']:8.4f} {m['pr_auc']:8.4f} {m['brier']:8.5f} {m['ece']:7.4f} "
-                     f"{m[k]:12.4f} {m[k.replace('recall', 'precision')]:15.4f}")
+        if "roc_auc" in m:  # scorers of the candidate frame (TIFU-KNN ranks every item instead)
+            lines.append(f"  {name:12s} {m['roc_auc']:8.4f} {m['pr_auc']:8.4f} {m['brier']:8.5f} {m['ece']:7.4f} "
+                         f"{m[k]:12.4f} {m[k.replace('recall', 'precision')]:15.4f}")
+    n = k.removeprefix("recall_at_")
+    if any(f"nb_recall_at_{n}" in m for m in s.metrics.values()):
+        lines.append(f"  next basket, every item bought counts: {'scorer':12s} {'recall@' + n:>10s} {'NDCG@' + n:>9s} "
+                     f"{'repeat':>8s} {'explore':>8s}")
+        for name, m in s.metrics.items():
+            lines.append(f"  {'':39s} {name:12s} {m.get(f'nb_recall_at_{n}', nan):10.4f} "
+                         f"{m.get(f'nb_ndcg_at_{n}', nan):9.4f} {m.get(f'nb_recall_repeat_at_{n}', nan):8.4f} "
+                         f"{m.get(f'nb_recall_explore_at_{n}', nan):8.4f}")
     promoted = "promoted to champion" if lab.get("promoted") == "true" else "not promoted"
     lines.append(f"  gate: {promoted} ({lab.get('decision')})")
     lines.append("  seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in s.timings.items()))

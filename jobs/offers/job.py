@@ -41,7 +41,8 @@ def build(spark, cfg: dict, dt: str, run_id: str, summary: StepRun) -> tuple[pd.
     c["control_users"] = int(cand[in_control].user_id.nunique())
     cand = cand[~in_control].reset_index(drop=True)
     acc = fit_acceptance(past_offers(spark, cfg, dt), cfg["pricing"])
-    stock = to_pandas(available_stock(tables))
+    # The reservations as this date's first offers run saw them (a re-run gives the same offers).
+    stock = to_pandas(available_stock(tables, reservations=tables.pinned("inventory_reservations", dt, "offers")))
     summary.notes.append(f"price response: {acc.source} (beta {acc.beta:.2f})")
     if len(cand):
         cand = context(cand, context_inputs(tables, dt), c, stock, item_prices(tables, {}), cfg["incentives"])

@@ -152,3 +152,24 @@ def test_a_table_written_by_an_earlier_release_gains_the_catalog_columns_it_lack
                                                              "landing_digest": "abc"}]))
     got = {r.run_id: r.landing_digest for r in t.read("ingestion_audit").collect()}
     assert got == {"old": None, "new": "abc"}
+
+
+def test_a_pinned_read_gives_a_re_run_the_rows_its_first_run_read(unit_tables):
+    """The first bundles run of a date pins the reservations' version; a later reservation
+    (the same night's proactive step) is not seen by a re-run of that date, but is by the
+    next date's run."""
+    t = unit_tables
+
+    def reserve(rid):
+        t.upsert("inventory_reservations", t.frame("inventory_reservations", [{
+            "reservation_id": rid, "shipment_id": "s", "user_id": "u", "warehouse_id": "w", "site_id": "x",
+            "item_id": rid, "quantity": 1, "status": "active", "dt": "2026-11-20"}]))
+
+    reserve("r1")
+    first = {r.reservation_id for r in t.pinned("inventory_reservations", "2026-11-20", "bundles", "run-1").collect()}
+    reserve("r2")
+    again = {r.reservation_id for r in t.pinned("inventory_reservations", "2026-11-20", "bundles", "run-2").collect()}
+    nxt = {r.reservation_id for r in t.pinned("inventory_reservations", "2026-11-21", "bundles", "run-3").collect()}
+    assert first == again == {"r1"} and nxt == {"r1", "r2"}
+    pins = t.read("input_versions").toPandas()
+    assert len(pins) == 2 and set(pins.run_id) == {"run-1", "run-3"}  # the first run's pin stays

@@ -1,0 +1,46 @@
+"""Need dates: a user's own cycle is trusted as far as it predicted on the training
+positives, never worse there than the typical lead time."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from bundlecast.models import need as nm
+
+
+def _positives(n: int, noise: float, seed: int) -> pd.DataFrame:
+    """Positives whose actual day is the item cycle's due day plus noise (days); with
+    ``noise`` None the actual day has nothing to do with the cycle (around day 4)."""
+    rng = np.random.default_rng(seed)
+    due = rng.integers(1, 8, n).astype(float)
+    actual = np.clip(np.round((due if noise is not None else 4.0) + rng.normal(0, noise or 1.0, n)), 1, 7)
+    return pd.DataFrame({"due_in_item": due, "mean_gap_item": 7.0, "due_in_cat": np.nan, "mean_gap_cat": 0.0,
+                         "days_to_need": actual.astype(int)})
+
+
+def test_a_regular_cycle_is_trusted_and_a_noisy_one_is_not():
+    regular = nm.fit_need_date_weights(_positives(400, 0.2, 1), horizon=7, typical=4)
+    noisy = nm.fit_need_date_weights(_positives(400, None, 2), horizon=7, typical=4)
+    assert regular["item cycle"] >= 0.8  # (0.9 and 1 round to the same days)
+    assert noisy["item cycle"] <= 0.2
+    assert regular["category cycle"] == 0.0  # no category-cycle positives: the constant
+
+
+def test_the_blend_is_never_worse_than_the_constant_on_what_it_was_fitted_on():
+    for noise, seed in ((0.5, 3), (2.0, 4), (5.0, 5)):
+        pos = _positives(300, noise, seed)
+        weights = nm.fit_need_date_weights(pos, 7, 4)
+        cut = pd.Timestamp("2026-11-20")
+        actual = cut + pd.to_timedelta(pos.days_to_need, unit="D")
+
+        def mae(w):
+            return (nm.need_dates(pos, cut, 7, 4, w)[0] - actual).dt.days.abs().mean()
+        assert mae(weights) <= mae({}) + 1e-9 and mae(weights) <= mae(None) + 1e-9
+
+
+def test_without_weights_the_rule_is_the_cycle_and_dates_stay_in_the_horizon():
+    frame = pd.DataFrame({"due_in_item": [-3.0, 20.0, np.nan], "mean_gap_item": [5.0, 5.0, 0.0],
+                          "due_in_cat": [np.nan, np.nan, 2.0], "mean_gap_cat": [0.0, 0.0, 9.0]})
+    dates, basis = nm.need_dates(frame, pd.Timestamp("2026-11-20"), 7, 4)
+    assert [d.day for d in dates] == [21, 27, 22]
+    assert basis.tolist() == ["item cycle", "item cycle", "category cycle"]
