@@ -39,7 +39,7 @@ def cmd_setup(args) -> None:
     from bundlecast.jobs.tools.airflow_run import ensure_airflow_db
 
     cfg = config()
-    for sub in ("raw", "warehouse", "metastore", "mlflow", "exports", "gx"):
+    for sub in ("raw", "warehouse", "mlflow", "exports", "gx"):
         Path(cfg["home"], sub).mkdir(parents=True, exist_ok=True)
     if cached_jars(cfg) is None:
         print(f"fetching Delta jars into {cfg['spark']['jar_cache']} (once)...", flush=True)
