@@ -52,7 +52,10 @@ def run(spark, dt: str, run_id: str | None = None, cfg: dict | None = None, prog
     pred = model.predict(matrix(eval_pd, FEATURES))
     summary.metrics = {"model": metrics(eval_pd, pred[:, 0], pred[:, 1]),
                        "baseline": metrics(eval_pd, eval_pd.baseline_orders.to_numpy(float),
-                                           eval_pd.baseline_spend.to_numpy(float))}
+                                           eval_pd.baseline_spend.to_numpy(float)),
+                       # the standard model: BG/NBD orders x Gamma-Gamma spend, on the same users
+                       "bgnbd": metrics(eval_pd, eval_pd.bgnbd_orders.to_numpy(float),
+                                        eval_pd.bgnbd_spend.to_numpy(float))}
     # For scoring, the same model refitted on the latest complete window.
     final = new_model(int(s["seed"])).fit(matrix(eval_pd, FEATURES), eval_pd[TARGETS].to_numpy(float))
     now = frame_at(inputs, end, V, segments, with_targets=False)
@@ -103,11 +106,14 @@ def _register_and_gate(cfg: dict, dt: str, summary: StepRun, final, train_pd: pd
             final, example, final.predict(matrix(example, FEATURES)), s["model_name"], {"horizon_days": V})
         summary.labels["model_version"] = str(version)
         ours, base = summary.metrics["model"]["mae"], summary.metrics["baseline"]["mae"]
+        checks = [(ours < base, f"spend MAE {ours:.2f} {'<' if ours < base else 'not below'} baseline {base:.2f}")]
+        if s.get("gate_requires_bgnbd", True):
+            std = summary.metrics["bgnbd"]["mae"]
+            checks.append((ours < std, f"{'<' if ours < std else 'not below'} BG/NBD x Gamma-Gamma {std:.2f}"))
         decision = registry.gate(
             s["model_name"], version, "spend MAE", summary.metrics["model"]["mae"],
             lambda champ: metrics(eval_pd, *champ.predict(matrix(eval_pd, FEATURES)).T)["mae"],
-            higher_is_better=False, margin=float(s["gate_margin"]),
-            checks=[(ours < base, f"spend MAE {ours:.2f} {'<' if ours < base else 'not below'} baseline {base:.2f}")])
+            higher_is_better=False, margin=float(s["gate_margin"]), checks=checks)
         summary.labels.update(promoted=str(decision["promoted"]).lower(), decision=decision["reason"])
         mlflow.set_tags({"promoted": str(decision["promoted"]).lower(), "gate_reason": decision["reason"]})
 

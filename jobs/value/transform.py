@@ -7,7 +7,9 @@ import numpy as np
 import pandas as pd
 
 FEATURES = ["orders_30", "orders_90", "orders_365", "spend_30", "spend_90", "spend_365", "days_since_order",
-            "tenure_days", "avg_order_value", "n_sites", "n_items", "views_30", "age", "segment_code"]
+            "tenure_days", "avg_order_value", "n_sites", "n_items", "views_30", "age", "segment_code",
+            # the standard model's expectations (BG/NBD x Gamma-Gamma, fitted at the same cut-off)
+            "bgnbd_orders", "bgnbd_spend"]
 TARGETS = ["orders_next", "spend_next"]
 
 
@@ -50,7 +52,23 @@ def frame_at(inputs, cutoff: date, horizon: int, segments: list[str], with_targe
         nxt = (p.filter((F.col("day") > T) & (F.col("day") <= F.lit(cutoff + timedelta(days=horizon)).cast("date")))
                .groupBy("user_id").agg(F.countDistinct("day").alias("orders_next"), F.sum("amount").alias("spend_next")))
         out = out.join(nxt, "user_id", "left").na.fill(0, subset=TARGETS)
-    return out.toPandas().sort_values("user_id").reset_index(drop=True)
+    return with_standard_model(out.toPandas().sort_values("user_id").reset_index(drop=True), horizon)
+
+
+def with_standard_model(frame: pd.DataFrame, horizon: int, min_users: int = 20) -> pd.DataFrame:
+    """``frame`` plus ``bgnbd_orders`` and ``bgnbd_spend``: BG/NBD orders x Gamma-Gamma spend
+    expected in the next ``horizon`` days, fitted on these users' history up to the cut-off
+    (no label is used). They are the baseline the model must beat and two of its features:
+    the booster starts from the standard model and corrects it. NaN for fewer than
+    ``min_users`` users (the booster routes missing values)."""
+    from bundlecast.models import clv
+
+    frame = frame.copy()
+    if len(frame) < min_users:
+        frame["bgnbd_orders"], frame["bgnbd_spend"] = np.nan, np.nan
+        return frame
+    frame["bgnbd_orders"], frame["bgnbd_spend"] = clv.fit_predict(frame, horizon)
+    return frame
 
 
 def new_model(seed: int = 0):
