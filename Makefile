@@ -83,23 +83,21 @@ bench: setup
 	BUNDLECAST_DRIVER_MEMORY=$${BENCH_DRIVER_MEMORY:-8g} \
 	  $(BIN)/python tests/benchmarks/bench_pipeline.py --scales $${BENCH_PIPELINE_SCALES:-small,medium}
 
-eval-relationships: setup
-	@test -d "$(RETAIL_DATA)" || { echo "error: $(RETAIL_DATA) not found (set RETAIL_DATA)"; exit 1; }
+# Both Online Retail evaluations: the two files imported and ingested into $(EVAL_HOME), then
+# the evaluation command in the same environment.
+RETAIL_EVAL = test -d "$(RETAIL_DATA)" || { echo "error: $(RETAIL_DATA) not found (set RETAIL_DATA)"; exit 1; }; \
 	export BUNDLECAST_HOME=$(EVAL_HOME) BUNDLECAST_JAR_CACHE=$(BUNDLECAST_HOME)/jars \
 	  BUNDLECAST_DRIVER_MEMORY=$${BUNDLECAST_DRIVER_MEMORY:-8g} && \
 	$(BIN)/bundlecast import online-retail $(RETAIL_DATA) --date 2011-12-10 && \
-	$(BIN)/bundlecast ingest --date 2011-12-10 --datasets sites,items,users,events,orders,order_lines --no-expectations && \
-	$(BIN)/bundlecast eval relationships --cutoff $(EVAL_CUTOFF)
+	$(BIN)/bundlecast ingest --date 2011-12-10 --datasets sites,items,users,events,orders,order_lines --no-expectations &&
+
+eval-relationships: setup
+	@$(RETAIL_EVAL) $(BIN)/bundlecast eval relationships --cutoff $(EVAL_CUTOFF)
 
 # The need model on Online Retail against personal top-frequency and TIFU-KNN (next-basket
 # recall@10 and NDCG@10, repeat and explore apart) and the need-date error: MLflow run in $(EVAL_HOME).
 eval-need: setup
-	@test -d "$(RETAIL_DATA)" || { echo "error: $(RETAIL_DATA) not found (set RETAIL_DATA)"; exit 1; }
-	export BUNDLECAST_HOME=$(EVAL_HOME) BUNDLECAST_JAR_CACHE=$(BUNDLECAST_HOME)/jars \
-	  BUNDLECAST_DRIVER_MEMORY=$${BUNDLECAST_DRIVER_MEMORY:-8g} && \
-	$(BIN)/bundlecast import online-retail $(RETAIL_DATA) --date 2011-12-10 && \
-	$(BIN)/bundlecast ingest --date 2011-12-10 --datasets sites,items,users,events,orders,order_lines --no-expectations && \
-	$(BIN)/bundlecast need --date $${EVAL_NEED_DATE:-2011-12-09} --mode train
+	@$(RETAIL_EVAL) $(BIN)/bundlecast need --date $${EVAL_NEED_DATE:-2011-12-09} --mode train
 
 lock:
 	$(BIN)/pip install --quiet -r requirements.in
