@@ -95,6 +95,31 @@ def cmd_run(args) -> None:
         cmd_summary(args)
 
 
+def cmd_replay(args) -> None:
+    """``bundlecast replay [run|thresholds|report]`` (``bundlecast.jobs.tools.replay``)."""
+    from bundlecast.jobs.tools.replay import runner
+
+    if args.action == "run":
+        missing = [f for f in ("history", "start", "end") if getattr(args, f) is None]
+        if missing:
+            raise BundlecastError("replay run needs " + ", ".join(f"--{m}" for m in missing))
+        figures = runner.replay(args.history, args.start, args.end, runner.parse_every(args.every),
+                                hourly=args.hourly, echo=lambda m: print(m, flush=True))
+        print(runner.render(figures))
+    elif args.action == "report":
+        print(runner.render(runner.report_again(echo=lambda m: print(m, flush=True))))
+    else:
+        from bundlecast.jobs.core.spark import get_spark
+        from bundlecast.jobs.tools.replay import thresholds
+
+        r = config().get("replay") or {}
+        target = args.target_precision if args.target_precision is not None else float(r.get("target_precision", 0.7))
+        minimum = args.min_shipments if args.min_shipments is not None else int(r.get("min_shipments", 20))
+        proposal, path = thresholds.run(get_spark("bundlecast-replay"), target, minimum, args.by, write=not args.dry_run)
+        print(proposal.to_string(index=False))
+        print(f"written to {path}" if path else "dry run: nothing written")
+
+
 def cmd_status(args) -> None:
     """The last runs of both DAGs and their tasks, the state lease, the last failures."""
     from bundlecast.jobs.tools import failures, lease
@@ -390,6 +415,20 @@ def _analysis_commands(sub) -> None:
     p.add_argument("--date", type=_date)
     p.add_argument("--experiment")
     p.set_defaults(func=cmd_experiments)
+    p = sub.add_parser("replay", help="the nightly over a real history, scored against what users did afterwards")
+    p.add_argument("action", nargs="?", default="run", choices=["run", "thresholds", "report"])
+    p.add_argument("--history", help="run: UCI Online Retail files (a folder or one file) or a raw zone")
+    p.add_argument("--start", type=_date, help="run: first replay date (everything up to it is landed at once)")
+    p.add_argument("--end", type=_date, help="run: last replay date (inclusive)")
+    p.add_argument("--every", default="7d", help="run: cadence of the replay dates (1d, 7d; days land daily)")
+    p.add_argument("--hourly", action="store_true", help="run: also the hourly need rescore on each replay date")
+    p.add_argument("--target-precision", type=float, default=None,
+                   help="thresholds: the precision each category must reach (default replay.target_precision)")
+    p.add_argument("--min-shipments", type=int, default=None,
+                   help="thresholds: bundles needed behind a threshold (default replay.min_shipments)")
+    p.add_argument("--by", choices=["items", "value"], default="items", help="thresholds: precision of items or value")
+    p.add_argument("--dry-run", action="store_true", help="thresholds: print the proposal, write no overlay")
+    p.set_defaults(func=cmd_replay)
     p = sub.add_parser("routing", help="route solver: benchmark on Solomon VRPTW instances vs PyVRP")
     p.add_argument("action", choices=["bench"])
     p.add_argument("--instances", required=True, help="a Solomon instance file, or a folder of them")

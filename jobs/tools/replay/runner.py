@@ -1,0 +1,243 @@
+"""``bundlecast replay``: the nightly over a real history, date by date, then its decisions
+against what users did afterwards.
+
+For every day from the first replay date to the last, the history's rows of that day are
+landed (``history.Lander``) and ingested, as the hourly runs would have done. On each replay
+date (every ``--every`` days) the nightly steps run on the state landed up to the end of that
+day, with run id ``replay-<date>``, and their decisions are scored against the history after
+it (``outcomes``): ``replay_outcomes`` and ``replay_shipments`` for the date, then
+``replay_summary`` pooled over every finished date, the HTML report and its MLflow run.
+
+Resumable: ``BUNDLECAST_HOME/replay/state.json`` records the days landed and the dates done;
+a killed replay started again with the same arguments continues after the last finished
+day (a half-finished one is done again: every write is keyed on its date, so the rows are
+the same). Another history or range in the same state directory is refused.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+
+import pandas as pd
+
+from bundlecast.jobs.core.config import config
+from bundlecast.jobs.core.errors import BundlecastError
+from bundlecast.jobs.tools.replay import history as hist
+from bundlecast.jobs.tools.replay import outcomes as oc
+
+NIGHTLY = (("relationships", {"mode": "full"}), ("forecast", {}), ("need", {"mode": "train"}), ("value", {}),
+           ("bundles", {}), ("proactive", {"mode": "nightly"}), ("offers", {"mode": "nightly"}))
+
+
+@dataclass(frozen=True)
+class Plan:
+    source: str
+    first: str
+    last: str
+    every: int
+
+    @property
+    def dates(self) -> list[str]:
+        a, b = date.fromisoformat(self.first), date.fromisoformat(self.last)
+        return [str(a + timedelta(days=i)) for i in range(0, (b - a).days + 1, self.every)]
+
+    @property
+    def days(self) -> list[str]:
+        return hist.landing_days(self.first, self.dates[-1])
+
+
+def parse_every(text: str) -> int:
+    """``1d`` / ``7d`` / ``7`` -> days."""
+    t = str(text).strip().lower().removesuffix("d")
+    if not t.isdigit() or int(t) < 1:
+        raise BundlecastError(f"--every {text!r}: expected a number of days such as 1d or 7d")
+    return int(t)
+
+
+class State:
+    """``replay/state.json``: the plan, the days landed and ingested, the dates done."""
+
+    def __init__(self, home: str | Path):
+        self.path = Path(home) / "replay" / "state.json"
+        self.data = json.loads(self.path.read_text()) if self.path.exists() else None
+
+    def start(self, plan: Plan, digest: str, raw: Path) -> None:
+        wanted = {"source": plan.source, "first": plan.first, "last": plan.last, "every": plan.every, "digest": digest}
+        if self.data is None:
+            if raw.exists() and any(raw.iterdir()):
+                raise BundlecastError(f"{raw} already holds landings that no replay made: a replay needs a fresh "
+                                      "BUNDLECAST_HOME")
+            self.data = {**wanted, "landed": [], "done": []}
+            self.save()
+        elif {k: self.data.get(k) for k in wanted} != wanted:
+            raise BundlecastError(f"{self.path} holds another replay ({self.data['source']} {self.data['first']}.."
+                                  f"{self.data['last']} every {self.data['every']}d): use a fresh BUNDLECAST_HOME")
+
+    def mark(self, key: str, day: str) -> None:
+        if day not in self.data[key]:
+            self.data[key].append(day)
+            self.save()
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=1))
+        os.replace(tmp, self.path)
+
+
+def replay(history_path: str, first: str, last: str, every: int = 7, hourly: bool = False,
+           echo=print) -> dict:
+    """Run (or resume) the replay; returns the summary figures the report heads with."""
+    from bundlecast.jobs.core.spark import get_spark
+
+    cfg = config()
+    t0 = time.time()
+    history = hist.load(history_path)
+    plan = Plan(str(Path(history_path).resolve()), first, last, every)
+    raw = Path(cfg["storage"]["raw"])
+    state = State(cfg["home"])
+    state.start(plan, history.digest(), raw)
+    if state.data["done"]:
+        echo(f"resuming: {len(state.data['done'])} of {len(plan.dates)} replay dates done "
+             f"(last {state.data['done'][-1]})")
+    lander = hist.Lander(history, raw, plan.first)
+    bought = oc.purchases(history.datasets)
+    spark = get_spark("bundlecast-replay")
+    for day in plan.days:
+        if day in state.data["done"] or (day not in plan.dates and day in state.data["landed"]):
+            continue
+        if day not in state.data["landed"]:
+            rows = lander.land(day)
+            _ingest(spark, day, with_expectations=day in plan.dates)
+            state.mark("landed", day)
+            echo(f"landed {day}: " + ", ".join(f"{k} {v:,}" for k, v in sorted(rows.items())))
+        if day in plan.dates:
+            started = time.time()
+            for name, kw in NIGHTLY:
+                _step(spark, name, day, echo, **kw)
+            if hourly:
+                _step(spark, "need", day, echo, mode="rescore")
+            n = score_date(spark, cfg, day, bought, history)
+            state.mark("done", day)
+            echo(f"replay date {day} done in {time.time() - started:.0f} s ({n} outcome rows)")
+    from bundlecast.jobs.tools.replay import report
+
+    summary = summarise(spark, cfg)
+    figures = report.write(spark, cfg, history, plan, summary, seconds=time.time() - t0, echo=echo)
+    return figures
+
+
+def _ingest(spark, day: str, with_expectations: bool) -> None:
+    from bundlecast.jobs.pipeline import step
+
+    step("ingest").run(spark, day, run_id=f"replay-{day}", with_expectations=with_expectations)
+
+
+def _step(spark, name: str, day: str, echo, **kw) -> None:
+    from bundlecast.jobs.pipeline import step
+
+    started = time.time()
+    step(name).run(spark, day, run_id=f"replay-{day}", **kw)
+    spark.catalog.clearCache()
+    echo(f"  {day} {name}{' ' + kw['mode'] if 'mode' in kw else ''}: {time.time() - started:.0f} s")
+
+
+def _read(tables, name: str, day: str | None = None, columns: list[str] | None = None) -> pd.DataFrame:
+    from pyspark.sql import functions as F
+
+    frame = tables.read(name)
+    if day is not None:
+        frame = frame.filter(F.col("dt") == F.lit(day).cast("date"))
+    if columns:
+        frame = frame.select(*columns)
+    return frame.toPandas()
+
+
+def score_date(spark, cfg: dict, day: str, bought: pd.DataFrame, history: hist.History) -> int:
+    """The outcome rows of replay date ``day`` (replaced for the date)."""
+    from bundlecast.jobs.core.tables import Tables
+
+    tables = Tables(spark, cfg)
+    d = date.fromisoformat(day)
+    r = cfg.get("replay") or {}
+    H = int(r.get("horizon_days") or cfg["need"]["horizon_days"])
+    k = int(r.get("k", 10))
+    rows, _ = oc.need_outcomes(_read(tables, "need_predictions", day), bought, d, H, int(cfg["need"]["lookback_days"]),
+                               k, tifu_params=cfg["need"].get("tifuknn"))
+    items = history.datasets["items"].assign(item=lambda f: f.site_id + "|" + f.item_id).set_index("item")
+    prices = pd.to_numeric(items.price, errors="coerce").fillna(0.0)
+    bundles = _read(tables, "need_bundles", day, ["user_id", "bundle_id", "items", "confidence", "stock_ok"])
+    offset = int(cfg["proactive"].get("delivery_offset_days", 1))
+    shipped = oc.shipment_outcomes(bundles, items.category, prices, bought, d, H, offset)
+    real = _read(tables, "proactive_shipments", columns=["bundle_id", "status"])
+    real_ids = set(real[real.status != "dropped"].bundle_id)
+    shipped["shipped"] = shipped.bundle_id.isin(real_ids)
+    rows += oc.curve_rows(shipped)
+    rows += _actual_rows(shipped[shipped.shipped])
+    rows += oc.offer_outcomes(_read(tables, "offers", day, ["offer_id", "user_id", "bundle_kind", "items", "valid_from",
+                                                            "valid_to"]), bought)
+    rows += oc.forecast_outcomes(_read(tables, "demand_forecast", day, ["site_id", "item_id", "region", "date", "yhat",
+                                                                       "method"]),
+                                 bought, d, level=cfg["forecast"].get("level", "item_region"))
+    rel = _read(tables, "item_relationships", columns=["site_a", "item_a", "site_b", "item_b", "rank"])
+    rows += oc.relationship_outcomes(rel[rel["rank"] <= k], bought, d, H, k)
+    run_id = f"replay-{day}"
+    out = pd.DataFrame(rows).assign(dt=d, run_id=run_id)
+    tables.replace("replay_outcomes", tables.frame("replay_outcomes", out), dt=day)
+    tables.replace("replay_shipments", tables.frame("replay_shipments", shipped.assign(dt=d, run_id=run_id)), dt=day)
+    return len(out)
+
+
+def _actual_rows(shipped: pd.DataFrame) -> list[dict]:
+    """What the proactive step actually shipped (opt-in, stock, cool-down, routes applied)."""
+    if shipped.empty:
+        return []
+    return [oc.row("shipped", "bundles", len(shipped))] + [
+        oc.row("shipped", m, float(shipped[m].sum()))
+        for m in ("shipped_items", "wanted_items", "shipped_value", "wanted_value")]
+
+
+def summarise(spark, cfg: dict) -> pd.DataFrame:
+    """replay_outcomes pooled over the dates: counts summed, rates weighted by n."""
+    from bundlecast.jobs.core.tables import Tables
+
+    tables = Tables(spark, cfg)
+    rows = tables.read("replay_outcomes").toPandas()
+    if rows.empty:
+        raise BundlecastError("no replay date finished: nothing to summarise")
+    key = ["kind", "scorer", "category", "bin", "metric"]
+    rows["bin"] = rows["bin"].astype(float)
+    rows["w"] = rows.n.fillna(1).astype(float)
+    rows["wv"] = rows.value * rows.w
+    g = rows.groupby(key, dropna=False)
+    out = g.agg(total=("value", "sum"), wv=("wv", "sum"), w=("w", "sum"), n=("n", "sum"), dates=("dt", "nunique"),
+                first_dt=("dt", "min"), last_dt=("dt", "max")).reset_index()
+    counts = out.metric.isin(oc.COUNTS)
+    out["value"] = out.total.where(counts, out.wv / out.w.where(out.w > 0))
+    out = out.drop(columns=["total", "wv", "w"])
+    tables.replace("replay_summary", tables.frame("replay_summary", out))
+    return out
+
+
+def report_again(echo=print) -> dict:
+    """The summary, report and MLflow run again from the finished dates (no step runs)."""
+    from bundlecast.jobs.core.spark import get_spark
+    from bundlecast.jobs.tools.replay import report
+
+    cfg = config()
+    state = State(cfg["home"])
+    if state.data is None:
+        raise BundlecastError(f"no replay under {cfg['home']}: run `bundlecast replay run` first")
+    d = state.data
+    spark = get_spark("bundlecast-replay")
+    return report.write(spark, cfg, hist.load(d["source"]), Plan(d["source"], d["first"], d["last"], d["every"]),
+                        summarise(spark, cfg), seconds=0.0, echo=echo)
+
+
+def render(figures: dict) -> str:
+    """The headline figures, one per line."""
+    return "\n".join(f"  {k:48s} {v:.4f}" if isinstance(v, float) else f"  {k:48s} {v}" for k, v in figures.items())
