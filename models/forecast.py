@@ -92,12 +92,18 @@ def seasonal_naive(train: np.ndarray, horizon: int, season: int = SEASON) -> np.
 
 def sba(train: np.ndarray, horizon: int, alpha: float = 0.1) -> np.ndarray:
     """Croston's method with the Syntetos-Boylan bias correction: demand size z and
-    interval p smoothed at each non-zero day; forecast (1 - alpha/2) * z / p, flat."""
+    interval p smoothed at each non-zero day; forecast (1 - alpha/2) * z / p, flat.
+
+    Initialised with the mean size and the mean interval between demands (one demand: the
+    length of the history), not the first interval: a series whose history starts on its
+    first sale would otherwise start at an interval of one day and, with few demands to
+    correct it, forecast several times the real rate (seen in the replay)."""
     t = np.asarray(train, float)
     nonzero = np.flatnonzero(t > 0)
     if len(nonzero) == 0:
         return np.zeros(horizon)
-    z, p, last = t[nonzero[0]], float(nonzero[0] + 1), nonzero[0]
+    p0 = float(np.diff(nonzero).mean()) if len(nonzero) > 1 else float(len(t))
+    z, p, last = float(t[nonzero].mean()), p0, nonzero[0]
     for i in nonzero[1:]:
         z += alpha * (t[i] - z)
         p += alpha * ((i - last) - p)

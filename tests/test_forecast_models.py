@@ -34,6 +34,12 @@ def test_seasonal_naive_and_sba():
     y[3::4] = 4
     assert fc.sba(y, 3, alpha=0.1) == pytest.approx([0.95] * 3)
     assert fc.sba(np.zeros(10), 2).tolist() == [0, 0]
+    # A history that starts on the first sale: 3 units every 10th day is 0.3 a day, not the
+    # 3 a day an initial one-day interval would give.
+    y = np.zeros(30)
+    y[0::10] = 3
+    assert fc.sba(y, 1)[0] == pytest.approx(0.95 * 0.3)
+    assert fc.sba(np.r_[5.0, np.zeros(19)], 1)[0] == pytest.approx(0.95 * 5 / 20)  # one sale in 20 days
     lower, upper = fc.empirical_interval(train, np.array([1.0]), 0.8)
     assert lower[0] == 0.0 and upper[0] == pytest.approx(8.0)  # week-on-week change is 7
 

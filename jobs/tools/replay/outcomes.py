@@ -203,7 +203,8 @@ def forecast_outcomes(forecast: pd.DataFrame, bought: pd.DataFrame, d: date, sea
     key = ["site_id", "item_id", "region"]
     units = bought.assign(region=bought.region if level == "item_region" else "*")
     units = units.groupby(key + ["day"]).quantity.sum()
-    days = sorted(pd.to_datetime(forecast.date).dt.date.unique())
+    last = bought.day.max()
+    days = [x for x in sorted(pd.to_datetime(forecast.date).dt.date.unique()) if x <= last]  # within the history
     hist_days = [d - timedelta(days=i) for i in range(scale_days - 1, -1, -1)]
     out_f, out_n, methods = [], [], []
     series = forecast.groupby(key)

@@ -104,15 +104,16 @@ def replay(history_path: str, first: str, last: str, every: int = 7, hourly: boo
     if state.data["done"]:
         echo(f"resuming: {len(state.data['done'])} of {len(plan.dates)} replay dates done "
              f"(last {state.data['done'][-1]})")
-    lander = hist.Lander(history, raw, plan.first)
     bought = oc.purchases(history.datasets)
+    _check_room(cfg, plan, bought)
+    lander = hist.Lander(history, raw, plan.first)
     spark = get_spark("bundlecast-replay")
     for day in plan.days:
         if day in state.data["done"] or (day not in plan.dates and day in state.data["landed"]):
             continue
         if day not in state.data["landed"]:
             rows = lander.land(day)
-            _ingest(spark, day, with_expectations=day in plan.dates)
+            _ingest(spark, day, sorted(rows), with_expectations=day in plan.dates)
             state.mark("landed", day)
             echo(f"landed {day}: " + ", ".join(f"{k} {v:,}" for k, v in sorted(rows.items())))
         if day in plan.dates:
@@ -131,10 +132,30 @@ def replay(history_path: str, first: str, last: str, every: int = 7, hourly: boo
     return figures
 
 
-def _ingest(spark, day: str, with_expectations: bool) -> None:
+def _check_room(cfg: dict, plan: Plan, bought: pd.DataFrame) -> None:
+    """The last replay date must leave a whole outcome horizon of history after it."""
+    if bought.empty:
+        raise BundlecastError("the history has no purchases to replay")
+    first, last = bought.day.min(), bought.day.max()
+    need = horizon(cfg) + int(cfg["proactive"].get("delivery_offset_days", 1))
+    latest = last - timedelta(days=need)
+    if date.fromisoformat(plan.dates[-1]) > latest:
+        raise BundlecastError(f"the history's purchases end on {last}: the last replay date can be {latest} at the "
+                              f"latest ({need} days of outcomes after it), not {plan.dates[-1]}")
+    if date.fromisoformat(plan.first) <= first:
+        raise BundlecastError(f"the history's purchases start on {first}: the first replay date must come after it")
+
+
+def horizon(cfg: dict) -> int:
+    return int((cfg.get("replay") or {}).get("horizon_days") or cfg["need"]["horizon_days"])
+
+
+def _ingest(spark, day: str, datasets: list[str], with_expectations: bool) -> None:
+    """The day's landing, as the hourly and nightly runs would ingest it (the datasets landed)."""
     from bundlecast.jobs.pipeline import step
 
-    step("ingest").run(spark, day, run_id=f"replay-{day}", with_expectations=with_expectations)
+    if datasets:
+        step("ingest").run(spark, day, datasets=datasets, run_id=f"replay-{day}", with_expectations=with_expectations)
 
 
 def _step(spark, name: str, day: str, echo, **kw) -> None:
@@ -164,7 +185,7 @@ def score_date(spark, cfg: dict, day: str, bought: pd.DataFrame, history: hist.H
     tables = Tables(spark, cfg)
     d = date.fromisoformat(day)
     r = cfg.get("replay") or {}
-    H = int(r.get("horizon_days") or cfg["need"]["horizon_days"])
+    H = horizon(cfg)
     k = int(r.get("k", 10))
     rows, _ = oc.need_outcomes(_read(tables, "need_predictions", day), bought, d, H, int(cfg["need"]["lookback_days"]),
                                k, tifu_params=cfg["need"].get("tifuknn"))
