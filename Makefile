@@ -19,7 +19,7 @@ RETAIL_DATA ?= $(CURDIR)/../shared/data/online_retail
 EVAL_HOME ?= $(BUNDLECAST_HOME)/eval-online-retail
 EVAL_CUTOFF ?= 2011-09-01
 
-.PHONY: install setup run test test-fast lint bench eval-relationships eval-need lock clean help stack stack-down
+.PHONY: install setup run test test-fast lint bench eval-relationships eval-need replay-retail replay-demo lock clean help stack stack-down
 
 help:
 	@echo "make run    - install, fetch jars once, generate the demo world, run nightly then hourly DAGs"
@@ -28,6 +28,8 @@ help:
 	@echo "make bench  - ingestion, relationship, model, offer and routing (Solomon + insertion) benchmarks on the medium world (BENCH_SCALE=small for a quick one), then the whole nightly + hourly on small and medium (BENCH_PIPELINE_SCALES)"
 	@echo "make eval-relationships - hit rate/NDCG@10 on UCI Online Retail vs lift and FPGrowth (MLflow)"
 	@echo "make eval-need          - need model vs top-frequency and TIFU-KNN on UCI Online Retail (MLflow)"
+	@echo "make replay-retail      - the nightly replayed weekly over the last 12 weeks of 2011 of UCI Online Retail (REPLAY_HOME)"
+	@echo "make replay-demo        - the nightly replayed weekly over the tiny demo world (REPLAY_HOME)"
 	@echo "make lock   - re-resolve requirements.in into requirements.lock"
 
 # The venv is rebuilt only when the lock or the package metadata change.
@@ -98,6 +100,25 @@ eval-relationships: setup
 # recall@10 and NDCG@10, repeat and explore apart) and the need-date error: MLflow run in $(EVAL_HOME).
 eval-need: setup
 	@$(RETAIL_EVAL) $(BIN)/bundlecast need --date $${EVAL_NEED_DATE:-2011-12-09} --mode train
+
+# `bundlecast replay` in its own state directory: it lands the history day by day, runs the
+# nightly on every replay date and scores the decisions against later purchases. Resumable:
+# run the same command again after an interruption. The report: $(REPLAY_HOME)/replay/report.html.
+REPLAY_HOME ?= $(BUNDLECAST_HOME)/replay-$(REPLAY_OF)
+replay-retail: REPLAY_OF = online-retail
+replay-retail: setup
+	@test -d "$(RETAIL_DATA)" || { echo "error: $(RETAIL_DATA) not found (set RETAIL_DATA)"; exit 1; }
+	BUNDLECAST_HOME=$(REPLAY_HOME) BUNDLECAST_JAR_CACHE=$(BUNDLECAST_HOME)/jars \
+	  BUNDLECAST_DRIVER_MEMORY=$${BUNDLECAST_DRIVER_MEMORY:-8g} \
+	  $(BIN)/bundlecast replay --history $(RETAIL_DATA) --start 2011-09-15 --end 2011-12-01 --every 7d \
+	  --retrain-every 28d --config conf/replay/online_retail.yaml
+
+replay-demo: REPLAY_OF = demo
+replay-demo: setup
+	test -d $(REPLAY_HOME)-source/raw || BUNDLECAST_HOME=$(REPLAY_HOME)-source \
+	  $(BIN)/bundlecast generate --scale tiny --seed 42 --date $(DEMO_DATE)
+	BUNDLECAST_HOME=$(REPLAY_HOME) BUNDLECAST_JAR_CACHE=$(BUNDLECAST_HOME)/jars \
+	  $(BIN)/bundlecast replay --history $(REPLAY_HOME)-source/raw --start 2026-11-04 --end 2026-11-11 --every 7d
 
 lock:
 	$(BIN)/pip install --quiet -r requirements.in

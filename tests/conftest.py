@@ -17,14 +17,14 @@ SHARED_DATA = PROJECT.parent / "shared" / "data"
 # Fixtures that build a generated world, run Airflow or install the package: a test using
 # one is a world test (`make test` runs it; `make test-fast` leaves it out).
 WORLD_FIXTURES = {"tiny_world", "test_world", "e2e_home", "installed_bundlecast", "world", "pworld", "nightly",
-                  "bad_drop", "rel_world", "dagbag", "corpus", "stack_home"}
+                  "bad_drop", "rel_world", "dagbag", "corpus", "stack_home", "replayed"}
 
 
 # `make test` runs two pytest-xdist workers with --dist loadscope: each takes whole modules,
 # longest first, so the Airflow end-to-end module (mostly waiting on its DAG runs) runs on
 # one worker while the modelling modules run on the other. Each worker builds the session
 # worlds it needs itself, in its own temporary state directory.
-LONGEST_FIRST = ("test_stack", "test_end_to_end", "test_forecast", "test_relationships", "test_need", "test_offers",
+LONGEST_FIRST = ("test_stack", "test_end_to_end", "test_replay", "test_forecast", "test_relationships", "test_need", "test_offers",
                  "test_export", "test_proactive", "test_driver", "test_ingest_corpus", "test_ingest")
 
 

@@ -5,13 +5,19 @@ import pandas as pd
 
 from bundlecast.jobs.core.commerce import available_stock, user_warehouses
 
+# The priced items' columns need bundles use, typed (an empty price list is still a frame:
+# a shop whose items have no cost gets no need bundles, counted, not a schema error).
+PRICED = {"key": "string", "price": "double", "cost": "double", "volume_l": "double", "weight_kg": "double"}
+PRICED_TYPES = {"key": str, "price": float, "cost": float, "volume_l": float, "weight_kg": float}
+
 
 def need_bundle_inputs(tables, dt: str, prices: pd.DataFrame) -> dict:
     """The frames ``transform.need_bundles`` needs for run date ``dt``."""
     from pyspark.sql import functions as F
 
     return {"preds": tables.read("need_predictions").filter(F.col("dt") == F.lit(dt).cast("date")),
-            "priced": tables.spark.createDataFrame(prices.reset_index()[["key", "price", "cost", "volume_l", "weight_kg"]]),
+            "priced": tables.spark.createDataFrame(prices.reset_index()[list(PRICED)].astype(PRICED_TYPES),
+                                                   schema=", ".join(f"{c} {t}" for c, t in PRICED.items())),
             "user_warehouse": user_warehouses(tables), "stock": stock_as_of_run(tables, dt)}
 
 

@@ -104,7 +104,9 @@ def cmd_replay(args) -> None:
         if missing:
             raise BundlecastError("replay run needs " + ", ".join(f"--{m}" for m in missing))
         figures = runner.replay(args.history, args.start, args.end, runner.parse_every(args.every),
-                                hourly=args.hourly, echo=lambda m: print(m, flush=True))
+                                hourly=args.hourly, settings=args.config,
+                                retrain_every=runner.parse_every(args.retrain_every) if args.retrain_every else None,
+                                echo=lambda m: print(m, flush=True))
         print(runner.render(figures))
     elif args.action == "report":
         print(runner.render(runner.report_again(echo=lambda m: print(m, flush=True))))
@@ -422,6 +424,9 @@ def _analysis_commands(sub) -> None:
     p.add_argument("--end", type=_date, help="run: last replay date (inclusive)")
     p.add_argument("--every", default="7d", help="run: cadence of the replay dates (1d, 7d; days land daily)")
     p.add_argument("--hourly", action="store_true", help="run: also the hourly need rescore on each replay date")
+    p.add_argument("--retrain-every", help="run: days between full refits (relationships rebuilt, need retrained); "
+                   "in between relationships are folded forward and the need champion scores (default: every date)")
+    p.add_argument("--config", help="run: YAML that becomes the state directory's overlay (when it has none)")
     p.add_argument("--target-precision", type=float, default=None,
                    help="thresholds: the precision each category must reach (default replay.target_precision)")
     p.add_argument("--min-shipments", type=int, default=None,

@@ -37,6 +37,7 @@ AHEAD = {"weather": 7, "calendar_events": 60, "routes": 2}
 DATE_OF = {"weather": "date", "calendar_events": "date", "routes": "route_date"}
 FIRST_ONLY = ("sites", "warehouses", "items")
 FILE = "replay.csv"
+COST_SHARE = 0.6  # Online Retail has no cost: a gift retailer's ~40% gross margin
 
 
 @dataclass
@@ -88,7 +89,11 @@ def fill_online_retail(history: History) -> History:
     d["users"] = d["users"].assign(proactive_opt_in=(d["users"].segment != "guest").map({True: "true", False: "false"}))
     d["warehouses"] = pd.DataFrame([dict(warehouse_id="uk-gifts-dc", site_id="uk-gifts", region="united_kingdom",
                                          lat="51.5072", lon="-0.1276")])
-    history.filled += ["proactive opt-in: every named customer (guests never)",
+    items = d["items"]
+    d["items"] = items.assign(cost=(pd.to_numeric(items.price, errors="coerce") * COST_SHARE).round(2).astype(str))
+    history.filled += [f"item cost: {COST_SHARE:.0%} of the median price (the data has none; bundles and offers need a "
+                       "margin): margins, bundle prices and offer incentives are indicative",
+                       "proactive opt-in: every named customer (guests never)",
                        "one warehouse (uk-gifts-dc, London) for the shop",
                        "no addresses, routes or stock snapshots: shipments are judged at the decision, routing km are not measured"]
     return history

@@ -29,6 +29,8 @@ from bundlecast.jobs.core.errors import BundlecastError
 from bundlecast.jobs.tools.replay import history as hist
 from bundlecast.jobs.tools.replay import outcomes as oc
 
+# Between refits (``--retrain-every``): relationships folded forward, need scored by the champion.
+LIGHT = {"relationships": {"mode": "incremental"}, "need": {"mode": "score"}}
 NIGHTLY = (("relationships", {"mode": "full"}), ("forecast", {}), ("need", {"mode": "train"}), ("value", {}),
            ("bundles", {}), ("proactive", {"mode": "nightly"}), ("offers", {"mode": "nightly"}))
 
@@ -39,6 +41,13 @@ class Plan:
     first: str
     last: str
     every: int
+    retrain_every: int | None = None  # days between full refits (None: on every replay date, as the nightly)
+
+    def refits(self, day: str) -> bool:
+        """Relationships rebuilt and the need model retrained on this replay date."""
+        if not self.retrain_every:
+            return True
+        return (date.fromisoformat(day) - date.fromisoformat(self.first)).days % self.retrain_every < self.every
 
     @property
     def dates(self) -> list[str]:
@@ -66,7 +75,8 @@ class State:
         self.data = json.loads(self.path.read_text()) if self.path.exists() else None
 
     def start(self, plan: Plan, digest: str, raw: Path) -> None:
-        wanted = {"source": plan.source, "first": plan.first, "last": plan.last, "every": plan.every, "digest": digest}
+        wanted = {"source": plan.source, "first": plan.first, "last": plan.last, "every": plan.every,
+                  "retrain_every": plan.retrain_every, "digest": digest}
         if self.data is None:
             if raw.exists() and any(raw.iterdir()):
                 raise BundlecastError(f"{raw} already holds landings that no replay made: a replay needs a fresh "
@@ -89,15 +99,18 @@ class State:
         os.replace(tmp, self.path)
 
 
-def replay(history_path: str, first: str, last: str, every: int = 7, hourly: bool = False,
-           echo=print) -> dict:
-    """Run (or resume) the replay; returns the summary figures the report heads with."""
+def replay(history_path: str, first: str, last: str, every: int = 7, hourly: bool = False, settings: str | None = None,
+           retrain_every: int | None = None, echo=print) -> dict:
+    """Run (or resume) the replay; returns the summary figures the report heads with.
+    ``settings``: a YAML file that becomes the state directory's overlay when it has none."""
     from bundlecast.jobs.core.spark import get_spark
 
+    if settings:
+        _start_overlay(Path(settings), echo)
     cfg = config()
     t0 = time.time()
     history = hist.load(history_path)
-    plan = Plan(str(Path(history_path).resolve()), first, last, every)
+    plan = Plan(str(Path(history_path).resolve()), first, last, every, retrain_every)
     raw = Path(cfg["storage"]["raw"])
     state = State(cfg["home"])
     state.start(plan, history.digest(), raw)
@@ -118,8 +131,9 @@ def replay(history_path: str, first: str, last: str, every: int = 7, hourly: boo
             echo(f"landed {day}: " + ", ".join(f"{k} {v:,}" for k, v in sorted(rows.items())))
         if day in plan.dates:
             started = time.time()
+            refit = plan.refits(day)
             for name, kw in NIGHTLY:
-                _step(spark, name, day, echo, **kw)
+                _step(spark, name, day, echo, **(kw if refit else {**kw, **LIGHT.get(name, {})}))
             if hourly:
                 _step(spark, "need", day, echo, mode="rescore")
             n = score_date(spark, cfg, day, bought, history)
@@ -130,6 +144,18 @@ def replay(history_path: str, first: str, last: str, every: int = 7, hourly: boo
     summary = summarise(spark, cfg)
     figures = report.write(spark, cfg, history, plan, summary, seconds=time.time() - t0, echo=echo)
     return figures
+
+
+def _start_overlay(settings: Path, echo) -> None:
+    from bundlecast.jobs.core.config import home, state_overlay_path
+
+    if not settings.is_file():
+        raise BundlecastError(f"--config {settings}: no such file")
+    target = state_overlay_path(home())
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(settings.read_text())
+        echo(f"configuration: {settings} -> {target}")
 
 
 def _check_room(cfg: dict, plan: Plan, bought: pd.DataFrame) -> None:
@@ -255,7 +281,8 @@ def report_again(echo=print) -> dict:
         raise BundlecastError(f"no replay under {cfg['home']}: run `bundlecast replay run` first")
     d = state.data
     spark = get_spark("bundlecast-replay")
-    return report.write(spark, cfg, hist.load(d["source"]), Plan(d["source"], d["first"], d["last"], d["every"]),
+    plan = Plan(d["source"], d["first"], d["last"], d["every"], d.get("retrain_every"))
+    return report.write(spark, cfg, hist.load(d["source"]), plan,
                         summarise(spark, cfg), seconds=0.0, echo=echo)
 
 
