@@ -205,13 +205,35 @@ def fit_need_date_weights(positives: pd.DataFrame, horizon: int, typical: int) -
     return weights
 
 
+def fit_date_model(positives: pd.DataFrame, horizon: int, seed: int = 0, min_positives: int = 200):
+    """The need date as a conditional median: gradient boosting with absolute-error loss on
+    the features of the training positives, predicting the days from the cut-off to the
+    first purchase (1..H). The constant lead time is the unconditional median, so this is
+    what the features add to it. None with fewer than ``min_positives`` positives."""
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    if len(positives) < min_positives:
+        return None
+    reg = HistGradientBoostingRegressor(loss="absolute_error", max_iter=200, learning_rate=0.05, max_leaf_nodes=15,
+                                        min_samples_leaf=50, l2_regularization=1.0, early_stopping=True,
+                                        validation_fraction=0.15, random_state=seed,
+                                        categorical_features=[FEATURES.index(c) for c in CATEGORICAL])
+    return reg.fit(matrix(positives), positives.days_to_need.to_numpy(float).clip(1, horizon))
+
+
 def need_dates(frame: pd.DataFrame, cutoff: pd.Timestamp, horizon: int, default_offset: int,
-               weights: dict | None = None) -> tuple[pd.Series, pd.Series]:
-    """Predicted need date and its basis: the user's own cycle for this item (last purchase
-    + mean gap) when there is one, else the category cycle, else cut-off + the typical
-    days-to-purchase learned in training; the cycle blended with the typical lead time by
-    the basis's fitted ``weights`` (``fit_need_date_weights``; None: the cycle alone);
-    always within (cut-off, cut-off + H]."""
+               weights: dict | None = None, date_model=None) -> tuple[pd.Series, pd.Series]:
+    """Predicted need date and its basis. With a ``date_model`` (``fit_date_model``, kept
+    when it beat the rules below on the evaluation positives) its conditional median, basis
+    "date model". Else the user's own cycle for this item (last purchase + mean gap) when
+    there is one, else the category cycle, else cut-off + the typical days-to-purchase
+    learned in training; the cycle blended with the typical lead time by the basis's fitted
+    ``weights`` (``fit_need_date_weights``; None: the cycle alone). Always within
+    (cut-off, cut-off + H]."""
+    if date_model is not None:
+        days = date_model.predict(matrix(frame)) if len(frame) else np.zeros(0)
+        offset = pd.Series(np.clip(np.round(days), 1, horizon).astype(int), index=frame.index)
+        return cutoff + pd.to_timedelta(offset, unit="D"), pd.Series("date model", index=frame.index)
     due, basis = _cycle_due(frame)
     weights = {b: 1.0 for b in BASES} if weights is None else weights
     offset = _offsets(due, basis, horizon, default_offset, weights)

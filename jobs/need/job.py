@@ -42,8 +42,12 @@ def train(spark, dt: str, run_id: str, cfg: dict, summary: StepRun | None = None
         model = nm.fit(train_pd, seed=int(s["seed"]))
     with summary.timed("evaluate"):
         p_model = nm.predict(model, eval_pd)
-        summary.metrics, typical, weights = evaluate_with_baselines(train_pd, eval_pd, p_model, bought, eval_cut, H,
-                                                                    int(s["k"]), baskets, s.get("tifuknn") or {})
+        summary.metrics, typical, weights, date_model = evaluate_with_baselines(
+            train_pd, eval_pd, p_model, bought, eval_cut, H, int(s["k"]), baskets, s.get("tifuknn") or {},
+            seed=int(s["seed"]))
+    # The need-date regressor travels with the classifier (one registered model); None when
+    # it did not beat the rules on the evaluation positives.
+    model.need_date_model_ = date_model
     _register_and_gate(cfg, s, dt, run_id, summary, model, train_pd, eval_pd, p_model, bought,
                        {"eval_cutoff": str(eval_cut), "train_cutoffs": ",".join(map(str, train_cuts)),
                         "typical_days_to_need": typical, "need_date_weights": weights})
@@ -106,9 +110,11 @@ def next_baskets(inputs, eval_cut: date, H: int, s: dict) -> dict[str, pd.DataFr
 
 
 def evaluate_with_baselines(train_pd: pd.DataFrame, eval_pd: pd.DataFrame, p_model, bought, eval_cut: date, H: int,
-                            k: int, baskets: dict | None = None, tifu_params: dict | None = None) -> tuple[dict, int]:
+                            k: int, baskets: dict | None = None, tifu_params: dict | None = None,
+                            seed: int = 0) -> tuple[dict, int, dict, object]:
     """Pure: the model's metrics and each baseline's on the same evaluation frame, plus
-    the need-date error; returns (metrics per scorer, typical days to need).
+    the need-date error; returns (metrics per scorer, typical days to need, the cycle
+    blend's weights, the need-date regressor or None).
 
     With ``baskets`` (``next_baskets``) every scorer's top-k list is also measured as a next
     basket (recall, NDCG, repeat and explore recall over *every* item bought, candidates or
@@ -127,22 +133,35 @@ def evaluate_with_baselines(train_pd: pd.DataFrame, eval_pd: pd.DataFrame, p_mod
         users = baskets["truth"].user_id.unique()
         recs = tifuknn.recommend(baskets["history"], k, users=users, **(tifu_params or {}))
         metrics["tifuknn"] = _prefixed(nm.basket_metrics(recs, baskets["truth"], k))
-    # Need dates: the typical lead time and how far to trust each user's own cycle against
-    # it, both from the training positives; measured on the evaluation positives (predicted
-    # vs actual first purchase day) against the constant and the cycle rule alone.
+    # Need dates: the typical lead time, how far to trust each user's own cycle against it,
+    # and the regressor, all from the training positives; measured on the evaluation
+    # positives (predicted vs actual first purchase day). The regressor is kept only if it
+    # beats both the blend and the constant there.
     train_pos = train_pd[train_pd.label == 1]
     typical = int(round(float(train_pos.days_to_need.median()))) if len(train_pos) else H // 2
     weights = nm.fit_need_date_weights(train_pos, H, typical) if len(train_pos) else {}
+    date_model = nm.fit_date_model(train_pos, H, seed)
     pos = eval_pd[eval_pd.label == 1]
     if len(pos):
         actual = pd.Timestamp(eval_cut) + pd.to_timedelta(pos.days_to_need, unit="D")
 
-        def mae(w) -> float:
-            return float((nm.need_dates(pos, pd.Timestamp(eval_cut), H, typical, w)[0] - actual).dt.days.abs().mean())
-        metrics["model"]["need_date_mae_days"] = mae(weights)
-        metrics["model"]["need_date_mae_days_cycle_rule"] = mae(None)
-        metrics["model"]["need_date_mae_days_typical_only"] = mae({})
-    return metrics, typical, weights
+        def mae(w, reg=None) -> float:
+            dates = nm.need_dates(pos, pd.Timestamp(eval_cut), H, typical, w, date_model=reg)[0]
+            return float((dates - actual).dt.days.abs().mean())
+        m = metrics["model"]
+        m["need_date_mae_days_blend"] = mae(weights)
+        m["need_date_mae_days_cycle_rule"] = mae(None)
+        m["need_date_mae_days_typical_only"] = mae({})
+        if date_model is not None:
+            m["need_date_mae_days_regressor"] = mae(None, date_model)
+            if m["need_date_mae_days_regressor"] >= min(m["need_date_mae_days_blend"], m["need_date_mae_days_typical_only"]):
+                date_model = None
+        m["need_date_mae_days"] = m["need_date_mae_days_regressor"] if date_model is not None else \
+            m["need_date_mae_days_blend"]
+        m["need_date_uses_regressor"] = float(date_model is not None)
+    else:
+        date_model = None
+    return metrics, typical, weights, date_model
 
 
 def _prefixed(m: dict) -> dict:
@@ -298,7 +317,7 @@ def _top_predictions(frame: pd.DataFrame, model, version, meta: dict, s: dict, c
     # A champion registered before the weights were fitted keeps the cycle rule (None).
     weights = json.loads(meta["need_date_weights"]) if meta.get("need_date_weights") else None
     need_date, basis = nm.need_dates(frame, pd.Timestamp(cutoff), H, int(meta.get("typical_days_to_need", H // 2)),
-                                     weights)
+                                     weights, date_model=getattr(model, "need_date_model_", None))
     return pd.DataFrame({
         "user_id": frame.user_id, "site_id": frame.site_id, "item_id": frame.item_id, "category": frame.category,
         "probability": frame.probability.astype(float), "need_date": need_date.dt.date, "need_date_basis": basis,
@@ -376,6 +395,12 @@ def render(s: StepRun) -> str:
             lines.append(f"  {'':39s} {name:12s} {m.get(f'nb_recall_at_{n}', nan):10.4f} "
                          f"{m.get(f'nb_ndcg_at_{n}', nan):9.4f} {m.get(f'nb_recall_repeat_at_{n}', nan):8.4f} "
                          f"{m.get(f'nb_recall_explore_at_{n}', nan):8.4f}")
+    m = s.metrics.get("model", {})
+    if "need_date_mae_days" in m:
+        used = "the regressor" if m.get("need_date_uses_regressor") else "the cycle blend"
+        lines.append(f"  need-date MAE (days): {m['need_date_mae_days']:.3f} with {used}; constant lead "
+                     f"{m['need_date_mae_days_typical_only']:.3f}, cycle blend {m['need_date_mae_days_blend']:.3f}, "
+                     f"regressor {m.get('need_date_mae_days_regressor', nan):.3f}")
     promoted = "promoted to champion" if lab.get("promoted") == "true" else "not promoted"
     lines.append(f"  gate: {promoted} ({lab.get('decision')})")
     lines.append("  seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in s.timings.items()))

@@ -44,3 +44,38 @@ def test_without_weights_the_rule_is_the_cycle_and_dates_stay_in_the_horizon():
     dates, basis = nm.need_dates(frame, pd.Timestamp("2026-11-20"), 7, 4)
     assert [d.day for d in dates] == [21, 27, 22]
     assert basis.tolist() == ["item cycle", "item cycle", "category cycle"]
+
+
+def _featured_positives(n: int, seed: int, signal: bool) -> pd.DataFrame:
+    """Positives with every feature; the first purchase falls ``7 - days_since_order`` days
+    after the cut-off (a weekly customer) when ``signal``, else at random."""
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame({c: rng.normal(size=n) for c in nm.FEATURES})
+    frame["segment_code"] = rng.integers(0, 3, n)
+    frame["days_since_order"] = rng.integers(0, 7, n).astype(float)
+    days = 7 - frame.days_since_order if signal else pd.Series(rng.integers(1, 8, n))
+    frame["days_to_need"] = days.clip(1, 7).astype(int)
+    return frame
+
+
+def test_the_date_model_learns_a_weekly_rhythm_the_constant_cannot():
+    train, held_out = _featured_positives(3000, 6, True), _featured_positives(1000, 7, True)
+    reg = nm.fit_date_model(train, horizon=7)
+    cut = pd.Timestamp("2026-11-20")
+    actual = cut + pd.to_timedelta(held_out.days_to_need, unit="D")
+    mae_model = (nm.need_dates(held_out, cut, 7, 4, date_model=reg)[0] - actual).dt.days.abs().mean()
+    mae_constant = (nm.need_dates(held_out, cut, 7, 4, {})[0] - actual).dt.days.abs().mean()
+    assert mae_model < 0.5 * mae_constant
+    dates, basis = nm.need_dates(held_out, cut, 7, 4, date_model=reg)
+    assert set(basis) == {"date model"} and dates.min() > cut and dates.max() <= cut + pd.Timedelta(days=7)
+    assert nm.fit_date_model(train.head(100), horizon=7) is None  # too few positives: the rules
+
+
+def test_without_a_rhythm_the_date_model_is_no_better_than_the_constant():
+    train, held_out = _featured_positives(3000, 8, False), _featured_positives(1000, 9, False)
+    reg = nm.fit_date_model(train, horizon=7)
+    cut = pd.Timestamp("2026-11-20")
+    actual = cut + pd.to_timedelta(held_out.days_to_need, unit="D")
+    mae_model = (nm.need_dates(held_out, cut, 7, 4, date_model=reg)[0] - actual).dt.days.abs().mean()
+    mae_constant = (nm.need_dates(held_out, cut, 7, 4, {})[0] - actual).dt.days.abs().mean()
+    assert mae_model > mae_constant - 0.1  # nothing to learn: the gate in the need step then keeps the rules
