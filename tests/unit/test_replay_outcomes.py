@@ -50,11 +50,13 @@ def test_each_landing_holds_only_its_day_and_the_first_everything_before(tmp_pat
     assert lander.land("2026-11-04") == {}
     day5 = lander.land("2026-11-05")
     assert day5 == {"users": 1, "orders": 1, "order_lines": 1}
-    assert read_landed(tmp_path / "order_lines" / "dt=2026-11-05" / hist.FILE).order_id.tolist() == ["o2"]
-    assert lander.land("2026-11-06") == {"orders": 1, "order_lines": 1}  # a line follows its order's day
-    again = (tmp_path / "orders" / "dt=2026-11-05" / hist.FILE).read_bytes()
+    assert read_landed(hist.file_of(tmp_path, "order_lines", "2026-11-05", "2026-11-05")).order_id.tolist() == ["o2"]
+    # A weekly batch: each day's rows in its own file of the batch's landing folder.
+    assert lander.land("2026-11-06", batch="2026-11-10") == {"orders": 1, "order_lines": 1}  # a line follows its order
+    assert [p.name for p in (tmp_path / "orders" / "dt=2026-11-10").iterdir()] == ["arrived-2026-11-06.csv"]
+    again = hist.file_of(tmp_path, "orders", "2026-11-05", "2026-11-05").read_bytes()
     lander.land("2026-11-05")
-    assert (tmp_path / "orders" / "dt=2026-11-05" / hist.FILE).read_bytes() == again  # landing again: same file
+    assert hist.file_of(tmp_path, "orders", "2026-11-05", "2026-11-05").read_bytes() == again  # again: same file
 
 
 def test_purchases_leave_cancelled_orders_out_and_use_the_site_day():

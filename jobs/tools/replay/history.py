@@ -5,7 +5,7 @@ landed file holds). It comes from the UCI Online Retail files (mapped by
 ``import_online_retail``) or from a raw zone (``raw/<dataset>/dt=*/``, e.g. a generated
 world); several landings of one raw zone are merged, the latest landing's row winning.
 
-Landing ``dt=D`` holds what arrived during day D (UTC):
+Day D's file (``arrived-D.csv``) holds what arrived during day D (UTC):
 
 * rows dated by an event time (events, orders, reviews, inventory snapshots, competitor
   prices, feedback) on day D; order lines with their order;
@@ -14,14 +14,17 @@ Landing ``dt=D`` holds what arrived during day D (UTC):
 * dimensions when they change: sites, warehouses and items in the first landing, a user on
   the landing of their signup day (or of their first dated row when they have none).
 
-The first landing holds the whole history up to its day. Nothing dated after a landing's
-day is in it, so a run on landing D sees nothing later. Deterministic: landing a day again
-writes the same files.
+The first day's file holds the whole history up to that day. Nothing dated after a file's
+day is in it, so a run on the files up to D sees nothing later. Each day's file goes into
+the landing folder (``dt=B``) of the ingest batch it belongs to: the next replay date B on
+or after the day (with ``--every 1d`` every day is its own batch; weekly, the nightly of B
+ingests the week's seven daily files in one run, as a weekly batch load would, instead of
+seven runs that give the same tables). Deterministic: landing a day again writes the same
+file.
 """
 from __future__ import annotations
 
 import hashlib
-import shutil
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
@@ -36,7 +39,6 @@ from bundlecast.jobs.tools.next_day import read_landed, utc_timestamps, write_la
 AHEAD = {"weather": 7, "calendar_events": 60, "routes": 2}
 DATE_OF = {"weather": "date", "calendar_events": "date", "routes": "route_date"}
 FIRST_ONLY = ("sites", "warehouses", "items")
-FILE = "replay.csv"
 COST_SHARE = 0.6  # Online Retail has no cost: a gift retailer's ~40% gross margin
 
 
@@ -82,25 +84,57 @@ def _raw_zone(root: Path) -> dict[str, pd.DataFrame]:
 
 def fill_online_retail(history: History) -> History:
     """What Online Retail lacks for proactive shipping, supplied and said: every named
-    customer opted in (guests never), one warehouse for the shop. There are no addresses,
-    routes or stock: shipments are judged at the decision (need bundle confidence against
-    the category threshold), and routing figures are not measured on this data."""
+    customer opted in (guests never), one warehouse for the shop, item cost, and one stock
+    snapshot at the start (each item's busiest four weeks of units: the shop is assumed
+    well stocked, so stock does not decide what is offered or shipped). There are no
+    addresses or routes: shipments are judged at the decision (need bundle confidence
+    against the category threshold), and routing figures are not measured on this data."""
     d = history.datasets
     d["users"] = d["users"].assign(proactive_opt_in=(d["users"].segment != "guest").map({True: "true", False: "false"}))
-    d["warehouses"] = pd.DataFrame([dict(warehouse_id="uk-gifts-dc", site_id="uk-gifts", region="united_kingdom",
+    warehouse = "uk-gifts-dc"
+    d["warehouses"] = pd.DataFrame([dict(warehouse_id=warehouse, site_id="uk-gifts", region="united_kingdom",
                                          lat="51.5072", lon="-0.1276")])
     items = d["items"]
     d["items"] = items.assign(cost=(pd.to_numeric(items.price, errors="coerce") * COST_SHARE).round(2).astype(str))
+    d["inventory"] = _ample_stock(d["orders"], d["order_lines"], warehouse)
     history.filled += [f"item cost: {COST_SHARE:.0%} of the median price (the data has none; bundles and offers need a "
                        "margin): margins, bundle prices and offer incentives are indicative",
                        "proactive opt-in: every named customer (guests never)",
                        "one warehouse (uk-gifts-dc, London) for the shop",
-                       "no addresses, routes or stock snapshots: shipments are judged at the decision, routing km are not measured"]
+                       "stock: one snapshot at the start, each item's busiest four weeks of units (a well-stocked "
+                       "shop): stock never limits offers or shipments, inventory-driven incentives are indicative",
+                       "no addresses or routes: shipments are judged at the decision, routing km are not measured"]
     return history
 
 
-def day_of(history: History, name: str) -> pd.Series:
-    """The UTC day each row of dataset ``name`` arrives on (NaT: a dimension row landed first)."""
+def _ample_stock(orders: pd.DataFrame, lines: pd.DataFrame, warehouse: str) -> pd.DataFrame:
+    """One snapshot, before the first order, of each sold item's busiest four weeks of units."""
+    ts = pd.to_datetime(orders.set_index("order_id").order_ts, utc=True, errors="coerce")
+    sold = lines.assign(units=pd.to_numeric(lines.quantity, errors="coerce").clip(lower=0),
+                        week=ts.reindex(lines.order_id).dt.tz_localize(None).dt.to_period("W").to_numpy())
+    weekly = sold.groupby(["site_id", "item_id", "week"]).units.sum()
+    busiest = (weekly.groupby(level=[0, 1]).rolling(4, min_periods=1).sum().groupby(level=[0, 1]).max()
+               if len(weekly) else weekly)
+    stock = busiest.reset_index(name="on_hand")[["site_id", "item_id", "on_hand"]] if len(weekly) else \
+        pd.DataFrame(columns=["site_id", "item_id", "on_hand"])
+    first = ts.min().floor("D").strftime("%Y-%m-%dT%H:%M:%SZ")
+    return stock.assign(snapshot_ts=first, warehouse_id=warehouse,
+                        on_hand=stock.on_hand.clip(lower=1).round().astype(int).astype(str), reserved="0",
+                        incoming="0")[["snapshot_ts", "warehouse_id", "site_id", "item_id", "on_hand", "reserved",
+                                       "incoming"]]
+
+
+def day_of(history: History, name: str, known: dict[str, pd.Series] | None = None) -> pd.Series:
+    """The UTC day each row of dataset ``name`` arrives on (NaT: a dimension row landed first).
+    ``known``: the days already worked out per dataset (filled in, so each is parsed once)."""
+    known = {} if known is None else known
+    if name in known:
+        return known[name]
+    known[name] = _day_of(history, name, known)
+    return known[name]
+
+
+def _day_of(history: History, name: str, known: dict[str, pd.Series]) -> pd.Series:
     spec = catalog.dataset(name)
     frame = history.datasets[name]
     if spec.event_time:
@@ -108,7 +142,7 @@ def day_of(history: History, name: str) -> pd.Series:
     if spec.timed_by is not None:
         ref = spec.timed_by
         parent = history.datasets[ref.dataset]
-        parent_day = pd.Series(day_of(history, ref.dataset).to_numpy(), index=_key(parent, ref.ref_columns))
+        parent_day = pd.Series(day_of(history, ref.dataset, known).to_numpy(), index=_key(parent, ref.ref_columns))
         parent_day = parent_day[~parent_day.index.duplicated()]
         return pd.Series(parent_day.reindex(_key(frame, ref.columns)).to_numpy(), index=frame.index)
     if name in DATE_OF:
@@ -116,7 +150,7 @@ def day_of(history: History, name: str) -> pd.Series:
     if name == "users":
         signup = pd.to_datetime(frame.get("signup_date", pd.Series("", index=frame.index)).replace("", None),
                                 errors="coerce")
-        return signup.where(signup.notna(), _first_seen(history, frame))
+        return signup.where(signup.notna(), _first_seen(history, frame, known))
     return pd.Series(pd.NaT, index=frame.index)
 
 
@@ -124,12 +158,12 @@ def _key(frame: pd.DataFrame, columns) -> pd.Index:
     return pd.MultiIndex.from_frame(frame[list(columns)]) if len(columns) > 1 else pd.Index(frame[columns[0]])
 
 
-def _first_seen(history: History, users: pd.DataFrame) -> pd.Series:
+def _first_seen(history: History, users: pd.DataFrame, known: dict[str, pd.Series]) -> pd.Series:
     days = []
     for name, column in (("orders", "user_id"), ("events", "user_id")):
         if name in history.datasets:
             f = history.datasets[name]
-            days.append(pd.DataFrame({"user_id": f[column], "day": day_of(history, name)}))
+            days.append(pd.DataFrame({"user_id": f[column], "day": day_of(history, name, known)}))
     first = pd.concat(days).groupby("user_id").day.min() if days else pd.Series(dtype="datetime64[ns]")
     return pd.Series(first.reindex(users.user_id).to_numpy(), index=users.index)
 
@@ -139,15 +173,17 @@ class Lander:
 
     def __init__(self, history: History, raw_root: Path, first: str):
         self.history, self.raw, self.first = history, Path(raw_root), pd.Timestamp(first)
-        self.days = {name: day_of(history, name) for name in history.datasets}
+        known: dict[str, pd.Series] = {}
+        self.days = {name: day_of(history, name, known) for name in history.datasets}
 
-    def land(self, day: str) -> dict[str, int]:
-        """Write landing ``dt=day`` (the first landing: everything up to ``day``); returns rows per dataset."""
+    def land(self, day: str, batch: str | None = None) -> dict[str, int]:
+        """Write day ``day``'s file into landing ``dt=batch`` (default: the day's own); the first
+        day's file holds everything up to it. Returns rows per dataset."""
         d = pd.Timestamp(day)
         rows = {}
         for name, frame in self.history.datasets.items():
-            folder = self.raw / name / f"dt={day}"
-            shutil.rmtree(folder, ignore_errors=True)
+            path = file_of(self.raw, name, day, batch or day)
+            path.unlink(missing_ok=True)
             when = self.days[name]
             if d == self.first:
                 part = frame[(when <= d) | when.isna()]
@@ -156,9 +192,14 @@ class Lander:
             else:
                 part = frame[when == d]
             if len(part):
-                write_landed(part, folder / FILE)
+                write_landed(part, path)
                 rows[name] = len(part)
         return rows
+
+
+def file_of(raw: Path, dataset: str, day: str, batch: str) -> Path:
+    """Where day ``day``'s rows of ``dataset`` land: the file of that day in its batch's landing."""
+    return Path(raw) / dataset / f"dt={batch}" / f"arrived-{day}.csv"
 
 
 def landing_days(first: str, last: str) -> list[str]:

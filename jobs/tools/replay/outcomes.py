@@ -8,7 +8,6 @@ the pipeline; the horizon after ``D`` is ``(D, D + H]`` (the need model's labels
 """
 from __future__ import annotations
 
-import json
 from datetime import date, timedelta
 
 import numpy as np
@@ -81,15 +80,10 @@ def need_outcomes(preds: pd.DataFrame, bought: pd.DataFrame, d: date, horizon: i
     preds = preds.assign(item=preds.site_id + "|" + preds.item_id)
     rows = []
 
-    def lists(frame: pd.DataFrame, score: str) -> pd.DataFrame:
-        f = frame.sort_values(["user_id", score, "item"], ascending=[True, False, True], kind="stable")
-        top = f.groupby("user_id", sort=False).head(k)
-        return top.assign(rank=top.groupby("user_id", sort=False).cumcount() + 1)[["user_id", "item", "rank"]]
-
-    freq = history.groupby(["user_id", "item"]).day.nunique().rename("freq").reset_index()
+    freq = history.groupby(["user_id", "site_id", "item_id"]).day.nunique().rename("freq").reset_index()
     baskets = history.assign(basket=history.day.astype(str))[["user_id", "basket", "item"]].drop_duplicates()
     users = truth.user_id.unique()
-    scorers = {"model": lists(preds, "probability"), "topfreq": lists(freq, "freq"),
+    scorers = {"model": nm.top_k_lists(preds, preds.probability, k), "topfreq": nm.top_k_lists(freq, freq.freq, k),
                "tifuknn": tifuknn.recommend(baskets.sort_values(["user_id", "basket", "item"], ignore_index=True),
                                             k, users=users, **(tifu_params or {}))}
     for scorer, recs in scorers.items():
@@ -114,14 +108,26 @@ def need_outcomes(preds: pd.DataFrame, bought: pd.DataFrame, d: date, horizon: i
     if len(hit) and "need_date" in hit:
         actual = pd.to_datetime(hit.first_day)
         predicted = pd.to_datetime(hit.need_date)
-        typical = labelled[labelled.need_date_basis == "typical lead time"]
-        lead = (int(round((pd.to_datetime(typical.need_date) - pd.Timestamp(d)).dt.days.median())) if len(typical)
-                else max(1, horizon // 2))
+        lead = typical_lead(bought, d, horizon)
         constant = pd.Timestamp(d) + pd.Timedelta(days=lead)
         rows += [row("need_date", "mae_days", (predicted - actual).dt.days.abs().mean(), len(hit), scorer="model"),
                  row("need_date", "mae_days", (constant - actual).dt.days.abs().mean(), len(hit), scorer="constant"),
                  row("need_date", "lead_days", lead, len(hit), scorer="constant")]
     return rows, labelled
+
+
+def typical_lead(bought: pd.DataFrame, d: date, horizon: int, cutoffs: int = 4, step: int = 7) -> int:
+    """The constant lead time a shop would use on date ``d``, from what it knew then: the
+    median days from a cut-off to a returning user's first purchase of an item within the
+    horizon, over ``cutoffs`` earlier cut-offs whose horizon ended by ``d``."""
+    days = []
+    for i in range(cutoffs):
+        c = d - timedelta(days=horizon + i * step)
+        seen = set(bought[bought.day <= c].user_id)
+        truth = ahead(bought, c, horizon)
+        days.append((pd.to_datetime(truth[truth.user_id.isin(seen)].first_day) - pd.Timestamp(c)).dt.days)
+    days = pd.concat(days) if days else pd.Series(dtype=float)
+    return int(round(float(days.median()))) if len(days) else max(1, horizon // 2)
 
 
 # ------------------------------------------------------------------------------ shipments
@@ -260,7 +266,3 @@ def relationship_outcomes(rel: pd.DataFrame, bought: pd.DataFrame, d: date, hori
         n = m.pop("queries")
         rows += [row("relationships", metric, value, n, scorer=scorer) for metric, value in m.items()]
     return rows
-
-
-def as_json(values) -> str:
-    return json.dumps(list(values))

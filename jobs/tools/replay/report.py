@@ -106,18 +106,19 @@ def _table(frame: pd.DataFrame) -> str:
     return frame.to_html(index=False, float_format=lambda x: f"{x:.4f}", na_rep="–", border=0, classes="t")
 
 
-def write(spark, cfg: dict, history, plan, summary: pd.DataFrame, seconds: float, echo=print) -> dict:
+def write(spark, cfg: dict, source: dict, plan, outcomes: pd.DataFrame, summary: pd.DataFrame, seconds: float,
+          echo=print) -> dict:
+    """The report, its plots and the MLflow run. ``source``: the history's ``source`` name and
+    what the replay ``filled``; ``outcomes``: every finished date's ``replay_outcomes`` rows."""
     from bundlecast.jobs.core.tables import Tables
 
     r = cfg.get("replay") or {}
     target, min_ship = float(r.get("target_precision", 0.7)), int(r.get("min_shipments", 20))
-    tables = Tables(spark, cfg)
-    shipped = tables.read("replay_shipments").toPandas()
-    outcomes = tables.read("replay_outcomes").toPandas()
+    shipped = Tables(spark, cfg).read("replay_shipments").toPandas()
     proposal = th.propose(shipped, target, min_ship, cfg) if len(shipped) else pd.DataFrame()
     figures = headline(summary, shipped, proposal)
     figures["wall_seconds"] = round(seconds, 1)
-    figures["dates"] = len(plan.dates)
+    figures["dates"] = int(outcomes.dt.nunique())
     out = Path(cfg["home"], "replay")
     out.mkdir(parents=True, exist_ok=True)
     curve, calib = curve_plot(summary), calibration_plot(summary)
@@ -132,7 +133,7 @@ def write(spark, cfg: dict, history, plan, summary: pd.DataFrame, seconds: float
         ["mase", "mae_days", "hit_rate_at_10"]) & (outcomes.category == "*")]
     per_date2 = other.pivot_table(index="dt", columns=["kind", "scorer"], values="value").round(4)
     per_date2.columns = [f"{k} {s}" for k, s in per_date2.columns]
-    page = _page(history, plan, figures, proposal, target, per_date.reset_index(), per_date2.reset_index(),
+    page = _page(source, plan, figures, proposal, target, per_date.reset_index(), per_date2.reset_index(),
                  summary, curve, calib)
     (out / "report.html").write_text(page)
     echo(f"report: {out / 'report.html'}")
@@ -144,7 +145,7 @@ def _img(png: bytes, alt: str) -> str:
     return f'<img alt="{alt}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
 
 
-def _page(history, plan, f: dict, proposal: pd.DataFrame, target: float, per_date: pd.DataFrame,
+def _page(source: dict, plan, f: dict, proposal: pd.DataFrame, target: float, per_date: pd.DataFrame,
           per_date2: pd.DataFrame, summary: pd.DataFrame, curve: bytes, calib: bytes) -> str:
     def fmt(x, p=3):
         return "–" if x is None else f"{x:.{p}f}"
@@ -155,14 +156,14 @@ def _page(history, plan, f: dict, proposal: pd.DataFrame, target: float, per_dat
         + "</tr>" for s, label in (("model", "need model"), ("tifuknn", "TIFU-KNN"), ("topfreq", "personal top-frequency")))
     prop = f
     offers = summary[(summary.kind == "offers") & summary.bin.isna()][["category", "metric", "value", "n"]]
-    filled = "".join(f"<li>{html.escape(x)}</li>" for x in history.filled) or "<li>nothing: the history has them</li>"
+    filled = "".join(f"<li>{html.escape(x)}</li>" for x in source.get("filled", [])) or "<li>nothing: the history has them</li>"
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>bundlecast replay</title>
 <style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto;color:#222}}table.t{{border-collapse:collapse;font-size:13px}}
 table.t td,table.t th{{padding:3px 8px;border-bottom:1px solid #ddd;text-align:right}}.note{{background:#f6f6f0;padding:8px 12px}}</style>
 </head><body>
-<h1>Would proactive shipping have paid? Replay of {html.escape(history.source)}</h1>
-<p>{len(plan.dates)} replay dates from {plan.first} to {plan.dates[-1]}, every {plan.every} day(s); the history was landed
-day by day and the nightly ran on each replay date on what had landed by the end of that day. Wall time
+<h1>Would proactive shipping have paid? Replay of {html.escape(source["source"])}</h1>
+<p>{f['dates']} of {len(plan.dates)} replay dates done, from {plan.first} to {plan.dates[-1]}, every {plan.every} day(s);
+the history was landed day by day and the nightly ran on each replay date on what had landed by the end of that day. Wall time
 {f['wall_seconds'] / 60:.1f} min.</p>
 <h2>Headline</h2>
 <table class="t"><tr><th>next basket (horizon)</th><th>recall@10</th><th>NDCG@10</th><th>repeat recall</th><th>explore recall</th></tr>

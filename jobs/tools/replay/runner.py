@@ -2,8 +2,9 @@
 against what users did afterwards.
 
 For every day from the first replay date to the last, the history's rows of that day are
-landed (``history.Lander``) and ingested, as the hourly runs would have done. On each replay
-date (every ``--every`` days) the nightly steps run on the state landed up to the end of that
+landed (``history.Lander``: one file per day, in the landing folder of the replay date that
+ingests it). On each replay date (every ``--every`` days) the days landed since the last one
+are ingested in one run and the nightly steps run on the state landed up to the end of that
 day, with run id ``replay-<date>``, and their decisions are scored against the history after
 it (``outcomes``): ``replay_outcomes`` and ``replay_shipments`` for the date, then
 ``replay_summary`` pooled over every finished date, the HTML report and its MLflow run.
@@ -58,6 +59,10 @@ class Plan:
     def days(self) -> list[str]:
         return hist.landing_days(self.first, self.dates[-1])
 
+    def batch_of(self, day: str) -> str:
+        """The replay date whose nightly ingests ``day``'s landing: the first on or after it."""
+        return next(d for d in self.dates if d >= day)
+
 
 def parse_every(text: str) -> int:
     """``1d`` / ``7d`` / ``7`` -> days."""
@@ -74,14 +79,14 @@ class State:
         self.path = Path(home) / "replay" / "state.json"
         self.data = json.loads(self.path.read_text()) if self.path.exists() else None
 
-    def start(self, plan: Plan, digest: str, raw: Path) -> None:
+    def start(self, plan: Plan, history: hist.History, raw: Path) -> None:
         wanted = {"source": plan.source, "first": plan.first, "last": plan.last, "every": plan.every,
-                  "retrain_every": plan.retrain_every, "digest": digest}
+                  "retrain_every": plan.retrain_every, "digest": history.digest()}
         if self.data is None:
             if raw.exists() and any(raw.iterdir()):
                 raise BundlecastError(f"{raw} already holds landings that no replay made: a replay needs a fresh "
                                       "BUNDLECAST_HOME")
-            self.data = {**wanted, "landed": [], "done": []}
+            self.data = {**wanted, "history": history.source, "filled": history.filled, "landed": [], "done": []}
             self.save()
         elif {k: self.data.get(k) for k in wanted} != wanted:
             raise BundlecastError(f"{self.path} holds another replay ({self.data['source']} {self.data['first']}.."
@@ -113,7 +118,7 @@ def replay(history_path: str, first: str, last: str, every: int = 7, hourly: boo
     plan = Plan(str(Path(history_path).resolve()), first, last, every, retrain_every)
     raw = Path(cfg["storage"]["raw"])
     state = State(cfg["home"])
-    state.start(plan, history.digest(), raw)
+    state.start(plan, history, raw)
     if state.data["done"]:
         echo(f"resuming: {len(state.data['done'])} of {len(plan.dates)} replay dates done "
              f"(last {state.data['done'][-1]})")
@@ -122,14 +127,14 @@ def replay(history_path: str, first: str, last: str, every: int = 7, hourly: boo
     lander = hist.Lander(history, raw, plan.first)
     spark = get_spark("bundlecast-replay")
     for day in plan.days:
-        if day in state.data["done"] or (day not in plan.dates and day in state.data["landed"]):
+        if day in state.data["done"]:
             continue
         if day not in state.data["landed"]:
-            rows = lander.land(day)
-            _ingest(spark, day, sorted(rows), with_expectations=day in plan.dates)
+            rows = lander.land(day, plan.batch_of(day))
             state.mark("landed", day)
-            echo(f"landed {day}: " + ", ".join(f"{k} {v:,}" for k, v in sorted(rows.items())))
+            echo(f"landed {day}: " + (", ".join(f"{k} {v:,}" for k, v in sorted(rows.items())) or "nothing"))
         if day in plan.dates:
+            _ingest(spark, day, raw)
             started = time.time()
             refit = plan.refits(day)
             for name, kw in NIGHTLY:
@@ -139,11 +144,7 @@ def replay(history_path: str, first: str, last: str, every: int = 7, hourly: boo
             n = score_date(spark, cfg, day, bought, history)
             state.mark("done", day)
             echo(f"replay date {day} done in {time.time() - started:.0f} s ({n} outcome rows)")
-    from bundlecast.jobs.tools.replay import report
-
-    summary = summarise(spark, cfg)
-    figures = report.write(spark, cfg, history, plan, summary, seconds=time.time() - t0, echo=echo)
-    return figures
+    return _report(spark, cfg, state, plan, seconds=time.time() - t0, echo=echo)
 
 
 def _start_overlay(settings: Path, echo) -> None:
@@ -176,12 +177,14 @@ def horizon(cfg: dict) -> int:
     return int((cfg.get("replay") or {}).get("horizon_days") or cfg["need"]["horizon_days"])
 
 
-def _ingest(spark, day: str, datasets: list[str], with_expectations: bool) -> None:
-    """The day's landing, as the hourly and nightly runs would ingest it (the datasets landed)."""
+def _ingest(spark, day: str, raw: Path) -> None:
+    """Landing ``dt=day`` (the days since the last replay date, one file each), ingested by
+    the replay date's nightly with its expectation suites (only the datasets that landed)."""
     from bundlecast.jobs.pipeline import step
 
+    datasets = sorted(p.parent.name for p in raw.glob(f"*/dt={day}") if any(p.iterdir()))
     if datasets:
-        step("ingest").run(spark, day, datasets=datasets, run_id=f"replay-{day}", with_expectations=with_expectations)
+        step("ingest").run(spark, day, datasets=datasets, run_id=f"replay-{day}", with_expectations=True)
 
 
 def _step(spark, name: str, day: str, echo, **kw) -> None:
@@ -248,42 +251,45 @@ def _actual_rows(shipped: pd.DataFrame) -> list[dict]:
         for m in ("shipped_items", "wanted_items", "shipped_value", "wanted_value")]
 
 
-def summarise(spark, cfg: dict) -> pd.DataFrame:
-    """replay_outcomes pooled over the dates: counts summed, rates weighted by n."""
-    from bundlecast.jobs.core.tables import Tables
-
-    tables = Tables(spark, cfg)
-    rows = tables.read("replay_outcomes").toPandas()
-    if rows.empty:
+def summarise(outcomes: pd.DataFrame) -> pd.DataFrame:
+    """Pure: replay_outcomes pooled over the dates: counts summed, rates weighted by n."""
+    if outcomes.empty:
         raise BundlecastError("no replay date finished: nothing to summarise")
     key = ["kind", "scorer", "category", "bin", "metric"]
-    rows["bin"] = rows["bin"].astype(float)
-    rows["w"] = rows.n.fillna(1).astype(float)
+    rows = outcomes.assign(bin=outcomes["bin"].astype(float), w=outcomes.n.fillna(1).astype(float))
     rows["wv"] = rows.value * rows.w
     g = rows.groupby(key, dropna=False)
     out = g.agg(total=("value", "sum"), wv=("wv", "sum"), w=("w", "sum"), n=("n", "sum"), dates=("dt", "nunique"),
                 first_dt=("dt", "min"), last_dt=("dt", "max")).reset_index()
     counts = out.metric.isin(oc.COUNTS)
     out["value"] = out.total.where(counts, out.wv / out.w.where(out.w > 0))
-    out = out.drop(columns=["total", "wv", "w"])
-    tables.replace("replay_summary", tables.frame("replay_summary", out))
-    return out
+    return out.drop(columns=["total", "wv", "w"])
+
+
+def _report(spark, cfg: dict, state: State, plan: Plan, seconds: float, echo) -> dict:
+    """``replay_summary`` over every finished date, the HTML report and its MLflow run."""
+    from bundlecast.jobs.core.tables import Tables
+    from bundlecast.jobs.tools.replay import report
+
+    tables = Tables(spark, cfg)
+    outcomes = tables.read("replay_outcomes").toPandas()
+    summary = summarise(outcomes)
+    tables.replace("replay_summary", tables.frame("replay_summary", summary))
+    source = {"source": state.data.get("history", plan.source), "filled": state.data.get("filled", [])}
+    return report.write(spark, cfg, source, plan, outcomes, summary, seconds=seconds, echo=echo)
 
 
 def report_again(echo=print) -> dict:
     """The summary, report and MLflow run again from the finished dates (no step runs)."""
     from bundlecast.jobs.core.spark import get_spark
-    from bundlecast.jobs.tools.replay import report
 
     cfg = config()
     state = State(cfg["home"])
     if state.data is None:
         raise BundlecastError(f"no replay under {cfg['home']}: run `bundlecast replay run` first")
     d = state.data
-    spark = get_spark("bundlecast-replay")
     plan = Plan(d["source"], d["first"], d["last"], d["every"], d.get("retrain_every"))
-    return report.write(spark, cfg, hist.load(d["source"]), plan,
-                        summarise(spark, cfg), seconds=0.0, echo=echo)
+    return _report(get_spark("bundlecast-replay"), cfg, state, plan, seconds=0.0, echo=echo)
 
 
 def render(figures: dict) -> str:
