@@ -148,3 +148,18 @@ def test_the_plan_and_its_cadence():
     plan = Plan("x", "2026-11-01", "2026-11-16", 7)
     assert plan.dates == ["2026-11-01", "2026-11-08", "2026-11-15"]
     assert plan.days[0] == "2026-11-01" and plan.days[-1] == "2026-11-15" and len(plan.days) == 15
+    # Each day is ingested by the first replay date on or after it; refits every 14 days.
+    assert [plan.batch_of(d) for d in ("2026-11-01", "2026-11-02", "2026-11-08", "2026-11-09")] == \
+        ["2026-11-01", "2026-11-08", "2026-11-08", "2026-11-15"]
+    monthly = Plan("x", "2026-11-01", "2026-12-20", 7, retrain_every=14)
+    assert [d for d in monthly.dates if monthly.refits(d)] == ["2026-11-01", "2026-11-15", "2026-11-29", "2026-12-13"]
+    assert all(plan.refits(d) for d in plan.dates)  # without --retrain-every: every date, as the nightly
+
+
+def test_the_typical_lead_is_what_the_shop_knew_on_the_date():
+    # Returning buyers' first purchases 2 and 4 days after earlier cut-offs; later purchases do not count.
+    bought = bought_rows([("u", "a", -30), ("u", "a", -12), ("u", "b", -5), ("v", "a", -40), ("v", "a", -19),
+                          ("u", "a", 2), ("u", "c", 3)])
+    # cut-offs D-7 (u: b on day 2), D-14 (u: a on day 2), D-21 (v: a on day 2), D-28 (nothing)
+    assert oc.typical_lead(bought, D, horizon=7) == 2
+    assert oc.typical_lead(bought_rows([("u", "a", 1)]), D, horizon=7) == 3  # nothing before: H // 2
