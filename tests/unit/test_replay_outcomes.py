@@ -163,3 +163,15 @@ def test_the_typical_lead_is_what_the_shop_knew_on_the_date():
     # cut-offs D-7 (u: b on day 2), D-14 (u: a on day 2), D-21 (v: a on day 2), D-28 (nothing)
     assert oc.typical_lead(bought, D, horizon=7) == 2
     assert oc.typical_lead(bought_rows([("u", "a", 1)]), D, horizon=7) == 3  # nothing before: H // 2
+
+
+def test_online_retail_gets_one_well_stocked_snapshot_before_its_first_order():
+    orders = pd.DataFrame(dict(order_id=[f"o{i}" for i in range(6)], order_ts=[
+        "2011-01-03T10:00:00Z", "2011-01-04T10:00:00Z", "2011-01-12T10:00:00Z", "2011-03-01T10:00:00Z",
+        "2011-03-02T10:00:00Z", "2011-03-03T10:00:00Z"]))
+    lines = pd.DataFrame(dict(order_id=[f"o{i}" for i in range(6)], site_id="s", item_id=["a", "a", "a", "a", "b", "b"],
+                              quantity=["5", "5", "20", "1", "2", "-3"]))
+    stock = hist._ample_stock(orders, lines, "wh").set_index("item_id")
+    assert set(stock.snapshot_ts) == {"2011-01-03T00:00:00Z"}  # lands in the first landing, before any order
+    assert stock.on_hand.to_dict() == {"a": "30", "b": "2"}  # a: weeks of Jan 3 and Jan 10 together; returns ignored
+    assert set(stock.warehouse_id) == {"wh"} and set(stock.reserved) == {"0"}

@@ -112,11 +112,12 @@ def _ample_stock(orders: pd.DataFrame, lines: pd.DataFrame, warehouse: str) -> p
     ts = pd.to_datetime(orders.set_index("order_id").order_ts, utc=True, errors="coerce")
     sold = lines.assign(units=pd.to_numeric(lines.quantity, errors="coerce").clip(lower=0),
                         week=ts.reindex(lines.order_id).dt.tz_localize(None).dt.to_period("W").to_numpy())
-    weekly = sold.groupby(["site_id", "item_id", "week"]).units.sum()
-    busiest = (weekly.groupby(level=[0, 1]).rolling(4, min_periods=1).sum().groupby(level=[0, 1]).max()
-               if len(weekly) else weekly)
-    stock = busiest.reset_index(name="on_hand")[["site_id", "item_id", "on_hand"]] if len(weekly) else \
-        pd.DataFrame(columns=["site_id", "item_id", "on_hand"])
+    weekly = sold.groupby(["site_id", "item_id", "week"]).units.sum().reset_index()
+    weekly["start"] = weekly.week.dt.start_time
+    # Four calendar weeks: a window of 28 days ending with each week that had sales.
+    window = weekly.sort_values("start").groupby(["site_id", "item_id"]).rolling("28D", on="start").units.sum()
+    stock = (window.groupby(level=[0, 1]).max().rename("on_hand").reset_index() if len(weekly) else
+             pd.DataFrame(columns=["site_id", "item_id", "on_hand"]))
     first = ts.min().floor("D").strftime("%Y-%m-%dT%H:%M:%SZ")
     return stock.assign(snapshot_ts=first, warehouse_id=warehouse,
                         on_hand=stock.on_hand.clip(lower=1).round().astype(int).astype(str), reserved="0",
