@@ -49,9 +49,16 @@ def _backfill(cfg, dag_id: str, first_due: str, last_due: str, expected: int, ag
     ``during(runs)`` is called at every poll. Returns the runs."""
     from bundlecast.jobs.tools import stack
 
-    done = stack.run([sys.executable, "-m", "airflow", "backfill", "create", "--dag-id", dag_id,
-                      "--from-date", first_due, "--to-date", last_due, "--max-active-runs", "1"]
-                     + (["--reprocess-behavior", "completed"] if again else []), cfg)
+    # The scheduler marks the previous backfill completed on one of its next loops, after its
+    # runs finished: until then Airflow refuses a new one for the DAG (AlreadyRunningBackfill).
+    settle = time.monotonic() + 180
+    while True:
+        done = stack.run([sys.executable, "-m", "airflow", "backfill", "create", "--dag-id", dag_id,
+                          "--from-date", first_due, "--to-date", last_due, "--max-active-runs", "1"]
+                         + (["--reprocess-behavior", "completed"] if again else []), cfg)
+        if done.returncode == 0 or "AlreadyRunningBackfill" not in done.stderr or time.monotonic() > settle:
+            break
+        time.sleep(5)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     deadline = time.monotonic() + RUN_TIMEOUT
     while time.monotonic() < deadline:
