@@ -15,7 +15,7 @@ from bundlecast.jobs.pipeline import INGEST_OPS, step
 
 SUBMIT = PROJECT_ROOT / "jobs" / "submit.py"
 TASK_IDS = {("proactive", "hourly"): "proactive_hourly", ("offers", "reprice"): "offers_reprice",
-            ("need", "train"): "need_train", ("need", "rescore"): "need_rescore", ("value", None): "user_value"}
+            ("need", "train"): "need_train", ("need", "rescore"): "need_rescore", ("value", "train"): "user_value"}
 
 
 # The landing day a task processes, from the run's data interval (never ``ds``: with a trigger

@@ -38,7 +38,7 @@ STEPS: dict[str, Step] = {s.name: s for s in (
                 "demand_forecast", "need_predictions", "step_runs"),
          writes=("need_predictions", "step_runs"), modes=("train", "score", "rescore")),
     Step("value", "bundlecast.jobs.value.job", "user value model: train, gate, score",
-         reads=("events", "orders", "order_lines", "users"), writes=("user_value",)),
+         reads=("events", "orders", "order_lines", "users"), writes=("user_value",), modes=("train", "score")),
     Step("bundles", "bundlecast.jobs.bundles.job", "need bundles and priced product bundles",
          reads=("need_predictions", "item_relationships", "orders", "order_lines") + COMMERCE,
          writes=("need_bundles", "bundles", "step_runs")),
@@ -57,6 +57,22 @@ STEPS: dict[str, Step] = {s.name: s for s in (
          reads=("experiment_exposures", "offers", "orders", "order_lines", "items", "feedback"),
          writes=("experiment_results",)),
 )}
+
+
+RUN_LOG = "step_runs"  # every step writes its own rows of the run log: not data between steps
+
+
+def stages(runs: list[tuple[str, str | None]]) -> list[list[tuple[str, str | None]]]:
+    """``runs`` ((step, mode), in data-flow order) grouped into stages that can run side by
+    side: each run comes in the stage after the last earlier run that writes a table it
+    reads (the run log aside), as the DAGs order their tasks. The nightly's are
+    [relationships, forecast, value], [need], [bundles], [proactive], [offers]."""
+    level: dict[int, int] = {}
+    for i, (name, mode) in enumerate(runs):
+        reads = set(step(name).reads) - {RUN_LOG}
+        level[i] = 1 + max((level[j] for j, (earlier, m) in enumerate(runs[:i])
+                            if reads & (set(step(earlier).outputs(m)) - {RUN_LOG})), default=-1)
+    return [[runs[i] for i in sorted(level) if level[i] == n] for n in range(max(level.values(), default=-1) + 1)]
 
 
 def step(name: str) -> Step:

@@ -39,6 +39,25 @@ def test_user_value_beats_the_baseline_and_is_written(spark, test_world, value_c
     assert again.labels["promoted"] == str(beats_standard).lower()
     assert ("champion v" in again.labels["decision"]) if beats_standard else \
         ("not below BG/NBD" in again.labels["decision"])
+    # Score mode (the replay between refits): no training, the champion's rows for the date,
+    # the same as the training run's scoring with that champion.
+    trained = read_table(spark, "user_value", value_cfg).toPandas().sort_values("user_id", ignore_index=True)
+    scored = value.run(spark, test_world["date"], "value-3", value_cfg, progress=lambda m: None, mode="score")
+    assert not scored.metrics and "model_version" not in scored.labels
+    assert scored.labels["scored_with_version"] == again.labels["scored_with_version"]
+    rows = read_table(spark, "user_value", value_cfg).toPandas().sort_values("user_id", ignore_index=True)
+    assert len(rows) == len(trained) and (rows.run_id == "value-3").all()
+    assert rows.predicted_value.tolist() == pytest.approx(trained.predicted_value.tolist())
+
+
+def test_score_mode_without_a_champion_says_what_to_run(spark, test_world, value_cfg):
+    from bundlecast.jobs.core.errors import BundlecastError
+    from bundlecast.jobs.value import job as value
+
+    cfg = copy.deepcopy(value_cfg)
+    cfg["value"]["model_name"] = "bundlecast-user-value-never-trained"
+    with pytest.raises(BundlecastError, match="no champion .*run `bundlecast value`"):
+        value.run(spark, test_world["date"], "value-none", cfg, progress=lambda m: None, mode="score")
 
 
 def test_too_little_history_is_skipped_with_one_message(spark, test_world, value_cfg):

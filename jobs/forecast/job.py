@@ -135,10 +135,8 @@ def _log_run(cfg, dt, section, s, summary, metrics_pd, forecast, demand, level) 
 def _plot_series(forecast, demand, level, dt: str, n: int = 4) -> None:
     """Forecast with its interval against the last 8 weeks of actuals, for the n series
     with the largest forecast volume."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import mlflow
+    from matplotlib.figure import Figure  # not pyplot: no global state, safe beside another step's plots
     from pyspark.sql import functions as F
 
     top = forecast.groupBy(*level).agg(F.sum("yhat").alias("v")).orderBy(F.col("v").desc(), *level).limit(n).toPandas()
@@ -149,7 +147,8 @@ def _plot_series(forecast, demand, level, dt: str, n: int = 4) -> None:
     start = date.fromisoformat(dt) - timedelta(days=56)
     a = demand.filter(F.col("ds") > F.lit(start)).join(forecast.sparkSession.createDataFrame(keys), level,
                                                         "left_semi").toPandas()
-    fig, axes = plt.subplots(len(keys), 1, figsize=(9, 2.6 * len(keys)), squeeze=False)
+    fig = Figure(figsize=(9, 2.6 * len(keys)))
+    axes = fig.subplots(len(keys), 1, squeeze=False)
     for ax, (_, k) in zip(axes[:, 0], keys.iterrows()):
         sel_f = f.loc[(f[level] == k.values).all(axis=1)].sort_values("date")
         sel_a = a.loc[(a[level] == k.values).all(axis=1)].sort_values("ds")
@@ -160,7 +159,6 @@ def _plot_series(forecast, demand, level, dt: str, n: int = 4) -> None:
         ax.legend(fontsize=7)
     fig.tight_layout()
     mlflow.log_figure(fig, "forecast_vs_actuals.png")
-    plt.close(fig)
 
 
 def methods(s: StepRun) -> dict[str, int]:

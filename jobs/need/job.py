@@ -214,15 +214,14 @@ def _register_and_gate(cfg: dict, s: dict, dt: str, run_id: str, summary: StepRu
 
 
 def _log_plots(model, eval_pd, p_model, metrics, bought, s) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import mlflow
+    from matplotlib.figure import Figure  # not pyplot: no global state, safe beside another step's plots
     from sklearn.inspection import permutation_importance
     from sklearn.metrics import precision_recall_curve
 
     y = eval_pd.label.to_numpy(int)
-    fig, ax = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))
+    ax = fig.subplots(1, 2)
     cal = nm.calibration_table(y, p_model)
     ax[0].plot([0, cal.predicted.max()], [0, cal.predicted.max()], "--", color="grey")
     ax[0].plot(cal.predicted, cal.observed, "o-", label="model")
@@ -233,18 +232,17 @@ def _log_plots(model, eval_pd, p_model, metrics, bought, s) -> None:
     ax[1].legend()
     fig.tight_layout()
     mlflow.log_figure(fig, "calibration_and_pr.png")
-    plt.close(fig)
     mlflow.log_table(cal, "calibration_table.json")
     sample = eval_pd.sample(min(len(eval_pd), 5000), random_state=0)
     imp = permutation_importance(model, nm.matrix(sample), sample.label.to_numpy(int),
                                  scoring="average_precision", n_repeats=3, random_state=0)
     order = np.argsort(imp.importances_mean)
-    fig, ax = plt.subplots(figsize=(7, 8))
+    fig = Figure(figsize=(7, 8))
+    ax = fig.subplots()
     ax.barh(np.array(nm.FEATURES)[order], imp.importances_mean[order])
     ax.set(title="permutation importance (PR AUC drop)")
     fig.tight_layout()
     mlflow.log_figure(fig, "feature_importance.png")
-    plt.close(fig)
 
 
 # --------------------------------------------------------------------------------- score

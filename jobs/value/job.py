@@ -19,17 +19,25 @@ from bundlecast.models.need import matrix
 EXPERIMENT = "bundlecast-user-value"
 
 
-def run(spark, dt: str, run_id: str | None = None, cfg: dict | None = None, progress=print) -> StepRun:
+def run(spark, dt: str, run_id: str | None = None, cfg: dict | None = None, progress=print,
+        mode: str = "train") -> StepRun:
+    """``train`` (nightly): fit on a time split, compare with the baseline and BG/NBD x
+    Gamma-Gamma, register, gate, then score every user with the champion; ``score``: score
+    with the champion only (between refits, as the replay does on its light dates)."""
     from bundlecast.models import registry
 
     cfg = cfg or config()
+    if mode not in ("train", "score"):
+        raise BundlecastError(f"mode must be train or score, not {mode!r}")
     tables = Tables(spark, cfg)
     s = cfg["value"]
     V = int(s["horizon_days"])
-    summary = StepRun("value", dt, run_id or f"value-{dt}-{uuid.uuid4().hex[:8]}")
+    summary = StepRun("value", dt, run_id or f"value-{dt}-{uuid.uuid4().hex[:8]}", mode)
     end = date.fromisoformat(dt)
     inputs = extract(tables)
     segments = cfg["need"]["segments"]
+    if mode == "score":
+        return _score_only(cfg, tables, inputs, summary, end, V, segments, progress)
     # A young shop (no order 2 x V days before the run date) is skipped after one small read.
     first_cut = end - timedelta(days=2 * V)
     too_little = None if _any_order_before(inputs.orders, first_cut) else \
@@ -63,14 +71,37 @@ def run(spark, dt: str, run_id: str | None = None, cfg: dict | None = None, prog
     champ = registry.champion(cfg, s["model_name"])
     if champ is None:
         raise BundlecastError(f"user value: no champion for {s['model_name']} ({summary.labels['decision']})")
-    champ_model, champ_version, _ = champ
-    p_now = np.clip(champ_model.predict(matrix(now, FEATURES)), 0, None) if len(now) else np.zeros((0, 2))
-    out = user_value_rows(now, p_now, V, str(champ_version), summary.labels["mlflow_run_id"], end, summary.run_id)
-    summary.counts["users_scored"] = len(out)
-    write_user_value(tables, out, dt)
-    record(tables, summary.finish())
+    _score(cfg, tables, summary, champ, now, V, end)
     progress(render(summary))
     return summary
+
+
+def _score_only(cfg: dict, tables, inputs, summary: StepRun, end: date, V: int, segments, progress) -> StepRun:
+    from bundlecast.models import registry
+
+    champ = registry.champion(cfg, cfg["value"]["model_name"])
+    if champ is None:
+        raise BundlecastError(f"user value: no champion for {cfg['value']['model_name']}: run `bundlecast value` "
+                              "(mode train) first")
+    _score(cfg, tables, summary, champ, frame_at(inputs, end, V, segments, with_targets=False), V, end)
+    progress(f"user value {summary.run_id} for {summary.dt}: {summary.counts['users_scored']:,} users scored with "
+             f"champion version {champ[1]} in {summary.seconds:.0f} s")
+    return summary
+
+
+def _score(cfg: dict, tables, summary: StepRun, champ, now: pd.DataFrame, V: int, end: date) -> None:
+    """The champion's ``user_value`` rows for the run date (replaced, each naming the
+    champion's version and the MLflow run that trained it), and the run recorded."""
+    from bundlecast.models import registry
+
+    champ_model, champ_version, _ = champ
+    p_now = np.clip(champ_model.predict(matrix(now, FEATURES)), 0, None) if len(now) else np.zeros((0, 2))
+    trained_in = registry.champion_version(cfg["value"]["model_name"]).run_id or ""
+    out = user_value_rows(now, p_now, V, str(champ_version), trained_in, end, summary.run_id)
+    summary.counts["users_scored"] = len(out)
+    summary.labels["scored_with_version"] = str(champ_version)
+    write_user_value(tables, out, summary.dt)
+    record(tables, summary.finish())
 
 
 def _any_order_before(orders, day: date) -> bool:
@@ -119,19 +150,17 @@ def _register_and_gate(cfg: dict, dt: str, summary: StepRun, final, train_pd: pd
 
 
 def _plot(eval_pd: pd.DataFrame, spend: np.ndarray) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import mlflow
+    from matplotlib.figure import Figure  # not pyplot: no global state, safe beside another step's plots
 
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig = Figure(figsize=(5, 5))
+    ax = fig.subplots()
     ax.scatter(eval_pd.spend_next, spend, s=4, alpha=0.4)
     top = max(float(eval_pd.spend_next.max()), float(spend.max()) if len(spend) else 0.0, 1.0)
     ax.plot([0, top], [0, top], "--", color="grey")
     ax.set(xlabel="actual spend", ylabel="predicted spend", title="user value: evaluation cut-off")
     fig.tight_layout()
     mlflow.log_figure(fig, "predicted_vs_actual.png")
-    plt.close(fig)
 
 
 def render(s: StepRun) -> str:

@@ -175,3 +175,18 @@ def test_online_retail_gets_one_well_stocked_snapshot_before_its_first_order():
     assert set(stock.snapshot_ts) == {"2011-01-03T00:00:00Z"}  # lands in the first landing, before any order
     assert stock.on_hand.to_dict() == {"a": "30", "b": "2"}  # a: weeks of Jan 3 and Jan 10 together; returns ignored
     assert set(stock.warehouse_id) == {"wh"} and set(stock.reserved) == {"0"}
+
+
+def test_the_nightly_stages_follow_the_data_between_steps():
+    from bundlecast.jobs.pipeline import stages
+    from bundlecast.jobs.tools.replay.runner import LIGHT, NIGHTLY
+
+    nightly = [(name, kw.get("mode")) for name, kw in NIGHTLY]
+    assert stages(nightly) == [[("relationships", "full"), ("forecast", None), ("value", None)], [("need", "train")],
+                               [("bundles", None)], [("proactive", "nightly")], [("offers", "nightly")]]
+    light = [(name, {**kw, **LIGHT.get(name, {})}.get("mode")) for name, kw in NIGHTLY]
+    assert [len(s) for s in stages(light)] == [3, 1, 1, 1, 1]
+    # a step after one whose table it reads, never beside it; the run log does not count
+    assert stages([("need", "score"), ("bundles", None), ("forecast", None)]) == \
+        [[("need", "score"), ("forecast", None)], [("bundles", None)]]
+    assert stages([]) == []

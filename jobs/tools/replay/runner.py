@@ -30,8 +30,8 @@ from bundlecast.jobs.core.errors import BundlecastError
 from bundlecast.jobs.tools.replay import history as hist
 from bundlecast.jobs.tools.replay import outcomes as oc
 
-# Between refits (``--retrain-every``): relationships folded forward, need scored by the champion.
-LIGHT = {"relationships": {"mode": "incremental"}, "need": {"mode": "score"}}
+# Between refits (``--retrain-every``): relationships folded forward, need and value scored by their champions.
+LIGHT = {"relationships": {"mode": "incremental"}, "need": {"mode": "score"}, "value": {"mode": "score"}}
 NIGHTLY = (("relationships", {"mode": "full"}), ("forecast", {}), ("need", {"mode": "train"}), ("value", {}),
            ("bundles", {}), ("proactive", {"mode": "nightly"}), ("offers", {"mode": "nightly"}))
 
@@ -137,10 +137,10 @@ def replay(history_path: str, first: str, last: str, every: int = 7, hourly: boo
             _ingest(spark, day, raw)
             started = time.time()
             refit = plan.refits(day)
-            for name, kw in NIGHTLY:
-                _step(spark, name, day, echo, **(kw if refit else {**kw, **LIGHT.get(name, {})}))
+            _nightly(spark, day, refit, echo)
             if hourly:
                 _step(spark, "need", day, echo, mode="rescore")
+                spark.catalog.clearCache()
             n = score_date(spark, cfg, day, bought, history)
             state.mark("done", day)
             echo(f"replay date {day} done in {time.time() - started:.0f} s ({n} outcome rows)")
@@ -187,12 +187,33 @@ def _ingest(spark, day: str, raw: Path) -> None:
         step("ingest").run(spark, day, datasets=datasets, run_id=f"replay-{day}", with_expectations=True)
 
 
+def _nightly(spark, day: str, refit: bool, echo) -> None:
+    """The nightly steps of replay date ``day`` (the light ones between refits), the steps
+    with no table between them side by side (``pipeline.stages``, as the DAG orders its
+    tasks): on two cores one step's driver-side work (pandas, model fits, MLflow, Delta
+    commits) overlaps another's Spark tasks. Every step reads only tables of earlier stages,
+    so the rows are those of one step after another."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from bundlecast.jobs.pipeline import stages
+
+    kws = {name: kw if refit else {**kw, **LIGHT.get(name, {})} for name, kw in NIGHTLY}
+    for stage in stages([(name, kw.get("mode")) for name, kw in kws.items()]):
+        if len(stage) == 1:
+            _step(spark, stage[0][0], day, echo, **kws[stage[0][0]])
+        else:
+            with ThreadPoolExecutor(len(stage), thread_name_prefix="replay-step") as pool:
+                running = [pool.submit(_step, spark, name, day, echo, **kws[name]) for name, _ in stage]
+                for future in running:  # the first failure, once all have ended
+                    future.result()
+        spark.catalog.clearCache()
+
+
 def _step(spark, name: str, day: str, echo, **kw) -> None:
     from bundlecast.jobs.pipeline import step
 
     started = time.time()
     step(name).run(spark, day, run_id=f"replay-{day}", **kw)
-    spark.catalog.clearCache()
     echo(f"  {day} {name}{' ' + kw['mode'] if 'mode' in kw else ''}: {time.time() - started:.0f} s")
 
 
