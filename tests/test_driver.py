@@ -80,3 +80,43 @@ def test_steps_run_on_one_driver_with_their_output_and_exit_code(driver_home):
     assert driver.end_of_run() == "warm Spark driver stopped"
     assert time.monotonic() - started < 60  # stopped, not killed after the wait
     assert driver.status() is None and driver.stop() is False and driver.end_of_run() is None
+
+
+def test_a_process_that_exited_unreaped_is_not_alive():
+    """A zombie still takes signal 0; the driver's record must not count it as running (a
+    killed driver re-parented to a PID 1 that never reaps, as in a container without init)."""
+    import subprocess
+
+    child = subprocess.Popen(["true"])  # exits at once; not reaped until waited for
+    deadline = time.monotonic() + 10
+    while not driver._zombie(child.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert driver._zombie(child.pid) or not os.path.exists("/proc")
+    os.kill(child.pid, 0)  # signal 0 still reaches it
+    assert not driver._alive(child.pid)
+    assert not driver._zombie(os.getpid()) and driver._alive(os.getpid())
+
+
+@pytest.mark.slow
+def test_a_driver_that_does_not_answer_is_replaced(driver_home):
+    """The record names a live process that no driver listens for (a killed driver not yet
+    gone): the step's task kills it and starts a new driver instead of failing every retry."""
+    import json
+    import socket
+    import subprocess
+
+    from bundlecast.jobs.core.config import config
+
+    cfg = config()
+    silent = subprocess.Popen(["sleep", "300"])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nobody listens there once closed
+    driver.run_dir(cfg).mkdir(parents=True, exist_ok=True)
+    (driver.run_dir(cfg) / "driver.json").write_text(json.dumps(
+        {"pid": silent.pid, "port": port, "key": "00" * 32, "fingerprint": driver.fingerprint(cfg)}))
+    lines = []
+    assert driver.run_step(["experiments", "--date", "2026-11-20"], echo=lines.append) == 0
+    assert any(f"pid {silent.pid}) does not answer" in line for line in lines)
+    assert silent.wait(timeout=10) == -9
+    assert driver.status()["pid"] != silent.pid

@@ -95,7 +95,18 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """Whether ``pid`` has exited but not been reaped. A killed driver whose starting task has
+    ended is re-parented to PID 1, and in a container whose PID 1 is not an init (no tini)
+    nobody reaps it: signal 0 still reaches it, yet it will never answer."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # no procfs (macOS), or gone meanwhile
+        return False
+    return stat[stat.rfind(")") + 2:][:1] in ("Z", "X")  # the state follows the parenthesised command
 
 
 def status(cfg: dict | None = None) -> dict | None:
@@ -191,6 +202,19 @@ def _start(cfg: dict, echo) -> dict:
     raise BundlecastError(f"the warm Spark driver did not start within {timeout:.0f} s (see {log_file})")
 
 
+def _replace_unreachable(cfg: dict, state: dict, echo) -> dict:
+    """Kill the driver of ``state`` (it did not answer), forget its record and start a new
+    one, under the start lock (another task may have replaced it already)."""
+    with _start_lock(cfg):
+        current = status(cfg)
+        if current is not None and current.get("pid") != state.get("pid"):
+            return current
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(int(state["pid"]), 9)
+        (run_dir(cfg) / "driver.json").unlink(missing_ok=True)
+        return _start(cfg, echo)
+
+
 def _last_line(log_file: Path) -> str:
     lines = [ln for ln in log_file.read_text(errors="replace").splitlines() if ln.strip()]
     errors = [ln for ln in lines if "error" in ln.lower()]
@@ -206,7 +230,15 @@ def run_step(argv: list[str], cfg: dict | None = None, echo=print) -> int:
     try:
         conn = _request(state, {"op": "step", "argv": list(argv)})
     except (OSError, EOFError) as exc:
-        raise BundlecastError(f"cannot reach the warm Spark driver (pid {state['pid']}): {one_line(exc)}") from None
+        # A record whose driver does not answer (killed, and its process not gone yet): a new one.
+        echo(f"[bundlecast] the warm Spark driver (pid {state['pid']}) does not answer ({one_line(exc)}); "
+             "starting a new one")
+        state = _replace_unreachable(cfg, state, echo)
+        try:
+            conn = _request(state, {"op": "step", "argv": list(argv)})
+        except (OSError, EOFError) as exc:
+            raise BundlecastError(f"cannot reach the warm Spark driver (pid {state['pid']}): {one_line(exc)}") \
+                from None
     with contextlib.closing(conn):
         while True:
             try:
