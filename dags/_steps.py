@@ -11,7 +11,7 @@ import time
 
 from bundlecast.jobs.core import schedule
 from bundlecast.jobs.core.config import PROJECT_ROOT
-from bundlecast.jobs.pipeline import INGEST_OPS, step
+from bundlecast.jobs.pipeline import INGEST_OPS, step, upstream
 
 SUBMIT = PROJECT_ROOT / "jobs" / "submit.py"
 TASK_IDS = {("proactive", "hourly"): "proactive_hourly", ("offers", "reprice"): "offers_reprice",
@@ -179,20 +179,17 @@ def run_guard(body_first, body_last):
 
 def data_flow(tasks: list) -> None:
     """Set each step task downstream of the earlier step tasks that write a table it reads
-    (``bundlecast.jobs.pipeline`` declarations, in the list's order; ``step_runs``, the run
-    log every step writes its own rows to, does not count): the DAG follows the data, and
-    steps with no data between them (relationships, forecast, user value) run side by side
-    where Spark tasks can (spark-submit per task; the local warm driver runs one step at a time)."""
-    def reads(t):
-        return {a.name for a in t.inlets} - {"bundlecast.step_runs"}
+    (``bundlecast.jobs.pipeline.upstream``, in the list's order): the DAG follows the data,
+    and steps with no data between them (relationships, forecast, user value) run side by
+    side where Spark tasks can (spark-submit per task; the local warm driver runs one step
+    at a time)."""
+    def tables(assets) -> set[str]:
+        return {a.name.removeprefix("bundlecast.") for a in assets}
 
-    def writes(t):
-        return {a.name for a in t.outlets} - {"bundlecast.step_runs"}
-
+    before = upstream([tables(t.inlets) for t in tasks], [tables(t.outlets) for t in tasks])
     for i, later in enumerate(tasks):
-        for earlier in tasks[:i]:
-            if reads(later) & writes(earlier):
-                earlier >> later
+        for j in before[i]:
+            tasks[j] >> later
 
 
 def export_task(kind: str):

@@ -62,17 +62,25 @@ STEPS: dict[str, Step] = {s.name: s for s in (
 RUN_LOG = "step_runs"  # every step writes its own rows of the run log: not data between steps
 
 
+def upstream(reads: list[set[str]], writes: list[set[str]]) -> list[list[int]]:
+    """For each of a sequence of runs in data-flow order (the tables each reads and
+    writes), the earlier runs that write a table it reads, the run log aside: the one rule
+    by which the DAGs wire their tasks (``dags/_steps.data_flow``) and the replay groups its
+    steps (``stages``)."""
+    return [[j for j in range(i) if (reads[i] - {RUN_LOG}) & (writes[j] - {RUN_LOG})] for i in range(len(reads))]
+
+
 def stages(runs: list[tuple[str, str | None]]) -> list[list[tuple[str, str | None]]]:
     """``runs`` ((step, mode), in data-flow order) grouped into stages that can run side by
-    side: each run comes in the stage after the last earlier run that writes a table it
-    reads (the run log aside), as the DAGs order their tasks. The nightly's are
-    [relationships, forecast, value], [need], [bundles], [proactive], [offers]."""
-    level: dict[int, int] = {}
-    for i, (name, mode) in enumerate(runs):
-        reads = set(step(name).reads) - {RUN_LOG}
-        level[i] = 1 + max((level[j] for j, (earlier, m) in enumerate(runs[:i])
-                            if reads & (set(step(earlier).outputs(m)) - {RUN_LOG})), default=-1)
-    return [[runs[i] for i in sorted(level) if level[i] == n] for n in range(max(level.values(), default=-1) + 1)]
+    side: each run comes in the stage after the last of its ``upstream`` runs, as the DAGs
+    order their tasks. The nightly's are [relationships, forecast, value], [need],
+    [bundles], [proactive], [offers]."""
+    before = upstream([set(step(name).reads) for name, _ in runs],
+                      [set(step(name).outputs(mode)) for name, mode in runs])
+    level: list[int] = []
+    for i in range(len(runs)):
+        level.append(1 + max((level[j] for j in before[i]), default=-1))
+    return [[runs[i] for i in range(len(runs)) if level[i] == n] for n in range(max(level, default=-1) + 1)]
 
 
 def step(name: str) -> Step:

@@ -28,6 +28,16 @@ FEATURES = [
     "temperature_7",
 ]
 CATEGORICAL = ["segment_code"]
+# The user's order weekdays relative to the cut-off (share of order days on the weekday of
+# cut-off + k) and cadence: what dates a need within the horizon, not whether it comes.
+WEEKDAY_PROFILE = [f"share_d{k}" for k in range(1, 8)] + ["mean_gap_order"]
+# The need-date regressor's inputs: the weekday profile and the user's own cycles. On Online
+# Retail these beat every feature together (fewer to overfit on a few thousand positives);
+# the figures are in the README ("Need dates").
+DATE_FEATURES = WEEKDAY_PROFILE + ["n_order_days", "days_since_order", "n_days_item", "days_since_item",
+                                   "mean_gap_item", "due_in_item", "n_days_cat", "days_since_cat", "mean_gap_cat",
+                                   "due_in_cat"]
+COLUMNS = FEATURES + [c for c in DATE_FEATURES if c not in FEATURES]  # what the need step builds
 
 
 def matrix(frame: pd.DataFrame, columns: list[str] = FEATURES) -> np.ndarray:
@@ -214,11 +224,14 @@ def fit_date_model(positives: pd.DataFrame, horizon: int, seed: int = 0, min_pos
 
     if len(positives) < min_positives:
         return None
+    columns = list(DATE_FEATURES)
     reg = HistGradientBoostingRegressor(loss="absolute_error", max_iter=200, learning_rate=0.05, max_leaf_nodes=15,
                                         min_samples_leaf=50, l2_regularization=1.0, early_stopping=True,
                                         validation_fraction=0.15, random_state=seed,
-                                        categorical_features=[FEATURES.index(c) for c in CATEGORICAL])
-    return reg.fit(matrix(positives), positives.days_to_need.to_numpy(float).clip(1, horizon))
+                                        categorical_features=[columns.index(c) for c in CATEGORICAL if c in columns])
+    reg.fit(matrix(positives, columns), positives.days_to_need.to_numpy(float).clip(1, horizon))
+    reg.bundlecast_features_ = columns  # what it was fitted on: a later feature list does not break an old champion
+    return reg
 
 
 def need_dates(frame: pd.DataFrame, cutoff: pd.Timestamp, horizon: int, default_offset: int,
@@ -231,7 +244,8 @@ def need_dates(frame: pd.DataFrame, cutoff: pd.Timestamp, horizon: int, default_
     ``weights`` (``fit_need_date_weights``; None: the cycle alone). Always within
     (cut-off, cut-off + H]."""
     if date_model is not None:
-        days = date_model.predict(matrix(frame)) if len(frame) else np.zeros(0)
+        columns = getattr(date_model, "bundlecast_features_", FEATURES)  # registered before the list was kept
+        days = date_model.predict(matrix(frame, columns)) if len(frame) else np.zeros(0)
         offset = pd.Series(np.clip(np.round(days), 1, horizon).astype(int), index=frame.index)
         return cutoff + pd.to_timedelta(offset, unit="D"), pd.Series("date model", index=frame.index)
     due, basis = _cycle_due(frame)

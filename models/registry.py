@@ -5,6 +5,8 @@ top-frequency baseline); the decision and its reason are tags on the run and the
 Scoring always loads ``models:/<name>@champion``."""
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import pandas as pd
 
@@ -68,8 +70,15 @@ def champion_version(name: str):
         return None
 
 
-def champion(cfg: dict, name: str):
-    """(model, version, version tags) of ``name@champion``, or None before the first promotion."""
+class Champion(NamedTuple):
+    model: object
+    version: str
+    tags: dict
+    run_id: str  # the MLflow run that trained it
+
+
+def champion(cfg: dict, name: str) -> Champion | None:
+    """``name@champion`` loaded, or None before the first promotion."""
     import mlflow
     import mlflow.sklearn
 
@@ -77,7 +86,8 @@ def champion(cfg: dict, name: str):
     mv = champion_version(name)
     if mv is None:
         return None
-    return mlflow.sklearn.load_model(f"models:/{name}@champion"), mv.version, dict(mv.tags or {})
+    return Champion(mlflow.sklearn.load_model(f"models:/{name}@champion"), mv.version, dict(mv.tags or {}),
+                    mv.run_id or "")
 
 
 def gate(name: str, version: str, metric: str, new_value: float, score_champion, higher_is_better: bool = True,

@@ -10,7 +10,7 @@ from bundlecast.models import need as nm
 
 
 def features(inputs, cands, cuts, horizon: int, s: dict):
-    """The candidate frame with ``cutoff`` and every column of ``models.need.FEATURES``,
+    """The candidate frame with ``cutoff`` and every column of ``models.need.COLUMNS``,
     each row from data up to its cut-off only. ``cuts``: ``cutoff_frame``; ``s``: the
     ``need`` settings."""
     from pyspark.sql import functions as F
@@ -48,7 +48,7 @@ def features(inputs, cands, cuts, horizon: int, s: dict):
                                                        subset=["days_since_item", "days_since_cat", "days_since_order"])
     frame = frame.na.fill(1.0, subset=["item_trend"])
     return frame.select("cutoff", "user_id", "site_id", "item_id", "category",
-                        *[F.col(c).cast("double") for c in nm.FEATURES])
+                        *[F.col(c).cast("double") for c in nm.COLUMNS])
 
 
 def _forecast_h(forecast, cuts, horizon: int):
@@ -149,6 +149,7 @@ def _user_features(p, browsing, items, cuts):
         F.datediff(F.col("cutoff"), F.max("day")).cast("double").alias("days_since_order"),
         F.countDistinct("site_id", "item_id").alias("n_items_user"), F.countDistinct("site_id").alias("n_sites_user"),
         F.sum(F.col("quantity") * F.col("unit_price") * (1 - F.col("discount"))).alias("revenue_user"))
+    per_user = per_user.join(_order_weekdays(p), ["cutoff", "user_id"], "left")
     b = window(browsing, cuts, 30)
     b7 = F.col("day") > F.date_sub(F.col("cutoff"), 7)
     per_view = b.groupBy("cutoff", "user_id", "site_id", "item_id").agg(
@@ -157,6 +158,22 @@ def _user_features(p, browsing, items, cuts):
         F.sum((b7 & (F.col("event_type") == "add_to_cart")).cast("int")).alias("carts_item_7"))
     user_views = b.filter(b7).groupBy("cutoff", "user_id").agg(F.count("*").alias("views_user_7"))
     return per_item, per_cat, per_user, per_view, user_views
+
+
+def _order_weekdays(p):
+    """(cutoff, user_id, share_d1..share_d7, mean_gap_order): the share of the user's order
+    days that fell on the weekday of cut-off + k days (k = 1..7), and the mean days between
+    order days. On Online Retail the weekday profile is the one signal found that dates a
+    need better than a constant lead time (``tests/benchmarks/need_date_ceiling.py``)."""
+    from pyspark.sql import functions as F
+
+    days = p.select("cutoff", "user_id", "day").distinct()
+    offset = F.pmod(F.datediff("day", "cutoff"), F.lit(7))  # 0: the cut-off's weekday, i.e. k = 7
+    n = F.count("*")
+    gap = F.when(n >= 2, F.datediff(F.max("day"), F.min("day")) / (n - 1))
+    return days.groupBy("cutoff", "user_id").agg(
+        *[F.avg((offset == (k % 7)).cast("double")).alias(f"share_d{k}") for k in range(1, 8)],
+        gap.cast("double").alias("mean_gap_order"))
 
 
 def _item_features(inputs, purchases, users, cuts, horizon: int):

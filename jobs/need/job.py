@@ -273,7 +273,7 @@ def score(spark, dt: str, run_id: str, cfg: dict, users_since: datetime | None =
             inputs.unpersist()
             summary.labels["scored_with_version"] = str(registry.champion_version(s["model_name"]).version)
             return summary.finish()
-    model, version, meta = registry.champion(cfg, s["model_name"])
+    model, version, meta, _ = registry.champion(cfg, s["model_name"])
     n_users = users.count()
     cands = candidates(inputs, cuts, users, s, with_table=inputs.relationships.limit(1).count() > 0)
     feats = features(inputs, cands, cuts, H, s).drop("cutoff")

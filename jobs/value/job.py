@@ -71,7 +71,7 @@ def run(spark, dt: str, run_id: str | None = None, cfg: dict | None = None, prog
     champ = registry.champion(cfg, s["model_name"])
     if champ is None:
         raise BundlecastError(f"user value: no champion for {s['model_name']} ({summary.labels['decision']})")
-    _score(cfg, tables, summary, champ, now, V, end)
+    _score(tables, summary, champ, now, V, end)
     progress(render(summary))
     return summary
 
@@ -83,23 +83,19 @@ def _score_only(cfg: dict, tables, inputs, summary: StepRun, end: date, V: int, 
     if champ is None:
         raise BundlecastError(f"user value: no champion for {cfg['value']['model_name']}: run `bundlecast value` "
                               "(mode train) first")
-    _score(cfg, tables, summary, champ, frame_at(inputs, end, V, segments, with_targets=False), V, end)
+    _score(tables, summary, champ, frame_at(inputs, end, V, segments, with_targets=False), V, end)
     progress(f"user value {summary.run_id} for {summary.dt}: {summary.counts['users_scored']:,} users scored with "
-             f"champion version {champ[1]} in {summary.seconds:.0f} s")
+             f"champion version {champ.version} in {summary.seconds:.0f} s")
     return summary
 
 
-def _score(cfg: dict, tables, summary: StepRun, champ, now: pd.DataFrame, V: int, end: date) -> None:
-    """The champion's ``user_value`` rows for the run date (replaced, each naming the
+def _score(tables, summary: StepRun, champ, now: pd.DataFrame, V: int, end: date) -> None:
+    """The champion's (``registry.Champion``) ``user_value`` rows for the run date (replaced, each naming the
     champion's version and the MLflow run that trained it), and the run recorded."""
-    from bundlecast.models import registry
-
-    champ_model, champ_version, _ = champ
-    p_now = np.clip(champ_model.predict(matrix(now, FEATURES)), 0, None) if len(now) else np.zeros((0, 2))
-    trained_in = registry.champion_version(cfg["value"]["model_name"]).run_id or ""
-    out = user_value_rows(now, p_now, V, str(champ_version), trained_in, end, summary.run_id)
+    p_now = np.clip(champ.model.predict(matrix(now, FEATURES)), 0, None) if len(now) else np.zeros((0, 2))
+    out = user_value_rows(now, p_now, V, str(champ.version), champ.run_id, end, summary.run_id)
     summary.counts["users_scored"] = len(out)
-    summary.labels["scored_with_version"] = str(champ_version)
+    summary.labels["scored_with_version"] = str(champ.version)
     write_user_value(tables, out, summary.dt)
     record(tables, summary.finish())
 

@@ -50,7 +50,7 @@ def _featured_positives(n: int, seed: int, signal: bool) -> pd.DataFrame:
     """Positives with every feature; the first purchase falls ``7 - days_since_order`` days
     after the cut-off (a weekly customer) when ``signal``, else at random."""
     rng = np.random.default_rng(seed)
-    frame = pd.DataFrame({c: rng.normal(size=n) for c in nm.FEATURES})
+    frame = pd.DataFrame({c: rng.normal(size=n) for c in nm.COLUMNS})
     frame["segment_code"] = rng.integers(0, 3, n)
     frame["days_since_order"] = rng.integers(0, 7, n).astype(float)
     days = 7 - frame.days_since_order if signal else pd.Series(rng.integers(1, 8, n))
@@ -83,3 +83,35 @@ def test_the_date_model_learns_a_weekly_rhythm_the_constant_cannot():
 def test_without_a_rhythm_the_date_model_is_no_better_than_the_constant():
     _, mae_model, mae_constant, _ = _date_errors(False, (8, 9))
     assert mae_model > mae_constant - 0.1  # nothing to learn: the gate in the need step then keeps the rules
+
+
+def test_the_date_model_reads_the_users_order_weekdays():
+    """Users who order on one weekday buy on it: with the weekday profile (share_dk, the
+    share of order days on the weekday of cut-off + k) the regressor dates them."""
+    def positives(n: int, seed: int) -> pd.DataFrame:
+        frame = _featured_positives(n, seed, signal=False)
+        rng = np.random.default_rng(seed + 100)
+        weekday = rng.integers(1, 8, n)
+        for k in range(1, 8):
+            frame[f"share_d{k}"] = np.where(weekday == k, 0.8, 0.2 / 6)
+        frame["days_to_need"] = np.where(rng.random(n) < 0.8, weekday, rng.integers(1, 8, n))
+        return frame
+    train, held_out = positives(3000, 21), positives(1000, 22)
+    reg = nm.fit_date_model(train, horizon=7)
+    actual = CUT + pd.to_timedelta(held_out.days_to_need, unit="D")
+    mae_model = (nm.need_dates(held_out, CUT, 7, 4, date_model=reg)[0] - actual).dt.days.abs().mean()
+    mae_constant = (nm.need_dates(held_out, CUT, 7, 4, weights={})[0] - actual).dt.days.abs().mean()
+    assert mae_model < 0.5 * mae_constant
+    assert reg.bundlecast_features_ == nm.DATE_FEATURES
+
+
+def test_a_date_model_registered_before_the_weekday_profile_still_dates():
+    """A champion's regressor fitted on the older feature list (no ``bundlecast_features_``)
+    is given the columns it was fitted on, not today's list."""
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    train = _featured_positives(1000, 31, signal=True)
+    old = HistGradientBoostingRegressor(loss="absolute_error", random_state=0).fit(
+        nm.matrix(train, nm.FEATURES), train.days_to_need)
+    dates, basis = nm.need_dates(train, CUT, 7, 4, date_model=old)
+    assert set(basis) == {"date model"} and dates.between(CUT + pd.Timedelta(days=1), CUT + pd.Timedelta(days=7)).all()
