@@ -33,7 +33,7 @@ CATEGORICAL = ["segment_code"]
 WEEKDAY_PROFILE = [f"share_d{k}" for k in range(1, 8)] + ["mean_gap_order"]
 # The need-date regressor's inputs: the weekday profile and the user's own cycles. On Online
 # Retail these beat every feature together (fewer to overfit on a few thousand positives);
-# the figures are in the README ("Need dates").
+# the figures are in the README (the need model's "need-date regressor" and the Online Retail replay).
 DATE_FEATURES = WEEKDAY_PROFILE + ["n_order_days", "days_since_order", "n_days_item", "days_since_item",
                                    "mean_gap_item", "due_in_item", "n_days_cat", "days_since_cat", "mean_gap_cat",
                                    "due_in_cat"]
