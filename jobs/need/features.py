@@ -145,11 +145,9 @@ def _user_features(p, browsing, items, cuts):
     pc = p.join(F.broadcast(items.select("site_id", "item_id", "category")), ["site_id", "item_id"])
     per_cat = cycle(pc, ["user_id", "category"], "cat").drop("qty_cat")
     per_user = p.groupBy("cutoff", "user_id").agg(
-        F.countDistinct("day").alias("n_order_days"),
-        F.datediff(F.col("cutoff"), F.max("day")).cast("double").alias("days_since_order"),
         F.countDistinct("site_id", "item_id").alias("n_items_user"), F.countDistinct("site_id").alias("n_sites_user"),
         F.sum(F.col("quantity") * F.col("unit_price") * (1 - F.col("discount"))).alias("revenue_user"))
-    per_user = per_user.join(_order_weekdays(p), ["cutoff", "user_id"], "left")
+    per_user = per_user.join(_order_days(p), ["cutoff", "user_id"])
     b = window(browsing, cuts, 30)
     b7 = F.col("day") > F.date_sub(F.col("cutoff"), 7)
     per_view = b.groupBy("cutoff", "user_id", "site_id", "item_id").agg(
@@ -160,10 +158,11 @@ def _user_features(p, browsing, items, cuts):
     return per_item, per_cat, per_user, per_view, user_views
 
 
-def _order_weekdays(p):
-    """(cutoff, user_id, share_d1..share_d7, mean_gap_order): the share of the user's order
-    days that fell on the weekday of cut-off + k days (k = 1..7), and the mean days between
-    order days. On Online Retail the weekday profile is the one signal found that dates a
+def _order_days(p):
+    """(cutoff, user_id, n_order_days, days_since_order, share_d1..share_d7, mean_gap_order),
+    in one aggregate over the user's distinct order days: how many, how long since the last,
+    the mean days between them, and the share that fell on the weekday of cut-off + k days
+    (k = 1..7). On Online Retail the weekday profile is the one signal found that dates a
     need better than a constant lead time (``tests/benchmarks/need_date_ceiling.py``)."""
     from pyspark.sql import functions as F
 
@@ -172,6 +171,7 @@ def _order_weekdays(p):
     n = F.count("*")
     gap = F.when(n >= 2, F.datediff(F.max("day"), F.min("day")) / (n - 1))
     return days.groupBy("cutoff", "user_id").agg(
+        n.alias("n_order_days"), F.datediff(F.col("cutoff"), F.max("day")).cast("double").alias("days_since_order"),
         *[F.avg((offset == (k % 7)).cast("double")).alias(f"share_d{k}") for k in range(1, 8)],
         gap.cast("double").alias("mean_gap_order"))
 

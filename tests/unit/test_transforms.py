@@ -107,22 +107,25 @@ def test_need_neighbours_see_only_their_cutoff_and_skip_wholesale_weeks(spark):
                      ("2026-03-15", "a", "c"): 0.4, ("2026-03-15", "c", "a"): 1.0}     # the week after 03-08 only here
 
 
-def test_order_weekdays_are_counted_relative_to_each_cutoff(spark):
+def test_order_days_and_weekdays_are_counted_relative_to_each_cutoff(spark):
     """share_dk: the share of a user's order days on the weekday of cut-off + k, per cut-off
-    (a Thursday and the Monday after it); the same orders, other shares."""
+    (a Thursday and the Monday after it); the same orders, other shares. A day ordered
+    twice is one order day."""
     from bundlecast.jobs.need.candidates import cutoff_frame, window
-    from bundlecast.jobs.need.features import _order_weekdays
+    from bundlecast.jobs.need.features import _order_days
 
     days = [date(2026, 11, 9), date(2026, 11, 13), date(2026, 11, 16), date(2026, 11, 16)]  # Mon, Fri, Mon (twice)
     purchases = spark.createDataFrame([("u1", d) for d in days], "user_id string, day date")
     cuts = cutoff_frame(spark, [date(2026, 11, 19), date(2026, 11, 23)])
-    got = {str(r.cutoff): r for r in _order_weekdays(window(purchases, cuts, 365)).collect()}
+    got = {str(r.cutoff): r for r in _order_days(window(purchases, cuts, 365)).collect()}
     thursday, monday = got["2026-11-19"], got["2026-11-23"]
     # from Thursday 11-19: Friday is k = 1, Monday k = 4; three order days, 3.5 days apart
     assert [thursday[f"share_d{k}"] for k in range(1, 8)] == pytest.approx([1 / 3, 0, 0, 2 / 3, 0, 0, 0])
     assert thursday.mean_gap_order == pytest.approx(3.5)
+    assert (thursday.n_order_days, thursday.days_since_order) == (3, 3.0)
     # from Monday 11-23: Friday is k = 4, Monday k = 7
     assert [monday[f"share_d{k}"] for k in range(1, 8)] == pytest.approx([0, 0, 0, 1 / 3, 0, 0, 2 / 3])
+    assert (monday.n_order_days, monday.days_since_order) == (3, 7.0)
 
 
 def test_offer_context_sizes_consolidation_value_and_inventory_from_explicit_inputs():
