@@ -215,7 +215,7 @@ def fit_need_date_weights(positives: pd.DataFrame, horizon: int, typical: int) -
     return weights
 
 
-def fit_date_model(positives: pd.DataFrame, horizon: int, seed: int = 0, min_positives: int = 200):
+def fit_date_model(positives: pd.DataFrame, horizon: int, min_positives: int = 200):
     """The need date as a conditional median: gradient boosting with absolute-error loss on
     the features of the training positives, predicting the days from the cut-off to the
     first purchase (1..H). The constant lead time is the unconditional median (the boosting's
@@ -224,10 +224,10 @@ def fit_date_model(positives: pd.DataFrame, horizon: int, seed: int = 0, min_pos
 
     A fixed 50 shrunken rounds and no early stopping: the prediction stays near the constant
     unless the features pull it clearly away, and the fit does not depend on a random
-    validation split. On Online Retail's refits the early-stopped fit's error moved by up to
-    0.06 days with the row order alone, as much as its whole lead over the constant; the
-    fixed fit is 0.04 days ahead of the constant on the judged top-10 positives of the weeks
-    after each refit, where the early-stopped one tied it (README, "need-date regressor")."""
+    validation split (nor on a seed). On Online Retail's refits the early-stopped fit's
+    error moved by up to 0.06 days with the row order alone, as much as its whole lead over
+    the constant; the fixed fit is 0.04 days ahead of the constant on the judged top-10
+    positives of the weeks after each refit, where the early-stopped one tied it (README, "need-date regressor")."""
     from sklearn.ensemble import HistGradientBoostingRegressor
 
     if len(positives) < min_positives:
@@ -235,7 +235,6 @@ def fit_date_model(positives: pd.DataFrame, horizon: int, seed: int = 0, min_pos
     columns = list(DATE_FEATURES)
     reg = HistGradientBoostingRegressor(loss="absolute_error", max_iter=50, learning_rate=0.05, max_leaf_nodes=15,
                                         min_samples_leaf=50, l2_regularization=1.0, early_stopping=False,
-                                        random_state=seed,
                                         categorical_features=[columns.index(c) for c in CATEGORICAL if c in columns])
     reg.fit(matrix(positives, columns), positives.days_to_need.to_numpy(float).clip(1, horizon))
     reg.bundlecast_features_ = columns  # what it was fitted on: a later feature list does not break an old champion

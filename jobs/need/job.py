@@ -43,8 +43,7 @@ def train(spark, dt: str, run_id: str, cfg: dict, summary: StepRun | None = None
     with summary.timed("evaluate"):
         p_model = nm.predict(model, eval_pd)
         summary.metrics, typical, weights, date_model = evaluate_with_baselines(
-            train_pd, eval_pd, p_model, bought, eval_cut, H, int(s["k"]), baskets, s.get("tifuknn") or {},
-            seed=int(s["seed"]))
+            train_pd, eval_pd, p_model, bought, eval_cut, H, int(s["k"]), baskets, s.get("tifuknn") or {})
     # The need-date regressor travels with the classifier (one registered model); None when
     # it did not beat the rules on the evaluation positives.
     model.need_date_model_ = date_model
@@ -110,8 +109,8 @@ def next_baskets(inputs, eval_cut: date, H: int, s: dict) -> dict[str, pd.DataFr
 
 
 def evaluate_with_baselines(train_pd: pd.DataFrame, eval_pd: pd.DataFrame, p_model, bought, eval_cut: date, H: int,
-                            k: int, baskets: dict | None = None, tifu_params: dict | None = None,
-                            seed: int = 0) -> tuple[dict, int, dict, object]:
+                            k: int, baskets: dict | None = None,
+                            tifu_params: dict | None = None) -> tuple[dict, int, dict, object]:
     """Pure: the model's metrics and each baseline's on the same evaluation frame, plus
     the need-date error; returns (metrics per scorer, typical days to need, the cycle
     blend's weights, the need-date regressor or None).
@@ -140,7 +139,7 @@ def evaluate_with_baselines(train_pd: pd.DataFrame, eval_pd: pd.DataFrame, p_mod
     train_pos = train_pd[train_pd.label == 1]
     typical = int(round(float(train_pos.days_to_need.median()))) if len(train_pos) else H // 2
     weights = nm.fit_need_date_weights(train_pos, H, typical) if len(train_pos) else {}
-    date_model = nm.fit_date_model(train_pos, H, seed)
+    date_model = nm.fit_date_model(train_pos, H)
     pos = eval_pd[eval_pd.label == 1]
     if len(pos):
         actual = pd.Timestamp(eval_cut) + pd.to_timedelta(pos.days_to_need, unit="D")
